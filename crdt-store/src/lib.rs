@@ -1,0 +1,1 @@
+//! Durable storage for Tandem documents (update log + snapshots). Filled in by the storage work.
