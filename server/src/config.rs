@@ -1,0 +1,148 @@
+//! Server configuration: every option is a command-line flag and an environment variable.
+//!
+//! Tests build a [`Config`] with [`Config::default`] (the same defaults as the binary) and
+//! change the fields they care about.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Parses durations like `500ms`, `10s`, `2m`.
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Parses sizes like `1048576`, `512KiB`, `16MiB`.
+fn size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 65536, 512KiB or 16MiB"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?}: use B, KiB, MiB or GiB"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// The `tandem` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Tandem: a durable Yjs (y-websocket) sync server"
+)]
+pub struct Cli {
+    /// What to do; without a subcommand, serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server options.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands of `tandem`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve documents (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+/// Everything the server can be told. Field docs are the `--help` text.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on (HTTP and WebSocket on one port).
+    #[arg(long, env = "TANDEM_ADDR", default_value = "127.0.0.1:1234")]
+    pub addr: SocketAddr,
+
+    /// Largest WebSocket message (and frame) accepted from a client; larger ones close the
+    /// connection with 1009.
+    #[arg(long, env = "TANDEM_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = size)]
+    pub max_message_size: usize,
+
+    /// Frames that may wait in one connection's outgoing queue before the connection is
+    /// closed with 4001 (slow consumer) so its client reconnects and resyncs.
+    #[arg(long, env = "TANDEM_OUTBOX_FRAMES", default_value_t = 4096)]
+    pub outbox_frames: usize,
+
+    /// Bytes that may wait in one connection's outgoing queue before it is closed with 4001.
+    #[arg(long, env = "TANDEM_OUTBOX_BYTES", default_value = "32MiB", value_parser = size)]
+    pub outbox_bytes: usize,
+
+    /// How often the server pings each connection.
+    #[arg(long, env = "TANDEM_PING_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub ping_interval: Duration,
+
+    /// A connection from which nothing (not even a pong) arrives for this long is closed with
+    /// 4002 and its awareness removed.
+    #[arg(long, env = "TANDEM_PING_TIMEOUT", default_value = "25s", value_parser = duration)]
+    pub ping_timeout: Duration,
+
+    /// Awareness states not renewed for this long are removed (y-protocols uses 30 s).
+    #[arg(long, env = "TANDEM_AWARENESS_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub awareness_timeout: Duration,
+
+    /// How long a document with no connections stays in memory before it is unloaded.
+    #[arg(long, env = "TANDEM_UNLOAD_AFTER", default_value = "10s", value_parser = duration)]
+    pub unload_after: Duration,
+
+    /// Upper bound on graceful shutdown: closing sockets and flushing storage.
+    #[arg(long, env = "TANDEM_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Largest document name in bytes (after percent-decoding).
+    #[arg(long, env = "TANDEM_MAX_NAME_LEN", default_value_t = 512)]
+    pub max_name_len: usize,
+
+    /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `tandem=debug`).
+    #[arg(long, env = "TANDEM_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // The binary's defaults, parsed from an empty command line so they cannot drift.
+        Cli::parse_from(["tandem"]).config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(size("16MiB"), Ok(16 << 20));
+        assert_eq!(size("512KiB"), Ok(512 << 10));
+        assert_eq!(size("100"), Ok(100));
+        assert!(size("12 parsecs").is_err());
+        assert!(size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = Config::default();
+        assert_eq!(c.addr.port(), 1234);
+        assert!(c.ping_timeout > c.ping_interval);
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,286 @@
+//! The WebSocket adapter: one reader (this task) and one writer task per socket.
+//!
+//! The reader decodes frames and hands messages to the room; the writer drains the peer's
+//! queue in batches (feed many, flush once) and sends pings. Generic over `Sink`/`Stream` so it
+//! does not care whether the socket is axum's or a test double.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message};
+use bytes::Bytes;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{Instrument, debug, info_span};
+
+use crate::close;
+use crate::peer::{CloseReason, Peer};
+use crate::protocol;
+use crate::registry::Registry;
+use crate::room::RoomMsg;
+use crate::state::Shared;
+
+/// Frames written before one flush.
+const WRITE_BATCH: usize = 64;
+/// How long a closing connection may take to deliver what is queued and its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The client closed the socket itself.
+const CLIENT_CLOSED: CloseReason = CloseReason {
+    code: close::NORMAL,
+    reason: "",
+    label: "client_closed",
+};
+/// Nothing arrived within the ping timeout.
+const PING_TIMEOUT: CloseReason = CloseReason {
+    code: close::PING_TIMEOUT,
+    reason: "ping timeout",
+    label: "ping_timeout",
+};
+/// The client sent a text frame.
+const TEXT_FRAME: CloseReason = CloseReason {
+    code: close::UNSUPPORTED_DATA,
+    reason: "text frames are not supported; send binary y-websocket messages",
+    label: "text_frame",
+};
+/// The document could not be opened.
+const UNAVAILABLE: CloseReason = CloseReason {
+    code: close::LOAD_FAILED,
+    reason: "document unavailable, retry later",
+    label: "load_failed",
+};
+
+/// Serves one WebSocket connection to document `name` until it closes.
+pub async fn run<S>(socket: S, name: Arc<str>, shared: Arc<Shared>, registry: Arc<Registry>)
+where
+    S: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Send
+        + 'static,
+{
+    let id = shared.next_conn_id();
+    let span = info_span!("conn", id, doc = %name);
+    async move {
+        let metrics = &shared.metrics;
+        metrics.connections.inc();
+        metrics.connections_accepted.inc();
+        debug!("open");
+        let config = &shared.config;
+        let (peer, outbox) = Peer::new(id, config.outbox_frames, config.outbox_bytes);
+        let peer = Arc::new(peer);
+        let (sink, stream) = socket.split();
+        let writer =
+            tokio::spawn(write_loop(sink, outbox, peer.clone(), shared.clone()).in_current_span());
+
+        match registry.join(&name, peer.clone()).await {
+            Ok(room) => {
+                read_loop(stream, &room, &peer, &shared).await;
+                let _ = room.send(RoomMsg::Leave { conn: id }).await;
+            }
+            Err(e) => {
+                debug!(error = %e, "join failed");
+                peer.close(UNAVAILABLE);
+            }
+        }
+        let _ = writer.await;
+        let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
+        metrics.closed(reason.label);
+        metrics.connections.dec();
+        debug!(code = reason.code, reason = reason.label, "closed");
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads frames until the connection ends; on return the peer has a close reason.
+async fn read_loop<S>(mut stream: S, room: &mpsc::Sender<RoomMsg>, peer: &Peer, shared: &Shared)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let metrics = &shared.metrics;
+    let ping_timeout = shared.config.ping_timeout;
+    let mut deadline = Instant::now() + ping_timeout;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = peer.closing().cancelled() => return,
+            _ = shared.shutdown.cancelled() => {
+                peer.close(CloseReason::SHUTDOWN);
+                return;
+            }
+            _ = sleep_until(deadline) => {
+                peer.close(PING_TIMEOUT);
+                return;
+            }
+            frame = stream.next() => frame,
+        };
+        deadline = Instant::now() + ping_timeout;
+        match frame {
+            Some(Ok(Message::Binary(data))) => {
+                metrics.bytes_in.inc_by(data.len() as u64);
+                match protocol::decode_frame(&data) {
+                    Ok(msgs) => {
+                        metrics.messages_in.inc_by(msgs.len() as u64);
+                        let msg = RoomMsg::Frame {
+                            conn: peer.id,
+                            msgs,
+                        };
+                        if room.send(msg).await.is_err() {
+                            peer.close(CloseReason::INTERNAL);
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "bad frame");
+                        peer.close(CloseReason {
+                            code: e.close_code(),
+                            reason: e.label(),
+                            label: e.label(),
+                        });
+                        return;
+                    }
+                }
+            }
+            Some(Ok(Message::Text(_))) => {
+                peer.close(TEXT_FRAME);
+                return;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(_))) | None => {
+                peer.close(CLIENT_CLOSED);
+                return;
+            }
+            Some(Err(e)) => {
+                let reason = classify(e);
+                debug!(reason = reason.label, "socket error");
+                peer.close(reason);
+                return;
+            }
+        }
+    }
+}
+
+/// Maps a WebSocket-layer error to the close it earns.
+fn classify(e: axum::Error) -> CloseReason {
+    use tungstenite::error::{CapacityError, Error as WsError};
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => CloseReason {
+            code: close::MESSAGE_TOO_BIG,
+            reason: "message too big",
+            label: "message_too_big",
+        },
+        Some(WsError::Capacity(_)) => CloseReason {
+            code: close::MESSAGE_TOO_BIG,
+            reason: "frame too big",
+            label: "message_too_big",
+        },
+        Some(WsError::Protocol(_)) => CloseReason {
+            code: close::PROTOCOL_ERROR,
+            reason: "websocket protocol violation",
+            label: "ws_protocol_error",
+        },
+        Some(WsError::Utf8(_)) => CloseReason {
+            code: close::INVALID_PAYLOAD,
+            reason: "invalid UTF-8",
+            label: "invalid_utf8",
+        },
+        _ => CloseReason {
+            code: close::PROTOCOL_ERROR,
+            reason: "connection error",
+            label: "io_error",
+        },
+    }
+}
+
+/// Drains the peer's queue onto the socket and pings it; on close, delivers what is queued
+/// (unless the peer is being dropped for being slow) and a close frame, within a grace period.
+async fn write_loop<S>(
+    mut sink: S,
+    mut outbox: mpsc::Receiver<Bytes>,
+    peer: Arc<Peer>,
+    shared: Arc<Shared>,
+) where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let metrics = &shared.metrics;
+    let mut next_ping = Instant::now() + shared.config.ping_interval;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = peer.closing().cancelled() => break,
+            frame = outbox.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            _ = sleep_until(next_ping) => {
+                next_ping = Instant::now() + shared.config.ping_interval;
+                let ping = sink.send(Message::Ping(Bytes::new()));
+                tokio::select! {
+                    r = ping => if r.is_err() { break },
+                    _ = peer.closing().cancelled() => break,
+                }
+                continue;
+            }
+        };
+        let batch = write_batch(&mut sink, &mut outbox, first, &peer, metrics);
+        tokio::select! {
+            r = batch => if r.is_err() {
+                peer.close(CLIENT_CLOSED);
+                break;
+            },
+            // A peer that stopped reading cannot be waited for: drop the socket.
+            _ = peer.closing().cancelled() => return,
+        }
+    }
+    let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
+    let _ = timeout(CLOSE_GRACE, async {
+        if reason != CloseReason::SLOW_CONSUMER {
+            while let Ok(frame) = outbox.try_recv() {
+                peer.sent(frame.len());
+                metrics.frames_out.inc();
+                metrics.bytes_out.inc_by(frame.len() as u64);
+                sink.feed(Message::Binary(frame)).await?;
+            }
+        }
+        let frame = CloseFrame {
+            code: reason.code,
+            reason: reason.reason.into(),
+        };
+        sink.send(Message::Close(Some(frame))).await?;
+        sink.close().await
+    })
+    .await;
+}
+
+/// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
+async fn write_batch<S>(
+    sink: &mut S,
+    outbox: &mut mpsc::Receiver<Bytes>,
+    first: Bytes,
+    peer: &Peer,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), axum::Error>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    let mut frame = first;
+    let mut written = 0;
+    loop {
+        let len = frame.len();
+        sink.feed(Message::Binary(frame)).await?;
+        peer.sent(len);
+        metrics.frames_out.inc();
+        metrics.bytes_out.inc_by(len as u64);
+        written += 1;
+        if written >= WRITE_BATCH {
+            break;
+        }
+        match outbox.try_recv() {
+            Ok(next) => frame = next,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}

@@ -1,0 +1,170 @@
+//! Prometheus metrics, served at `GET /metrics` in the OpenMetrics text format.
+//!
+//! Hot-path counters are plain handles created once (an atomic add per event); label
+//! families are only used for rare events (closes, rejections) where a lookup is cheap enough.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label set naming why a connection closed or a message was refused.
+pub type ReasonLabels = Vec<(&'static str, &'static str)>;
+
+/// Every metric the server exports. Cheap to share (`Arc<Metrics>`).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Connections accepted since start.
+    pub connections_accepted: Counter,
+    /// Connections closed, by reason (normal, slow_consumer, ping_timeout, invalid_update, ...).
+    pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Documents currently loaded in memory.
+    pub documents_open: Gauge,
+    /// Documents loaded since start.
+    pub documents_loaded: Counter,
+    /// Documents unloaded since start.
+    pub documents_unloaded: Counter,
+    /// Messages received from clients (all types).
+    pub messages_in: Counter,
+    /// Frames sent to clients.
+    pub frames_out: Counter,
+    /// Payload bytes received from clients.
+    pub bytes_in: Counter,
+    /// Payload bytes sent to clients.
+    pub bytes_out: Counter,
+    /// Updates applied that changed a document.
+    pub updates_applied: Counter,
+    /// Time to apply one update to its document, in seconds.
+    pub update_apply_seconds: Histogram,
+    /// Awareness entries refused because another connection owns the client id.
+    pub awareness_foreign: Counter,
+    /// Awareness states removed because they were not renewed in time.
+    pub awareness_expired: Counter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tandem");
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "WebSocket connections accepted",
+            connections_accepted.clone(),
+        );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "WebSocket connections closed, by reason",
+            connections_closed.clone(),
+        );
+        let documents_open = Gauge::default();
+        registry.register(
+            "documents_open",
+            "Documents loaded in memory",
+            documents_open.clone(),
+        );
+        let documents_loaded = Counter::default();
+        registry.register(
+            "documents_loaded",
+            "Documents loaded",
+            documents_loaded.clone(),
+        );
+        let documents_unloaded = Counter::default();
+        registry.register(
+            "documents_unloaded",
+            "Documents unloaded after their grace period",
+            documents_unloaded.clone(),
+        );
+        let messages_in = Counter::default();
+        registry.register(
+            "messages_in",
+            "Protocol messages received",
+            messages_in.clone(),
+        );
+        let frames_out = Counter::default();
+        registry.register("frames_out", "Frames sent to clients", frames_out.clone());
+        let bytes_in = Counter::default();
+        registry.register("bytes_in", "Payload bytes received", bytes_in.clone());
+        let bytes_out = Counter::default();
+        registry.register("bytes_out", "Payload bytes sent", bytes_out.clone());
+        let updates_applied = Counter::default();
+        registry.register(
+            "updates_applied",
+            "Updates that changed a document",
+            updates_applied.clone(),
+        );
+        let update_apply_seconds = Histogram::new(exponential_buckets(1e-6, 4.0, 12));
+        registry.register(
+            "update_apply_seconds",
+            "Time to apply one update to its document",
+            update_apply_seconds.clone(),
+        );
+        let awareness_foreign = Counter::default();
+        registry.register(
+            "awareness_foreign",
+            "Awareness entries refused: the client id belongs to another connection",
+            awareness_foreign.clone(),
+        );
+        let awareness_expired = Counter::default();
+        registry.register(
+            "awareness_expired",
+            "Awareness states removed for not being renewed",
+            awareness_expired.clone(),
+        );
+        Metrics {
+            registry,
+            connections,
+            connections_accepted,
+            connections_closed,
+            documents_open,
+            documents_loaded,
+            documents_unloaded,
+            messages_in,
+            frames_out,
+            bytes_in,
+            bytes_out,
+            updates_applied,
+            update_apply_seconds,
+            awareness_foreign,
+            awareness_expired,
+        }
+    }
+
+    /// Counts one closed connection under `reason`.
+    pub fn closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Renders every metric in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Mutable access to the registry so other layers (storage) can add their metrics.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,485 @@
+//! The y-websocket wire protocol: bytes in, [`Inbound`] messages out, and the encoders for
+//! every frame the server sends.
+//!
+//! The envelope (message type, sync sub-type, length prefixes) is parsed here by hand rather
+//! than with `yrs::sync::MessageReader`, for three reasons that matter on a server facing
+//! untrusted peers:
+//! - `MessageReader` treats a truncated message as "end of frame" and silently drops it; we must
+//!   reject it.
+//! - `yrs::ClientID::new` debug-asserts that ids fit in 53 bits, so decoding a hostile awareness
+//!   payload through yrs can panic; we check the range ourselves.
+//! - Awareness states are JSON that every JS peer will `JSON.parse`; one invalid state would
+//!   break every other client in the room, so it is validated here.
+//!
+//! Updates and state vectors are still decoded by yrs (they are the CRDT's own format).
+//! Nothing in this module knows about sockets, rooms or storage.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use yrs::StateVector;
+use yrs::Update;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+
+/// Top-level message type: document sync.
+const MSG_SYNC: u64 = 0;
+/// Top-level message type: awareness (presence) update.
+const MSG_AWARENESS: u64 = 1;
+/// Top-level message type: auth (server → client only).
+const MSG_AUTH: u64 = 2;
+/// Top-level message type: request for all awareness states.
+const MSG_QUERY_AWARENESS: u64 = 3;
+
+const SYNC_STEP1: u64 = 0;
+const SYNC_STEP2: u64 = 1;
+const SYNC_UPDATE: u64 = 2;
+
+/// Largest client id a JS peer can produce (ids are JS numbers, 53 bits).
+const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
+
+/// One decoded message from a client frame.
+#[derive(Debug)]
+pub enum Inbound {
+    /// The client's state vector: it wants everything it lacks (answered with SyncStep2).
+    SyncStep1(StateVector),
+    /// An update to apply: both SyncStep2 and Update carry one, and are treated alike.
+    Update(Update),
+    /// Presence changes for one or more client ids.
+    Awareness(Vec<AwarenessEntry>),
+    /// The client asks for every known awareness state.
+    QueryAwareness,
+}
+
+/// One client's presence entry as carried on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwarenessEntry {
+    /// The Yjs client id (53-bit).
+    pub client_id: u64,
+    /// Lamport clock of this state; higher wins.
+    pub clock: u32,
+    /// The JSON state, or `None` for the literal `null` (the client left).
+    pub state: Option<Arc<str>>,
+}
+
+/// Why a frame was rejected; each maps to a WebSocket close code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// The frame ended inside a message (truncated varint or length prefix).
+    #[error("truncated message at byte {0}")]
+    Truncated(usize),
+    /// A varint longer than 64 bits.
+    #[error("malformed varint at byte {0}")]
+    BadVarint(usize),
+    /// A message type this server does not speak.
+    #[error("unknown message type {0}")]
+    UnknownMessageType(u64),
+    /// A sync sub-type other than step 1, step 2 or update.
+    #[error("unknown sync message type {0}")]
+    UnknownSyncType(u64),
+    /// The payload is not a valid Yjs update or state vector.
+    #[error("invalid Yjs payload: {0}")]
+    InvalidUpdate(String),
+    /// The awareness payload is malformed (bad id, bad JSON, bad UTF-8).
+    #[error("invalid awareness payload: {0}")]
+    InvalidAwareness(String),
+    /// A frame with no message at all.
+    #[error("empty frame")]
+    Empty,
+}
+
+impl ProtocolError {
+    /// The close code this error earns: 1003 for things we do not speak, 1007 for payloads
+    /// that are well-framed but invalid, 1002 for broken framing.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            ProtocolError::UnknownMessageType(_) | ProtocolError::UnknownSyncType(_) => {
+                crate::close::UNSUPPORTED_DATA
+            }
+            ProtocolError::InvalidUpdate(_) | ProtocolError::InvalidAwareness(_) => {
+                crate::close::INVALID_PAYLOAD
+            }
+            ProtocolError::Truncated(_) | ProtocolError::BadVarint(_) | ProtocolError::Empty => {
+                crate::close::PROTOCOL_ERROR
+            }
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProtocolError::Truncated(_) => "truncated",
+            ProtocolError::BadVarint(_) => "bad_varint",
+            ProtocolError::UnknownMessageType(_) => "unknown_message_type",
+            ProtocolError::UnknownSyncType(_) => "unknown_sync_type",
+            ProtocolError::InvalidUpdate(_) => "invalid_update",
+            ProtocolError::InvalidAwareness(_) => "invalid_awareness",
+            ProtocolError::Empty => "empty_frame",
+        }
+    }
+}
+
+/// A cursor over a lib0-encoded buffer that reports where it failed.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    /// lib0 varUint: 7 bits per byte, low group first, high bit = more follows.
+    fn var_uint(&mut self) -> Result<u64, ProtocolError> {
+        let start = self.pos;
+        let mut value: u64 = 0;
+        let mut shift = 0u32;
+        loop {
+            let Some(&byte) = self.buf.get(self.pos) else {
+                return Err(ProtocolError::Truncated(start));
+            };
+            self.pos += 1;
+            if shift >= 64 || (shift == 63 && byte & 0x7f > 1) {
+                return Err(ProtocolError::BadVarint(start));
+            }
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+            shift += 7;
+        }
+    }
+
+    /// lib0 varUint8Array: varUint length, then that many bytes.
+    fn var_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
+        let start = self.pos;
+        let len = self.var_uint()?;
+        let remaining = self.buf.len() - self.pos;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|len| *len <= remaining)
+            .ok_or(ProtocolError::Truncated(start))?;
+        let bytes = &self.buf[self.pos..self.pos + len];
+        self.pos += len;
+        Ok(bytes)
+    }
+}
+
+/// Decodes every message in one binary frame. A frame may carry several messages back to
+/// back (older clients and some providers batch them); all must be valid or none is used.
+pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
+    let mut reader = Reader::new(frame);
+    if reader.is_empty() {
+        return Err(ProtocolError::Empty);
+    }
+    let mut out = Vec::with_capacity(1);
+    while !reader.is_empty() {
+        out.push(decode_message(&mut reader)?);
+    }
+    Ok(out)
+}
+
+fn decode_message(reader: &mut Reader<'_>) -> Result<Inbound, ProtocolError> {
+    match reader.var_uint()? {
+        MSG_SYNC => match reader.var_uint()? {
+            SYNC_STEP1 => {
+                let payload = reader.var_bytes()?;
+                let sv = guarded(|| StateVector::decode_v1(payload))?;
+                Ok(Inbound::SyncStep1(sv))
+            }
+            SYNC_STEP2 | SYNC_UPDATE => {
+                let payload = reader.var_bytes()?;
+                Ok(Inbound::Update(decode_update(payload)?))
+            }
+            other => Err(ProtocolError::UnknownSyncType(other)),
+        },
+        MSG_AWARENESS => {
+            let payload = reader.var_bytes()?;
+            Ok(Inbound::Awareness(decode_awareness(payload)?))
+        }
+        MSG_QUERY_AWARENESS => Ok(Inbound::QueryAwareness),
+        other => Err(ProtocolError::UnknownMessageType(other)),
+    }
+}
+
+/// Decodes a Yjs v1 update, turning both errors and panics inside yrs into an error: the
+/// bytes are untrusted and yrs has debug assertions on some decoded values.
+pub fn decode_update(payload: &[u8]) -> Result<Update, ProtocolError> {
+    guarded(|| Update::decode_v1(payload))
+}
+
+fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T, ProtocolError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(ProtocolError::InvalidUpdate(e.to_string())),
+        Err(_) => Err(ProtocolError::InvalidUpdate("undecodable".into())),
+    }
+}
+
+/// Upper bound on entries pre-allocated from an announced count (the count is untrusted).
+const MAX_PREALLOC_ENTRIES: usize = 64;
+
+fn decode_awareness(payload: &[u8]) -> Result<Vec<AwarenessEntry>, ProtocolError> {
+    let bad = |what: &str| ProtocolError::InvalidAwareness(what.to_string());
+    let mut reader = Reader::new(payload);
+    let count = reader.var_uint()?;
+    let mut entries = Vec::with_capacity((count as usize).min(MAX_PREALLOC_ENTRIES));
+    for _ in 0..count {
+        let client_id = reader.var_uint()?;
+        if client_id > MAX_CLIENT_ID {
+            return Err(bad("client id above 2^53"));
+        }
+        let clock = u32::try_from(reader.var_uint()?).map_err(|_| bad("clock above 2^32"))?;
+        let json =
+            std::str::from_utf8(reader.var_bytes()?).map_err(|_| bad("state is not UTF-8"))?;
+        let state = if json == "null" {
+            None
+        } else {
+            serde_json::from_str::<serde::de::IgnoredAny>(json)
+                .map_err(|_| bad("state is not JSON"))?;
+            Some(Arc::from(json))
+        };
+        entries.push(AwarenessEntry {
+            client_id,
+            clock,
+            state,
+        });
+    }
+    if !reader.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(entries)
+}
+
+fn put_var_uint(buf: &mut BytesMut, mut value: u64) {
+    while value >= 0x80 {
+        buf.put_u8((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    buf.put_u8(value as u8);
+}
+
+fn var_uint_len(mut value: u64) -> usize {
+    let mut len = 1;
+    while value >= 0x80 {
+        value >>= 7;
+        len += 1;
+    }
+    len
+}
+
+fn sync_frame(sub: u64, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(2 + var_uint_len(payload.len() as u64) + payload.len());
+    put_var_uint(&mut buf, MSG_SYNC);
+    put_var_uint(&mut buf, sub);
+    put_var_uint(&mut buf, payload.len() as u64);
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+/// `[0][0][state vector]`: the server's SyncStep1, sent on join.
+pub fn encode_sync_step1(sv: &StateVector) -> Bytes {
+    sync_frame(SYNC_STEP1, &sv.encode_v1())
+}
+
+/// `[0][1][update]`: the answer to a client's SyncStep1.
+pub fn encode_sync_step2(update: &[u8]) -> Bytes {
+    sync_frame(SYNC_STEP2, update)
+}
+
+/// `[0][2][update]`: an update relayed to the room.
+pub fn encode_update(update: &[u8]) -> Bytes {
+    sync_frame(SYNC_UPDATE, update)
+}
+
+/// `[1][varUint8Array(n × (id, clock, json))]`: presence states (or removals as `null`).
+pub fn encode_awareness<'a>(
+    entries: impl ExactSizeIterator<Item = (u64, u32, Option<&'a str>)>,
+) -> Bytes {
+    let mut inner = BytesMut::new();
+    put_var_uint(&mut inner, entries.len() as u64);
+    for (client_id, clock, state) in entries {
+        put_var_uint(&mut inner, client_id);
+        put_var_uint(&mut inner, u64::from(clock));
+        let json = state.unwrap_or("null");
+        put_var_uint(&mut inner, json.len() as u64);
+        inner.put_slice(json.as_bytes());
+    }
+    let mut buf = BytesMut::with_capacity(1 + var_uint_len(inner.len() as u64) + inner.len());
+    put_var_uint(&mut buf, MSG_AWARENESS);
+    put_var_uint(&mut buf, inner.len() as u64);
+    buf.put_slice(&inner);
+    buf.freeze()
+}
+
+/// `[2][0][reason]`: permission denied, as the y-websocket client understands it.
+pub fn encode_permission_denied(reason: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(3 + reason.len());
+    put_var_uint(&mut buf, MSG_AUTH);
+    put_var_uint(&mut buf, 0);
+    put_var_uint(&mut buf, reason.len() as u64);
+    buf.put_slice(reason.as_bytes());
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{Doc, GetString, ReadTxn, Text, Transact};
+
+    fn text_update(s: &str) -> Vec<u8> {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        text.push(&mut txn, s);
+        txn.encode_update_v1()
+    }
+
+    #[test]
+    fn varint_round_trip() {
+        for v in [0u64, 1, 127, 128, 300, 1 << 35, u64::MAX] {
+            let mut buf = BytesMut::new();
+            put_var_uint(&mut buf, v);
+            assert_eq!(buf.len(), var_uint_len(v));
+            assert_eq!(Reader::new(&buf).var_uint(), Ok(v));
+        }
+    }
+
+    #[test]
+    fn overlong_varint_is_rejected() {
+        let buf = [0xffu8; 11];
+        assert_eq!(
+            Reader::new(&buf).var_uint(),
+            Err(ProtocolError::BadVarint(0))
+        );
+    }
+
+    #[test]
+    fn update_frame_round_trips() {
+        let update = text_update("hello");
+        let frame = encode_update(&update);
+        let mut msgs = decode_frame(&frame).expect("valid frame");
+        assert_eq!(msgs.len(), 1);
+        let Some(Inbound::Update(u)) = msgs.pop() else {
+            panic!("expected one update");
+        };
+        let doc = Doc::new();
+        doc.transact_mut().apply_update(u).expect("applies");
+        let text = doc.get_or_insert_text("t");
+        assert_eq!(text.get_string(&doc.transact()), "hello");
+    }
+
+    #[test]
+    fn several_messages_in_one_frame() {
+        let mut frame = encode_sync_step1(&StateVector::default()).to_vec();
+        frame.extend_from_slice(&encode_awareness([(7, 1, Some("{\"a\":1}"))].into_iter()));
+        frame.push(3);
+        let msgs = decode_frame(&frame).expect("valid frame");
+        assert!(matches!(msgs[0], Inbound::SyncStep1(_)));
+        assert_eq!(
+            msgs.get(1)
+                .map(|m| matches!(m, Inbound::Awareness(e) if e[0].client_id == 7)),
+            Some(true)
+        );
+        assert!(matches!(msgs[2], Inbound::QueryAwareness));
+    }
+
+    #[test]
+    fn truncation_is_an_error_not_the_end() {
+        let frame = encode_update(&text_update("hello"));
+        for cut in 1..frame.len() {
+            assert!(
+                decode_frame(&frame[..cut]).is_err(),
+                "cut at {cut} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_types_and_bad_payloads() {
+        assert_eq!(
+            decode_frame(&[9]).err(),
+            Some(ProtocolError::UnknownMessageType(9))
+        );
+        assert_eq!(
+            decode_frame(&[0, 5, 0]).err(),
+            Some(ProtocolError::UnknownSyncType(5))
+        );
+        assert!(matches!(
+            decode_frame(&[0, 2, 3, 0xff, 0xff, 0xff]),
+            Err(ProtocolError::InvalidUpdate(_))
+        ));
+        assert_eq!(decode_frame(&[]).err(), Some(ProtocolError::Empty));
+    }
+
+    #[test]
+    fn awareness_validation() {
+        let ok = encode_awareness([(1, 2, Some("{\"user\":\"x\"}")), (3, 4, None)].into_iter());
+        let msgs = decode_frame(&ok).expect("valid");
+        let Inbound::Awareness(entries) = &msgs[0] else {
+            panic!("expected awareness");
+        };
+        assert_eq!(entries[1].state, None);
+        let bad_json = encode_awareness([(1, 2, Some("{oops"))].into_iter());
+        assert!(matches!(
+            decode_frame(&bad_json),
+            Err(ProtocolError::InvalidAwareness(_))
+        ));
+        let big_id = encode_awareness([(1 << 60, 2, Some("{}"))].into_iter());
+        assert!(matches!(
+            decode_frame(&big_id),
+            Err(ProtocolError::InvalidAwareness(_))
+        ));
+    }
+
+    #[test]
+    fn hostile_update_bytes_never_panic() {
+        // A cheap deterministic fuzz over random and mutated inputs.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let base = encode_update(&text_update("some text to mutate")).to_vec();
+        for round in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut frame = if round % 2 == 0 {
+                base.clone()
+            } else {
+                (0..(seed % 64) as usize)
+                    .map(|i| (seed >> (i % 8)) as u8)
+                    .collect()
+            };
+            if !frame.is_empty() {
+                let at = (seed as usize) % frame.len();
+                frame[at] ^= (seed >> 32) as u8;
+            }
+            let _ = decode_frame(&frame);
+        }
+    }
+
+    #[test]
+    fn permission_denied_layout() {
+        assert_eq!(&encode_permission_denied("no")[..], &[2, 0, 2, b'n', b'o']);
+    }
+
+    #[test]
+    fn sync_step2_from_state() {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        text.push(&mut doc.transact_mut(), "abc");
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let frame = encode_sync_step2(&update);
+        assert_eq!(frame[0..2], [0, 1]);
+        assert!(matches!(
+            decode_frame(&frame).expect("valid")[0],
+            Inbound::Update(_)
+        ));
+    }
+}

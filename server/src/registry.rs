@@ -1,0 +1,137 @@
+//! Document name → running room. Guarantees one room (one load) per document, however many
+//! clients join at the same instant, and lets an idle room remove itself without racing a
+//! joiner.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::peer::Peer;
+use crate::room::{self, RoomHandle, RoomMsg};
+use crate::state::Shared;
+
+/// How often a join retries when it meets a room that is unloading at that moment.
+const JOIN_ATTEMPTS: usize = 8;
+
+/// The map of open documents.
+#[derive(Debug)]
+pub struct Registry {
+    rooms: Mutex<HashMap<Arc<str>, RoomHandle>>,
+    next_generation: Mutex<u64>,
+    shared: Arc<Shared>,
+    me: Weak<Registry>,
+}
+
+/// Why a join failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The room kept unloading under us, or the server is shutting down.
+    #[error("document is not available")]
+    Unavailable,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(shared: Arc<Shared>) -> Arc<Registry> {
+        Arc::new_cyclic(|me| Registry {
+            rooms: Mutex::new(HashMap::new()),
+            next_generation: Mutex::new(0),
+            shared,
+            me: me.clone(),
+        })
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<Arc<str>, RoomHandle>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The room for `name`, started if it is not running.
+    fn get_or_spawn(&self, name: &str) -> Option<RoomHandle> {
+        let me = self.me.upgrade()?;
+        let mut rooms = self.rooms();
+        if let Some(handle) = rooms.get(name) {
+            return Some(handle.clone());
+        }
+        let generation = {
+            let mut g = self
+                .next_generation
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *g += 1;
+            *g
+        };
+        let name: Arc<str> = Arc::from(name);
+        let handle = room::spawn(name.clone(), generation, self.shared.clone(), me);
+        rooms.insert(name, handle.clone());
+        Some(handle)
+    }
+
+    /// Joins `peer` to document `name`; resolves when the room has sent it the first sync
+    /// message. Returns the room's inbox for the connection's messages.
+    pub async fn join(
+        &self,
+        name: &str,
+        peer: Arc<Peer>,
+    ) -> Result<mpsc::Sender<RoomMsg>, JoinError> {
+        for _ in 0..JOIN_ATTEMPTS {
+            if self.shared.shutdown.is_cancelled() {
+                break;
+            }
+            let Some(handle) = self.get_or_spawn(name) else {
+                break;
+            };
+            let (reply, joined) = oneshot::channel();
+            let msg = RoomMsg::Join {
+                peer: peer.clone(),
+                reply,
+            };
+            if handle.tx.send(msg).await.is_err() {
+                continue;
+            }
+            if joined.await.is_ok() {
+                return Ok(handle.tx);
+            }
+        }
+        Err(JoinError::Unavailable)
+    }
+
+    /// Called by an idle room: removes it if it is still the registered generation and nothing
+    /// is waiting in its inbox. Holding the map lock while checking means no new joiner can
+    /// obtain the handle in between.
+    pub fn remove_if_idle(
+        &self,
+        name: &str,
+        generation: u64,
+        inbox: &mpsc::Receiver<RoomMsg>,
+    ) -> bool {
+        let mut rooms = self.rooms();
+        let is_ours = rooms.get(name).is_some_and(|h| h.generation == generation);
+        if is_ours && inbox.is_empty() {
+            rooms.remove(name);
+            true
+        } else {
+            !is_ours
+        }
+    }
+
+    /// Number of open documents.
+    pub fn len(&self) -> usize {
+        self.rooms().len()
+    }
+
+    /// Whether no document is open.
+    pub fn is_empty(&self) -> bool {
+        self.rooms().is_empty()
+    }
+
+    /// Tells every room to close its connections and stop.
+    pub async fn shutdown(&self) {
+        let handles: Vec<RoomHandle> = self.rooms().drain().map(|(_, h)| h).collect();
+        for handle in handles {
+            let _ = handle.tx.send(RoomMsg::Shutdown).await;
+        }
+    }
+}
