@@ -1,0 +1,132 @@
+//! Plain data types crossing the crate boundary. They hold owned bytes and
+//! `SystemTime`s so the server never depends on a database driver's types.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Which database a [`Store`](crate::Store) talks to. Shown in logs, metrics and
+/// the admin API so operators can tell an embedded deployment from a shared one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// A PostgreSQL server (`postgres://` / `postgresql://` URLs).
+    Postgres,
+    /// An embedded SQLite file (`sqlite://` URLs), the zero-setup default.
+    Sqlite,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        })
+    }
+}
+
+/// Everything needed to bring a document into memory: the newest snapshot and
+/// the log rows written after it. Applying `snapshot.state` and then every
+/// `updates[i].data` in order reproduces the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedDoc {
+    /// Stable numeric id of the document; every other call takes it instead of
+    /// the name, so renames and long names cost nothing on the hot path.
+    pub doc_id: i64,
+    /// Newest snapshot, if one was ever written.
+    pub snapshot: Option<Snapshot>,
+    /// Log rows with `seq` greater than the snapshot's (all rows without a
+    /// snapshot), ascending, with data.
+    pub updates: Vec<LogRow>,
+    /// Highest sequence number stored for the document (log or snapshot), 0 for
+    /// a new document: the next update the room accepts gets `last_seq + 1`.
+    pub last_seq: i64,
+}
+
+/// A merged document state covering all log rows up to and including `seq`.
+/// Lets loading skip the (possibly long) log prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Last log sequence number whose update is contained in `state`.
+    pub seq: i64,
+    /// The document state encoded as one update (opaque to this crate).
+    pub state: Vec<u8>,
+    /// The state vector of `state`, kept so sync step 1 can be answered
+    /// without decoding the state.
+    pub state_vector: Vec<u8>,
+    /// When the snapshot was written.
+    pub created_at: SystemTime,
+}
+
+/// One row of the update log as read back: metadata for the history view and
+/// (when requested) the update bytes for reconstruction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRow {
+    /// Per-document sequence number, strictly increasing in commit order.
+    pub seq: i64,
+    /// When the server accepted the update.
+    pub created_at: SystemTime,
+    /// Size of the update in bytes (stored, so history pages need not read data).
+    pub size: i64,
+    /// Who sent the update, when known.
+    pub author: Option<String>,
+    /// The update bytes; empty when the caller asked for metadata only.
+    pub data: Vec<u8>,
+}
+
+/// A row to append to the update log. `data` is `Bytes` so the room can hand the
+/// same buffer it relays to clients to the writer without copying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUpdate {
+    /// Document the update belongs to (from [`LoadedDoc::doc_id`]).
+    pub doc_id: i64,
+    /// Sequence number assigned by the room; `(doc_id, seq)` is unique, which
+    /// makes appends idempotent.
+    pub seq: i64,
+    /// The encoded update.
+    pub data: bytes::Bytes,
+    /// Who sent it, when known.
+    pub author: Option<String>,
+    /// When the server accepted it.
+    pub created_at: SystemTime,
+}
+
+/// `SystemTime` → unix milliseconds (SQLite's time representation). Times
+/// before 1970 become negative rather than failing.
+pub(crate) fn to_unix_millis(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis())
+            .map(|ms| -ms)
+            .unwrap_or(i64::MIN),
+    }
+}
+
+/// Unix milliseconds → `SystemTime`, the inverse of [`to_unix_millis`].
+pub(crate) fn from_unix_millis(ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH.checked_add(d).unwrap_or(UNIX_EPOCH)
+    } else {
+        UNIX_EPOCH.checked_sub(d).unwrap_or(UNIX_EPOCH)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_millis_round_trip() {
+        for ms in [0_i64, 1, 1_700_000_000_123, -1, -86_400_000] {
+            assert_eq!(to_unix_millis(from_unix_millis(ms)), ms);
+        }
+        let now = SystemTime::now();
+        let back = from_unix_millis(to_unix_millis(now));
+        assert!(now.duration_since(back).unwrap_or_default() < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn backend_display() {
+        assert_eq!(Backend::Postgres.to_string(), "postgres");
+        assert_eq!(Backend::Sqlite.to_string(), "sqlite");
+    }
+}

@@ -1,0 +1,333 @@
+//! PostgreSQL backend. Times are `timestamptz`; batches are inserted with one
+//! `INSERT ... SELECT FROM UNNEST(arrays)` statement (one round trip, no COPY:
+//! sqlx does not set TCP_NODELAY and COPY stalls on Nagle + delayed ACK).
+
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection, Row};
+
+use crate::error::{StoreError, db_err};
+use crate::model::{LoadedDoc, LogRow, NewUpdate, Snapshot};
+use crate::{MIGRATE_PG, StoreOptions};
+
+/// Postgres-backed store: a connection pool, nothing else.
+#[derive(Clone, Debug)]
+pub(crate) struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Validates the URL, proves the server is reachable with one direct
+    /// connection (so a refused connection fails at once instead of being
+    /// retried by the pool until its timeout), then builds a lazy pool.
+    pub(crate) async fn open(url: &str, opts: &StoreOptions) -> Result<PgStore, StoreError> {
+        let mut connect = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(format!("postgres url: {e}")))?;
+        if connect.get_application_name().is_none() {
+            connect = connect.application_name("tandem");
+        }
+
+        match tokio::time::timeout(opts.connect_timeout, PgConnection::connect_with(&connect)).await
+        {
+            Ok(Ok(conn)) => {
+                // Closing politely is best effort; the check already succeeded.
+                let _ = conn.close().await;
+            }
+            Ok(Err(e)) => return Err(StoreError::from_sqlx("connect", e)),
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "connect: no answer from {}:{} within {:?}",
+                    connect.get_host(),
+                    connect.get_port(),
+                    opts.connect_timeout
+                )));
+            }
+        }
+
+        let pool = PgPoolOptions::new()
+            .max_connections(opts.max_connections.max(1))
+            .acquire_timeout(opts.connect_timeout)
+            // sqlx pings before every acquire by default: a whole extra round
+            // trip per commit. Only connections that sat idle for a while are
+            // worth checking (a server restart or NAT timeout kills those).
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= crate::PING_IF_IDLE_FOR {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_lazy_with(connect);
+        Ok(PgStore { pool })
+    }
+
+    pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATE_PG
+            .run(&self.pool)
+            .await
+            .map_err(StoreError::from_migrate)
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("ping"))?;
+        Ok(())
+    }
+
+    /// Id of the document called `name`, creating its row if absent. The common
+    /// case (document exists) is one read and writes nothing.
+    async fn doc_id(&self, name: &str) -> Result<i64, StoreError> {
+        const SELECT: &str = "SELECT id FROM documents WHERE name = $1";
+        if let Some(id) = sqlx::query_scalar::<_, i64>(SELECT)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("load"))?
+        {
+            return Ok(id);
+        }
+        let inserted = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO documents (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("load"))?;
+        match inserted {
+            Some(id) => Ok(id),
+            // Lost a race with a concurrent creator, whose row is now committed.
+            None => sqlx::query_scalar::<_, i64>(SELECT)
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err("load")),
+        }
+    }
+
+    pub(crate) async fn load(&self, name: &str) -> Result<LoadedDoc, StoreError> {
+        let doc_id = self.doc_id(name).await?;
+        // One snapshot-isolated read: a compaction + prune running between the
+        // two SELECTs must not make us miss the rows it folded into a snapshot.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(db_err("load"))?;
+        let snapshot = sqlx::query(
+            "SELECT seq, state, state_vector, created_at FROM snapshots \
+             WHERE doc_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(doc_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err("load"))?
+        .map(|r| snapshot_from_row(&r))
+        .transpose()
+        .map_err(db_err("load"))?;
+        let after = snapshot.as_ref().map_or(0, |s| s.seq);
+        let updates = sqlx::query(
+            "SELECT seq, created_at, size, author, data FROM updates \
+             WHERE doc_id = $1 AND seq > $2 ORDER BY seq",
+        )
+        .bind(doc_id)
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err("load"))?
+        .iter()
+        .map(|r| log_row_from_row(r, true))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err("load"))?;
+        tx.commit().await.map_err(db_err("load"))?;
+        let last_seq = updates.last().map_or(after, |u| u.seq.max(after));
+        Ok(LoadedDoc {
+            doc_id,
+            snapshot,
+            updates,
+            last_seq,
+        })
+    }
+
+    pub(crate) async fn append(&self, rows: &[NewUpdate]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut doc_ids = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut times = Vec::with_capacity(rows.len());
+        let mut sizes = Vec::with_capacity(rows.len());
+        let mut authors = Vec::with_capacity(rows.len());
+        let mut datas = Vec::with_capacity(rows.len());
+        for r in rows {
+            doc_ids.push(r.doc_id);
+            seqs.push(r.seq);
+            times.push(DateTime::<Utc>::from(r.created_at));
+            sizes.push(size_i32(r.data.len())?);
+            authors.push(r.author.as_deref());
+            datas.push(&r.data[..]);
+        }
+        // A single statement is a single transaction: all rows or none.
+        sqlx::query(
+            "INSERT INTO updates (doc_id, seq, created_at, size, author, data) \
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::timestamptz[], \
+                                  $4::int[], $5::text[], $6::bytea[]) \
+             ON CONFLICT (doc_id, seq) DO NOTHING",
+        )
+        .bind(doc_ids)
+        .bind(seqs)
+        .bind(times)
+        .bind(sizes)
+        .bind(authors)
+        .bind(datas)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("append"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn write_snapshot(
+        &self,
+        doc_id: i64,
+        seq: i64,
+        state: &[u8],
+        state_vector: &[u8],
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO snapshots (doc_id, seq, state, state_vector, created_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (doc_id, seq) DO UPDATE SET state = EXCLUDED.state, \
+                 state_vector = EXCLUDED.state_vector, created_at = EXCLUDED.created_at",
+        )
+        .bind(doc_id)
+        .bind(seq)
+        .bind(state)
+        .bind(state_vector)
+        .bind(DateTime::<Utc>::from(SystemTime::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("write_snapshot"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn prune_log(
+        &self,
+        doc_id: i64,
+        before: SystemTime,
+    ) -> Result<u64, StoreError> {
+        // Without a snapshot the subquery is NULL and nothing matches.
+        let done = sqlx::query(
+            "DELETE FROM updates WHERE doc_id = $1 AND created_at < $2 \
+             AND seq <= (SELECT max(seq) FROM snapshots WHERE doc_id = $1)",
+        )
+        .bind(doc_id)
+        .bind(DateTime::<Utc>::from(before))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("prune_log"))?;
+        Ok(done.rows_affected())
+    }
+
+    pub(crate) async fn log_page(
+        &self,
+        doc_id: i64,
+        after_seq: i64,
+        limit: u32,
+        with_data: bool,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        let sql = if with_data {
+            "SELECT seq, created_at, size, author, data FROM updates \
+             WHERE doc_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        } else {
+            "SELECT seq, created_at, size, author FROM updates \
+             WHERE doc_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        };
+        sqlx::query(sql)
+            .bind(doc_id)
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("log_page"))?
+            .iter()
+            .map(|r| log_row_from_row(r, with_data))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err("log_page"))
+    }
+
+    pub(crate) async fn log_range(
+        &self,
+        doc_id: i64,
+        from_seq: i64,
+        to_seq: i64,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        sqlx::query(
+            "SELECT seq, created_at, size, author, data FROM updates \
+             WHERE doc_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+        )
+        .bind(doc_id)
+        .bind(from_seq)
+        .bind(to_seq)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("log_range"))?
+        .iter()
+        .map(|r| log_row_from_row(r, true))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err("log_range"))
+    }
+
+    pub(crate) async fn snapshot_at_or_before(
+        &self,
+        doc_id: i64,
+        at_seq: i64,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        sqlx::query(
+            "SELECT seq, state, state_vector, created_at FROM snapshots \
+             WHERE doc_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(doc_id)
+        .bind(at_seq)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("snapshot_at_or_before"))?
+        .map(|r| snapshot_from_row(&r))
+        .transpose()
+        .map_err(db_err("snapshot_at_or_before"))
+    }
+}
+
+/// The `size` column is `int`; Postgres caps a bytea at 1 GiB anyway.
+fn size_i32(len: usize) -> Result<i32, StoreError> {
+    i32::try_from(len)
+        .map_err(|_| StoreError::Query(format!("append: update of {len} bytes is too large")))
+}
+
+fn snapshot_from_row(r: &PgRow) -> Result<Snapshot, sqlx::Error> {
+    Ok(Snapshot {
+        seq: r.try_get("seq")?,
+        state: r.try_get("state")?,
+        state_vector: r.try_get("state_vector")?,
+        created_at: r.try_get::<DateTime<Utc>, _>("created_at")?.into(),
+    })
+}
+
+fn log_row_from_row(r: &PgRow, with_data: bool) -> Result<LogRow, sqlx::Error> {
+    Ok(LogRow {
+        seq: r.try_get("seq")?,
+        created_at: r.try_get::<DateTime<Utc>, _>("created_at")?.into(),
+        size: i64::from(r.try_get::<i32, _>("size")?),
+        author: r.try_get("author")?,
+        data: if with_data {
+            r.try_get("data")?
+        } else {
+            Vec::new()
+        },
+    })
+}
