@@ -135,6 +135,14 @@ impl Shared {
     }
 }
 
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("backlog", &self.backlog())
+            .finish()
+    }
+}
+
 impl Writer {
     /// Spawns the commit task on the current tokio runtime (panics outside one,
     /// like `tokio::spawn`).

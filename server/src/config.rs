@@ -108,9 +108,52 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_NAME_LEN", default_value_t = 512)]
     pub max_name_len: usize,
 
+    /// Where documents are stored: `sqlite://path/file.db` (the default, created on first run),
+    /// `postgres://user@host/db`, or `memory` (nothing is stored; for benchmarks and tests).
+    /// `DATABASE_URL` is used when this is not set.
+    #[arg(long, env = "TANDEM_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Most database connections in the pool.
+    #[arg(long, env = "TANDEM_DB_MAX_CONNECTIONS", default_value_t = 8)]
+    pub db_max_connections: u32,
+
+    /// Write a new snapshot once this many updates were logged since the last one.
+    #[arg(long, env = "TANDEM_SNAPSHOT_EVERY_UPDATES", default_value_t = 1000)]
+    pub snapshot_every_updates: u64,
+
+    /// Write a new snapshot once this many update bytes were logged since the last one.
+    #[arg(long, env = "TANDEM_SNAPSHOT_EVERY_BYTES", default_value = "4MiB", value_parser = size)]
+    pub snapshot_every_bytes: usize,
+
+    /// Delete log rows older than this that a snapshot already covers. Unset (the default):
+    /// keep the whole history.
+    #[arg(long, env = "TANDEM_LOG_RETENTION", value_parser = duration)]
+    pub log_retention: Option<Duration>,
+
+    /// Memory bound on updates accepted but not yet durable (while the database is slow or
+    /// down). Past it, new updates are refused: the sender is closed with 1013 and keeps its
+    /// edits, which it resends when it reconnects.
+    #[arg(long, env = "TANDEM_MAX_BACKLOG_BYTES", default_value = "256MiB", value_parser = size)]
+    pub max_backlog_bytes: usize,
+
     /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `tandem=debug`).
     #[arg(long, env = "TANDEM_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// The embedded default database, relative to the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/tandem.db";
+
+impl Config {
+    /// The database URL in effect: `--database-url`, else `DATABASE_URL`, else the embedded
+    /// SQLite file.
+    pub fn effective_database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string())
+    }
 }
 
 impl Default for Config {

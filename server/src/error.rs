@@ -9,4 +9,7 @@ pub enum ServerError {
     /// The configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The database could not be opened or migrated.
+    #[error("storage: {0}")]
+    Storage(#[from] crdt_store::StoreError),
 }

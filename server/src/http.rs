@@ -78,12 +78,31 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// `GET /healthz`: 200 `ok` while serving.
+/// `GET /healthz`: 200 with `{"status":"ok"}` while serving; 200 with `"degraded"` while
+/// the database is failing (documents are served from memory and updates queue); 503 while
+/// shutting down. Always includes the storage backlog.
 async fn healthz(State(state): State<AppState>) -> Response {
-    if state.shared.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
-    }
-    (StatusCode::OK, "ok\n").into_response()
+    let shared = &state.shared;
+    let backlog = shared.storage.backlog();
+    let (code, status) = if shared.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    } else if backlog.degraded {
+        (StatusCode::OK, "degraded")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    let body = serde_json::json!({
+        "status": status,
+        "storage": {
+            "backend": shared.storage.backend(),
+            "backlog_updates": backlog.rows,
+            "backlog_bytes": backlog.bytes,
+            "oldest_unpersisted_seconds": backlog.oldest_age.map(|d| d.as_secs_f64()),
+            "last_error": backlog.last_error,
+        },
+        "documents_open": state.registry.len(),
+    });
+    (code, axum::Json(body)).into_response()
 }
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.
@@ -93,7 +112,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.shared.metrics.render(),
+        {
+            let shared = &state.shared;
+            shared.metrics.observe_storage(&shared.storage.backlog());
+            shared.metrics.render()
+        },
     )
         .into_response()
 }

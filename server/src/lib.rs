@@ -16,15 +16,16 @@ pub mod protocol;
 pub mod registry;
 pub mod room;
 pub mod state;
+pub mod storage;
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::ServiceExt;
 use axum::extract::Request;
 use tokio::net::TcpListener;
 use tower::Layer;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use config::Config;
 pub use error::ServerError;
@@ -40,7 +41,8 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let shared = Shared::new(config);
+    let storage = storage::Storage::open(&config).await?;
+    let shared = Shared::new(config, storage);
     let registry = Registry::new(shared.clone());
     let state = AppState {
         shared: shared.clone(),
@@ -61,10 +63,23 @@ pub async fn serve(
     let started = Instant::now();
     info!("shutting down");
     token.cancel();
+    // Rooms flush their pending updates, deliver them, write a final snapshot and close
+    // their connections with 1001; then the writer drains whatever is left.
     registry.shutdown().await;
-    shared.connections.close();
+    shared.rooms.close();
     let deadline = shared.config.shutdown_timeout;
-    if tokio::time::timeout(deadline, shared.connections.wait())
+    if tokio::time::timeout(deadline, shared.rooms.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = shared.rooms.len(),
+            "documents still closing at shutdown deadline"
+        );
+    }
+    shared.connections.close();
+    let left = deadline.saturating_sub(started.elapsed());
+    if tokio::time::timeout(left, shared.connections.wait())
         .await
         .is_err()
     {
@@ -72,6 +87,12 @@ pub async fn serve(
             open = shared.connections.len(),
             "connections still open at shutdown deadline"
         );
+    }
+    let left = deadline
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(1));
+    if let Err(e) = shared.storage.shutdown(left).await {
+        error!(error = %e, "storage did not flush everything before shutdown");
     }
     match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), server).await {
         Ok(Ok(result)) => result?,

@@ -24,8 +24,22 @@ async fn main() -> ExitCode {
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
-            tracing::error!("this build has no storage to migrate yet");
-            ExitCode::FAILURE
+            let url = cli.config.effective_database_url();
+            let result = async {
+                let store = tandem::storage::open_store(&url, &cli.config).await?;
+                store.migrate().await?;
+                Ok::<_, crdt_store::StoreError>(store.backend())
+            };
+            match result.await {
+                Ok(backend) => {
+                    tracing::info!(%backend, "migrations applied");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!("migration failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve => {
             let listener = match TcpListener::bind(cli.config.addr).await {

@@ -45,6 +45,14 @@ pub struct Metrics {
     pub awareness_foreign: Counter,
     /// Awareness states removed because they were not renewed in time.
     pub awareness_expired: Counter,
+    /// Updates accepted but not yet durable.
+    pub storage_backlog_updates: Gauge,
+    /// Bytes of updates accepted but not yet durable.
+    pub storage_backlog_bytes: Gauge,
+    /// Age of the oldest update not yet durable, in milliseconds.
+    pub storage_backlog_oldest_ms: Gauge,
+    /// 1 while the database is failing, else 0.
+    pub storage_degraded: Gauge,
 }
 
 impl Metrics {
@@ -123,8 +131,36 @@ impl Metrics {
             "Awareness states removed for not being renewed",
             awareness_expired.clone(),
         );
+        let storage_backlog_updates = Gauge::default();
+        registry.register(
+            "storage_backlog_updates",
+            "Updates accepted but not yet durable",
+            storage_backlog_updates.clone(),
+        );
+        let storage_backlog_bytes = Gauge::default();
+        registry.register(
+            "storage_backlog_bytes",
+            "Bytes of updates accepted but not yet durable",
+            storage_backlog_bytes.clone(),
+        );
+        let storage_backlog_oldest_ms = Gauge::default();
+        registry.register(
+            "storage_backlog_oldest_ms",
+            "Age in milliseconds of the oldest update not yet durable",
+            storage_backlog_oldest_ms.clone(),
+        );
+        let storage_degraded = Gauge::default();
+        registry.register(
+            "storage_degraded",
+            "1 while the database is failing and updates queue in memory",
+            storage_degraded.clone(),
+        );
         Metrics {
             registry,
+            storage_backlog_updates,
+            storage_backlog_bytes,
+            storage_backlog_oldest_ms,
+            storage_degraded,
             connections,
             connections_accepted,
             connections_closed,
@@ -147,6 +183,17 @@ impl Metrics {
         self.connections_closed
             .get_or_create(&vec![("reason", reason)])
             .inc();
+    }
+
+    /// Copies the storage backlog into its gauges (called before each scrape).
+    pub fn observe_storage(&self, backlog: &crdt_store::Backlog) {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.storage_backlog_updates.set(clamp(backlog.rows));
+        self.storage_backlog_bytes.set(clamp(backlog.bytes));
+        let oldest = backlog.oldest_age.map_or(0, |d| d.as_millis());
+        self.storage_backlog_oldest_ms
+            .set(i64::try_from(oldest).unwrap_or(i64::MAX));
+        self.storage_degraded.set(i64::from(backlog.degraded));
     }
 
     /// Renders every metric in the OpenMetrics text format.

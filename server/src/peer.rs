@@ -52,6 +52,8 @@ impl CloseReason {
 pub struct Peer {
     /// Unique id of this connection.
     pub id: ConnId,
+    /// Authenticated user id, recorded as the author of this connection's updates.
+    pub user: Option<String>,
     outbox: mpsc::Sender<Bytes>,
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
@@ -65,6 +67,7 @@ impl Peer {
         let (outbox, rx) = mpsc::channel(max_frames.max(1));
         let peer = Peer {
             id,
+            user: None,
             outbox,
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes: max_bytes,

@@ -29,6 +29,9 @@ pub enum JoinError {
     /// The room kept unloading under us, or the server is shutting down.
     #[error("document is not available")]
     Unavailable,
+    /// The document could not be loaded from storage; it was not created empty instead.
+    #[error("document could not be loaded")]
+    LoadFailed,
 }
 
 impl Registry {
@@ -91,8 +94,11 @@ impl Registry {
             if handle.tx.send(msg).await.is_err() {
                 continue;
             }
-            if joined.await.is_ok() {
-                return Ok(handle.tx);
+            match joined.await {
+                Ok(Ok(())) => return Ok(handle.tx),
+                Ok(Err(e)) => return Err(e),
+                // The room closed before answering (it was unloading): try a fresh one.
+                Err(_) => continue,
             }
         }
         Err(JoinError::Unavailable)
@@ -114,6 +120,14 @@ impl Registry {
             true
         } else {
             !is_ours
+        }
+    }
+
+    /// Removes the room `name` if it is still generation `generation` (the room is ending).
+    pub fn remove(&self, name: &str, generation: u64) {
+        let mut rooms = self.rooms();
+        if rooms.get(name).is_some_and(|h| h.generation == generation) {
+            rooms.remove(name);
         }
     }
 

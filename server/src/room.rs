@@ -4,40 +4,64 @@
 //! Connections talk to the room through its bounded inbox ([`RoomMsg`]); the room answers
 //! through each connection's [`Peer`] queue. Every outgoing frame is encoded once and the same
 //! `Bytes` is shared by all recipients.
+//!
+//! **Persist before relay.** An accepted update gets the next log sequence number and goes to
+//! the store's group-commit writer; the frames it causes (the relay to every peer, and any
+//! SyncStep2 computed after it) wait in `pending` until the writer reports the sequence
+//! durable. So no peer ever holds an update that a crash could lose. The room never waits on
+//! the database: it keeps applying and queueing while commits are in flight.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use crdt_store::{NewUpdate, Store, StoreError, Writer};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
-use tracing::{Instrument, debug, info, info_span, warn};
-use yrs::updates::decoder::Decode;
+use tracing::{Instrument, debug, error, info_span, warn};
+use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
+use crate::close;
 use crate::peer::{CloseReason, Peer};
 use crate::presence::{Change, ConnId, Presence};
 use crate::protocol::{self, Inbound};
-use crate::registry::Registry;
+use crate::registry::{JoinError, Registry};
 use crate::state::Shared;
+use crate::storage::Storage;
 
 /// Capacity of a room's inbox. Senders wait when it is full, which slows the readers of the
 /// connections feeding this room and nobody else.
 const INBOX_CAPACITY: usize = 1024;
 /// How often awareness expiry is checked while the room has states.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How soon an unload is retried when updates are still waiting to become durable.
+const UNLOAD_RETRY: Duration = Duration::from_millis(50);
+
+const INVALID_UPDATE: CloseReason = CloseReason {
+    code: close::INVALID_PAYLOAD,
+    reason: "invalid update",
+    label: "invalid_update",
+};
+const BACKLOG_FULL: CloseReason = CloseReason {
+    code: close::TRY_AGAIN_LATER,
+    reason: "storage backlog full, retry later",
+    label: "backlog_full",
+};
 
 /// A message to a room.
 #[derive(Debug)]
 pub enum RoomMsg {
-    /// A connection joins; the reply comes once the document is ready to serve it.
+    /// A connection joins; the reply comes once the document is loaded and the peer has been
+    /// sent the document's SyncStep1.
     Join {
         /// The joining connection.
         peer: Arc<Peer>,
-        /// Answered when the peer has been sent the document's SyncStep1.
-        reply: oneshot::Sender<()>,
+        /// `Err` when the document could not be loaded.
+        reply: oneshot::Sender<Result<(), JoinError>>,
     },
     /// Messages decoded from one frame of a joined connection.
     Frame {
@@ -51,7 +75,7 @@ pub enum RoomMsg {
         /// Who left.
         conn: ConnId,
     },
-    /// The server is shutting down: close every connection with 1001 and stop.
+    /// The server is shutting down: flush, close every connection with 1001 and stop.
     Shutdown,
 }
 
@@ -64,6 +88,39 @@ pub struct RoomHandle {
     pub generation: u64,
 }
 
+/// A frame waiting for its update to become durable.
+enum Release {
+    /// A relayed update, for every peer.
+    All(Bytes),
+    /// A SyncStep2 for one peer, computed when the document held non-durable updates.
+    One(ConnId, Bytes),
+}
+
+/// The room's link to durable storage.
+struct Durable {
+    store: Store,
+    writer: Writer,
+    doc_id: i64,
+    /// Raised by the writer as log rows commit.
+    watermark: Arc<watch::Sender<i64>>,
+    /// Sequence number covered by the newest snapshot.
+    snapshot_seq: i64,
+    /// Update bytes logged since start (to tell when a snapshot is due).
+    bytes_logged: u64,
+    /// `bytes_logged` when the newest snapshot was taken.
+    bytes_at_snapshot: u64,
+}
+
+/// Why the room's main loop ended.
+enum Exit {
+    /// Idle and removed from the registry.
+    Unloaded,
+    /// Server shutdown.
+    Shutdown,
+    /// The in-memory document can no longer be trusted.
+    Poisoned,
+}
+
 /// State owned by the room task.
 struct Room {
     name: Arc<str>,
@@ -73,6 +130,12 @@ struct Room {
     doc: Doc,
     presence: Presence,
     peers: HashMap<ConnId, Arc<Peer>>,
+    /// Sequence number of the last accepted update.
+    seq: i64,
+    /// Frames waiting for durability, in sequence order.
+    pending: VecDeque<(i64, Release)>,
+    durable: Option<Durable>,
+    poisoned: bool,
 }
 
 /// Starts the task for document `name` and returns its handle.
@@ -88,59 +151,136 @@ pub fn spawn(
         presence: Presence::new(shared.config.awareness_timeout),
         name,
         generation,
-        shared,
         registry,
         doc: Doc::new(),
         peers: HashMap::new(),
+        seq: 0,
+        pending: VecDeque::new(),
+        durable: None,
+        poisoned: false,
+        shared: shared.clone(),
     };
-    tokio::spawn(room.run(rx).instrument(span));
+    shared.rooms.spawn(room.run(rx).instrument(span));
     RoomHandle { tx, generation }
+}
+
+/// Applies stored updates into `doc` in one transaction; errors and panics become an error.
+fn apply_stored<'a>(doc: &Doc, updates: impl Iterator<Item = &'a [u8]>) -> Result<(), String> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let mut txn = doc.transact_mut();
+        for bytes in updates {
+            let update = protocol::decode_update(bytes).map_err(|e| e.to_string())?;
+            txn.apply_update(update).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }));
+    outcome.unwrap_or_else(|_| Err("stored update made yrs panic".into()))
 }
 
 impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
         let shared = self.shared.clone();
         let metrics = &shared.metrics;
+        let mut watermark = match self.load().await {
+            Ok(watermark) => watermark,
+            Err(e) => {
+                error!(error = %e, "load failed; refusing joins");
+                self.registry.remove(&self.name, self.generation);
+                rx.close();
+                while let Some(msg) = rx.recv().await {
+                    if let RoomMsg::Join { reply, .. } = msg {
+                        let _ = reply.send(Err(JoinError::LoadFailed));
+                    }
+                }
+                return;
+            }
+        };
         metrics.documents_open.inc();
         metrics.documents_loaded.inc();
-        debug!("loaded");
-        let mut unload_at = Some(Instant::now() + self.shared.config.unload_after);
+        debug!(seq = self.seq, "loaded");
+
+        let mut unload_at = Some(Instant::now() + shared.config.unload_after);
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
-        loop {
+        let mut snapshot: Option<JoinHandle<Result<(i64, u64), StoreError>>> = None;
+        let exit = loop {
+            if self.poisoned {
+                break Exit::Poisoned;
+            }
+            if snapshot.is_none() {
+                snapshot = self.start_snapshot_if_due();
+            }
             let sweeping = !self.presence.is_empty();
+            let waiting = !self.pending.is_empty();
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(RoomMsg::Shutdown) | None => break,
+                    Some(RoomMsg::Shutdown) | None => break Exit::Shutdown,
                     Some(msg) => self.handle(msg),
                 },
+                changed = async { watermark.as_mut()?.changed().await.ok() }, if waiting => {
+                    if changed.is_some() {
+                        let durable = watermark.as_ref().map_or(self.seq, |w| *w.borrow());
+                        self.release(durable);
+                    }
+                }
+                done = async { snapshot.as_mut()?.await.ok() }, if snapshot.is_some() => {
+                    snapshot = None;
+                    self.snapshot_done(done);
+                }
                 _ = sleep_until(next_sweep.into()), if sweeping => {
                     next_sweep = Instant::now() + SWEEP_EVERY;
                     self.sweep_awareness();
                 }
                 _ = sleep_until(unload_at.unwrap_or_else(Instant::now).into()), if unload_at.is_some() => {
-                    if self.registry.remove_if_idle(&self.name, self.generation, &rx) {
-                        rx.close();
-                        // Anything that slipped in before the close is answered by dropping it:
-                        // joiners see their reply channel close and retry through the registry.
-                        while rx.recv().await.is_some() {}
-                        metrics.documents_unloaded.inc();
-                        debug!("unloaded");
-                        break;
+                    if self.pending.is_empty() && snapshot.is_none() {
+                        self.final_snapshot().await;
+                        if self.registry.remove_if_idle(&self.name, self.generation, &rx) {
+                            break Exit::Unloaded;
+                        }
                     }
-                    unload_at = Some(Instant::now() + self.shared.config.unload_after);
+                    unload_at = Some(Instant::now() + UNLOAD_RETRY);
                     continue;
                 }
             }
             unload_at = if self.peers.is_empty() {
-                unload_at.or_else(|| Some(Instant::now() + self.shared.config.unload_after))
+                unload_at.or_else(|| Some(Instant::now() + shared.config.unload_after))
             } else {
                 None
             };
+        };
+        if let Some(task) = snapshot {
+            let _ = task.await;
         }
-        for peer in self.peers.values() {
-            peer.close(CloseReason::SHUTDOWN);
-        }
+        self.retire(exit, &mut rx, watermark).await;
         metrics.documents_open.dec();
+    }
+
+    /// Loads the document: newest snapshot plus the log after it. Returns the durability
+    /// watermark receiver (none for memory storage).
+    async fn load(&mut self) -> Result<Option<watch::Receiver<i64>>, String> {
+        let Storage::Durable { store, writer } = &self.shared.storage else {
+            return Ok(None);
+        };
+        let loaded = store.load(&self.name).await.map_err(|e| e.to_string())?;
+        let snapshot = loaded.snapshot.as_ref();
+        let stored = snapshot
+            .map(|s| s.state.as_slice())
+            .into_iter()
+            .chain(loaded.updates.iter().map(|row| row.data.as_slice()));
+        apply_stored(&self.doc, stored)?;
+        self.seq = loaded.last_seq;
+        let snapshot_seq = snapshot.map_or(0, |s| s.seq);
+        let bytes_since: u64 = loaded.updates.iter().map(|r| r.size.max(0) as u64).sum();
+        let (watermark, rx) = watch::channel(loaded.last_seq);
+        self.durable = Some(Durable {
+            store: store.clone(),
+            writer: writer.clone(),
+            doc_id: loaded.doc_id,
+            watermark: Arc::new(watermark),
+            snapshot_seq,
+            bytes_logged: bytes_since,
+            bytes_at_snapshot: 0,
+        });
+        Ok(Some(rx))
     }
 
     fn handle(&mut self, msg: RoomMsg) {
@@ -148,7 +288,7 @@ impl Room {
             RoomMsg::Join { peer, reply } => self.join(peer, reply),
             RoomMsg::Frame { conn, msgs } => {
                 for msg in msgs {
-                    if !self.peers.contains_key(&conn) {
+                    if !self.peers.contains_key(&conn) || self.poisoned {
                         break;
                     }
                     self.inbound(conn, msg);
@@ -159,7 +299,7 @@ impl Room {
         }
     }
 
-    fn join(&mut self, peer: Arc<Peer>, reply: oneshot::Sender<()>) {
+    fn join(&mut self, peer: Arc<Peer>, reply: oneshot::Sender<Result<(), JoinError>>) {
         let sv = self.doc.transact().state_vector();
         peer.push(protocol::encode_sync_step1(&sv));
         let live = self.presence.live();
@@ -169,7 +309,7 @@ impl Room {
                     .map(|(id, clock, state)| (id, clock, Some(state))),
             ));
         }
-        if reply.send(()).is_ok() {
+        if reply.send(Ok(())).is_ok() {
             self.peers.insert(peer.id, peer);
         }
     }
@@ -185,7 +325,14 @@ impl Room {
         match msg {
             Inbound::SyncStep1(sv) => {
                 let update = self.doc.transact().encode_state_as_update_v1(&sv);
-                self.send_to(conn, protocol::encode_sync_step2(&update));
+                let frame = protocol::encode_sync_step2(&update);
+                if self.pending.is_empty() {
+                    self.send_to(conn, frame);
+                } else {
+                    // The diff may contain updates not yet durable: hold it with them.
+                    self.pending
+                        .push_back((self.seq, Release::One(conn, frame)));
+                }
             }
             Inbound::Update(update) => self.apply(conn, update),
             Inbound::Awareness(entries) => {
@@ -214,12 +361,19 @@ impl Room {
         }
     }
 
-    /// Applies one update; relays what it changed to everyone, sender included.
+    /// Applies one update; logs what it changed and relays it (once durable) to everyone,
+    /// sender included.
     fn apply(&mut self, conn: ConnId, update: Update) {
+        let max_backlog = self.shared.config.max_backlog_bytes as u64;
+        if self.durable.is_some() && self.shared.storage.backlog().bytes > max_backlog {
+            warn!(conn, "storage backlog full; refusing update");
+            self.kick(conn, BACKLOG_FULL);
+            return;
+        }
         let started = Instant::now();
         let doc = &self.doc;
-        // yrs must not take the server down on a hostile update: a panic is caught and the
-        // room is rebuilt from a clean copy (see `recover`).
+        // yrs must not take the server down on a hostile update: a panic is caught, the
+        // sender closed, and the room retired so the document reloads from storage.
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
             txn.apply_update(update)?;
@@ -232,60 +386,203 @@ impl Room {
         match outcome {
             Ok(Ok(Some(changed))) => {
                 metrics.updates_applied.inc();
-                self.broadcast(protocol::encode_update(&changed));
+                let frame = protocol::encode_update(&changed);
+                self.log(conn, changed);
+                match self.durable {
+                    Some(_) => self.pending.push_back((self.seq, Release::All(frame))),
+                    None => self.broadcast(frame),
+                }
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 warn!(conn, error = %e, "rejected update");
-                self.kick(
-                    conn,
-                    CloseReason {
-                        code: crate::close::INVALID_PAYLOAD,
-                        reason: "invalid update",
-                        label: "invalid_update",
-                    },
-                );
+                self.kick(conn, INVALID_UPDATE);
             }
             Err(_) => {
-                warn!(
+                error!(
                     conn,
-                    "update made yrs panic; closing the sender and rebuilding the document"
+                    "update made yrs panic; closing the sender and reloading the document"
                 );
-                self.kick(
-                    conn,
-                    CloseReason {
-                        code: crate::close::INVALID_PAYLOAD,
-                        reason: "invalid update",
-                        label: "invalid_update",
-                    },
-                );
-                self.recover();
+                self.kick(conn, INVALID_UPDATE);
+                self.poisoned = true;
             }
         }
     }
 
-    /// After a panic inside yrs the in-memory `Doc` cannot be trusted. Every client is closed
-    /// so it reconnects and resyncs; the room rebuilds from the last trustworthy state.
-    fn recover(&mut self) {
-        let peers: Vec<_> = self.peers.keys().copied().collect();
-        for conn in peers {
-            self.kick(conn, CloseReason::INTERNAL);
-        }
-        let fresh = Doc::new();
-        let state = catch_unwind(AssertUnwindSafe(|| {
-            self.doc
-                .transact()
-                .encode_state_as_update_v1(&StateVector::default())
-        }));
-        if let Ok(state) = state {
-            if let Ok(update) = Update::decode_v1(&state) {
-                let _ = catch_unwind(AssertUnwindSafe(|| {
-                    fresh.transact_mut().apply_update(update)
-                }));
+    /// Gives an accepted update the next sequence number and queues it for the log.
+    fn log(&mut self, conn: ConnId, changed: Vec<u8>) {
+        self.seq += 1;
+        let Some(durable) = &mut self.durable else {
+            return;
+        };
+        durable.bytes_logged += changed.len() as u64;
+        let author = self.peers.get(&conn).and_then(|p| p.user.clone());
+        durable.writer.append(
+            NewUpdate {
+                doc_id: durable.doc_id,
+                seq: self.seq,
+                data: Bytes::from(changed),
+                author,
+                created_at: SystemTime::now(),
+            },
+            durable.watermark.clone(),
+        );
+    }
+
+    /// Sends every pending frame whose update is now durable.
+    fn release(&mut self, durable: i64) {
+        while self.pending.front().is_some_and(|(seq, _)| *seq <= durable) {
+            let Some((_, release)) = self.pending.pop_front() else {
+                break;
+            };
+            match release {
+                Release::All(frame) => self.broadcast(frame),
+                Release::One(conn, frame) => self.send_to(conn, frame),
             }
         }
-        self.doc = fresh;
-        info!("document rebuilt after a failed update");
+    }
+
+    /// Starts writing a snapshot in the background when the log since the last one is long
+    /// enough. The task waits until the covered updates are durable before writing, so a
+    /// snapshot never claims a sequence number the log does not have.
+    fn start_snapshot_if_due(&mut self) -> Option<JoinHandle<Result<(i64, u64), StoreError>>> {
+        let config = &self.shared.config;
+        let durable = self.durable.as_ref()?;
+        let rows = (self.seq - durable.snapshot_seq) as u64;
+        let bytes = durable.bytes_logged - durable.bytes_at_snapshot;
+        if rows == 0
+            || (rows < config.snapshot_every_updates && bytes < config.snapshot_every_bytes as u64)
+        {
+            return None;
+        }
+        let (state, sv) = self.encode_state()?;
+        let (store, doc_id, seq, bytes_logged) = (
+            durable.store.clone(),
+            durable.doc_id,
+            self.seq,
+            durable.bytes_logged,
+        );
+        let mut watermark = durable.watermark.subscribe();
+        let retention = config.log_retention;
+        Some(tokio::spawn(
+            async move {
+                // The sender lives in this room, which outlives the task.
+                let _ = watermark.wait_for(|w| *w >= seq).await;
+                store.write_snapshot(doc_id, seq, &state, &sv).await?;
+                if let Some(keep) = retention {
+                    let before = SystemTime::now() - keep;
+                    let pruned = store.prune_log(doc_id, before).await?;
+                    debug!(pruned, "log retention applied");
+                }
+                Ok((seq, bytes_logged))
+            }
+            .in_current_span(),
+        ))
+    }
+
+    fn snapshot_done(&mut self, done: Option<Result<(i64, u64), StoreError>>) {
+        match (done, &mut self.durable) {
+            (Some(Ok((seq, bytes))), Some(durable)) => {
+                durable.snapshot_seq = seq;
+                durable.bytes_at_snapshot = bytes;
+                debug!(seq, "snapshot written");
+            }
+            // Leaves the thresholds crossed, so the next loop turn tries again.
+            (Some(Err(e)), _) => warn!(error = %e, "snapshot failed"),
+            _ => {}
+        }
+    }
+
+    /// Writes a snapshot covering everything, if the log has grown since the last one (so the
+    /// next load reads one row). Errors are logged: the log alone is still complete.
+    async fn final_snapshot(&mut self) {
+        let Some(durable) = &self.durable else {
+            return;
+        };
+        if self.seq == durable.snapshot_seq || self.poisoned {
+            return;
+        }
+        let Some((state, sv)) = self.encode_state() else {
+            return;
+        };
+        let (store, doc_id, seq) = (durable.store.clone(), durable.doc_id, self.seq);
+        let mut watermark = durable.watermark.subscribe();
+        let timeout = self.shared.config.shutdown_timeout;
+        let write = async {
+            let _ = watermark.wait_for(|w| *w >= seq).await;
+            store.write_snapshot(doc_id, seq, &state, &sv).await
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => {
+                if let Some(durable) = &mut self.durable {
+                    durable.snapshot_seq = seq;
+                    durable.bytes_at_snapshot = durable.bytes_logged;
+                }
+            }
+            Ok(Err(e)) => warn!(error = %e, "final snapshot failed"),
+            Err(_) => warn!("final snapshot timed out"),
+        }
+    }
+
+    fn encode_state(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+        catch_unwind(AssertUnwindSafe(|| {
+            let txn = self.doc.transact();
+            (
+                txn.encode_state_as_update_v1(&StateVector::default()),
+                txn.state_vector().encode_v1(),
+            )
+        }))
+        .ok()
+    }
+
+    /// Ends the room: waits (bounded) for pending updates to become durable and delivers them,
+    /// writes a final snapshot, closes the peers, leaves the registry and answers anything
+    /// still in the inbox so joiners retry against a fresh room.
+    async fn retire(
+        &mut self,
+        exit: Exit,
+        rx: &mut mpsc::Receiver<RoomMsg>,
+        mut watermark: Option<watch::Receiver<i64>>,
+    ) {
+        let timeout = self.shared.config.shutdown_timeout;
+        if let Some(w) = watermark.as_mut() {
+            let seq = self.seq;
+            if tokio::time::timeout(timeout, w.wait_for(|d| *d >= seq))
+                .await
+                .is_err()
+            {
+                warn!(
+                    seq,
+                    "updates not durable before the room closed; they stay queued in the writer"
+                );
+            }
+            let durable = *w.borrow();
+            self.release(durable);
+        } else {
+            self.release(self.seq);
+        }
+        let reason = match exit {
+            Exit::Poisoned => CloseReason::INTERNAL,
+            Exit::Shutdown | Exit::Unloaded => CloseReason::SHUTDOWN,
+        };
+        if !matches!(exit, Exit::Poisoned) {
+            self.final_snapshot().await;
+        }
+        for peer in self.peers.values() {
+            peer.close(reason);
+        }
+        self.peers.clear();
+        if !matches!(exit, Exit::Unloaded) {
+            self.registry.remove(&self.name, self.generation);
+        }
+        rx.close();
+        // Anything that slipped in is answered by dropping it: joiners see their reply channel
+        // close and retry through the registry, reaching a fresh room.
+        while rx.recv().await.is_some() {}
+        if matches!(exit, Exit::Unloaded) {
+            self.shared.metrics.documents_unloaded.inc();
+        }
+        debug!("room closed");
     }
 
     fn sweep_awareness(&mut self) {

@@ -23,6 +23,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A running server.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Holds the SQLite file of a server started without a database URL.
+    _dir: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -35,7 +37,20 @@ pub fn config() -> Config {
 }
 
 impl TestServer {
-    pub async fn start(config: Config) -> TestServer {
+    /// Starts a server; without a database URL it gets a fresh SQLite file of its own.
+    pub async fn start(mut config: Config) -> TestServer {
+        let dir = if config.database_url.is_none() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            config.database_url = Some(format!("sqlite://{}/tandem.db", dir.path().display()));
+            Some(dir)
+        } else {
+            None
+        };
+        Self::start_with(config, dir).await
+    }
+
+    /// Starts a server with exactly `config`, keeping `dir` alive as long as the server.
+    pub async fn start_with(config: Config, dir: Option<tempfile::TempDir>) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -51,6 +66,7 @@ impl TestServer {
         });
         TestServer {
             addr,
+            _dir: dir,
             stop: Some(stop),
             task: Some(task),
         }
