@@ -1,5 +1,5 @@
 // Proves: (1) on SIGTERM Tandem closes every client socket with code 1001
-// ("going away") and exits by itself, cleanly; (2) [todo until storage lands]
+// ("going away") and exits by itself, cleanly; (2)
 // content typed before a SIGTERM is still there after a restart in the same
 // working directory (storage under ./data/).
 
@@ -52,7 +52,7 @@ test('SIGTERM closes client sockets with 1001 and the server exits cleanly', { t
   }
 })
 
-test('content survives a SIGTERM and restart in the same directory', { timeout: 60000, todo: 'needs storage' }, async () => {
+test('content survives a SIGTERM and restart in the same directory', { timeout: 60000 }, async () => {
   const cwd = makeTempDir()
   dirs.push(cwd)
   const first = await start(cwd)
