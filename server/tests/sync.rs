@@ -179,3 +179,35 @@ async fn offline_edits_merge_on_reconnect() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_thousand_simultaneous_joins_load_the_document_once() {
+    let mut cfg = config();
+    cfg.unload_after = std::time::Duration::from_millis(200);
+    let server = TestServer::start(cfg).await;
+    let url = server.url("stampede");
+    {
+        let mut seed = Client::join(&url).await;
+        seed.insert("text", 0, "seeded").await;
+        seed.pump_until(|c| c.updates_received == 1).await;
+    }
+    // Let the document unload so the stampede meets a cold document.
+    common::eventually("the document unloads", || async {
+        server.metric("tandem_documents_open", "").await == 0.0
+    })
+    .await;
+    let loaded_before = server.metric("tandem_documents_loaded_total", "").await;
+    let joins = (0..1000).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { Client::join(&url).await })
+    });
+    let clients = futures::future::join_all(joins).await;
+    for c in &clients {
+        let c = c.as_ref().expect("join task");
+        assert_eq!(c.text("text"), "seeded");
+    }
+    let loaded = server.metric("tandem_documents_loaded_total", "").await - loaded_before;
+    assert_eq!(loaded, 1.0, "the document must be loaded exactly once");
+    drop(clients);
+    server.stop().await;
+}
