@@ -38,6 +38,8 @@ use crate::storage::Storage;
 const INBOX_CAPACITY: usize = 1024;
 /// How often awareness expiry is checked while the room has states.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Pause after a failed snapshot before the next attempt.
+const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
 /// How soon an unload is retried when updates are still waiting to become durable.
 const UNLOAD_RETRY: Duration = Duration::from_millis(50);
 
@@ -109,6 +111,9 @@ struct Durable {
     bytes_logged: u64,
     /// `bytes_logged` when the newest snapshot was taken.
     bytes_at_snapshot: u64,
+    /// After a failed snapshot, none is attempted before this (the database may be down, and
+    /// encoding a large document on every turn of the loop would waste the room's time).
+    snapshot_not_before: Option<Instant>,
 }
 
 /// Why the room's main loop ended.
@@ -279,6 +284,7 @@ impl Room {
             snapshot_seq,
             bytes_logged: bytes_since,
             bytes_at_snapshot: 0,
+            snapshot_not_before: None,
         });
         Ok(Some(rx))
     }
@@ -448,6 +454,12 @@ impl Room {
     fn start_snapshot_if_due(&mut self) -> Option<JoinHandle<Result<(i64, u64), StoreError>>> {
         let config = &self.shared.config;
         let durable = self.durable.as_ref()?;
+        if durable
+            .snapshot_not_before
+            .is_some_and(|t| Instant::now() < t)
+        {
+            return None;
+        }
         let rows = (self.seq - durable.snapshot_seq) as u64;
         let bytes = durable.bytes_logged - durable.bytes_at_snapshot;
         if rows == 0
@@ -487,8 +499,11 @@ impl Room {
                 durable.bytes_at_snapshot = bytes;
                 debug!(seq, "snapshot written");
             }
-            // Leaves the thresholds crossed, so the next loop turn tries again.
-            (Some(Err(e)), _) => warn!(error = %e, "snapshot failed"),
+            // The thresholds stay crossed, so it is retried after a pause.
+            (Some(Err(e)), Some(durable)) => {
+                warn!(error = %e, "snapshot failed; retrying later");
+                durable.snapshot_not_before = Some(Instant::now() + SNAPSHOT_RETRY);
+            }
             _ => {}
         }
     }
