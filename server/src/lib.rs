@@ -3,12 +3,14 @@
 //! [`serve`] runs the server on a listener until a shutdown future resolves; `main.rs` is a
 //! thin wrapper around it and tests call it directly on port 0.
 
+pub mod auth;
 pub mod close;
 pub mod config;
 pub mod connection;
 pub mod docname;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod peer;
 pub mod presence;

@@ -1,0 +1,412 @@
+//! Who may open which document, and how: JWT verification, document grants, revocation.
+//!
+//! A token is a JWT signed with HS256 (shared secret) or EdDSA / ES256 (public key). Claims:
+//!
+//! ```json
+//! { "sub": "user-42", "name": "Ada", "docs": ["notes/plan", "team-a/*"], "access": "rw",
+//!   "exp": 1767225600, "iat": 1767222000, "jti": "token-id-1" }
+//! ```
+//!
+//! - `docs`: exact document names, or prefixes ending in `*` (`"*"` alone grants every
+//!   document);
+//! - `access`: `"rw"` (read and write) or `"ro"` (read only);
+//! - `exp` is required; `sub`, `name`, `iat`, `jti` are optional but revocation by user needs
+//!   `sub` and revocation by token needs `jti`.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, errors::ErrorKind};
+use serde::Deserialize;
+
+/// Seconds of clock skew tolerated on `exp`.
+const LEEWAY_SECS: u64 = 5;
+
+/// What a token lets a connection do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum Access {
+    /// Read and write.
+    #[serde(rename = "rw")]
+    ReadWrite,
+    /// Read only: updates are ignored (and counted).
+    #[serde(rename = "ro")]
+    ReadOnly,
+}
+
+/// The verified identity and rights of one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// User id (`sub`), stored as the author of this connection's updates.
+    pub user: Option<String>,
+    /// Display name (`name`).
+    pub name: Option<String>,
+    /// Read-write or read-only.
+    pub access: Access,
+    /// When the token expires (`None` in open mode).
+    pub expires_at: Option<SystemTime>,
+    /// Token id (`jti`), for revocation.
+    pub token_id: Option<String>,
+    /// Issued-at (`iat`), to tell tokens issued before a user revocation.
+    pub issued_at: Option<SystemTime>,
+}
+
+impl Grant {
+    /// The grant of every connection in open mode: anonymous, read-write, no expiry.
+    pub fn open() -> Grant {
+        Grant {
+            user: None,
+            name: None,
+            access: Access::ReadWrite,
+            expires_at: None,
+            token_id: None,
+            issued_at: None,
+        }
+    }
+}
+
+/// Why a connection is refused. Reasons are short and never echo the token or secrets.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No token in `?token=` or `Sec-WebSocket-Protocol`.
+    #[error("missing token")]
+    Missing,
+    /// Not a JWT, or its claims are not Tandem's.
+    #[error("malformed token")]
+    Malformed,
+    /// The signature does not verify with the configured key.
+    #[error("invalid token signature")]
+    BadSignature,
+    /// `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// The token does not grant this document.
+    #[error("token does not grant this document")]
+    WrongDocument,
+    /// The token or its user was revoked.
+    #[error("token revoked")]
+    Revoked,
+}
+
+impl AuthError {
+    /// 403 when the token is valid but does not grant the document; 401 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::WrongDocument => 403,
+            _ => 401,
+        }
+    }
+
+    /// A metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::WrongDocument => "wrong_document",
+            AuthError::Revoked => "revoked",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    docs: Vec<String>,
+    access: Access,
+    exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
+/// Whether `pattern` (an exact name, or a prefix ending in `*`) grants document `doc`.
+pub fn grants(pattern: &str, doc: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => doc.starts_with(prefix),
+        None => pattern == doc,
+    }
+}
+
+/// Revoked token ids and users, kept in memory (and in storage by the caller).
+#[derive(Debug, Default)]
+pub struct Revocations {
+    tokens: HashMap<String, SystemTime>,
+    /// User id → when it was revoked: tokens issued before then are refused.
+    users: HashMap<String, SystemTime>,
+}
+
+impl Revocations {
+    /// Revokes token id `jti`.
+    pub fn revoke_token(&mut self, jti: &str, at: SystemTime) {
+        self.tokens.insert(jti.to_string(), at);
+    }
+
+    /// Revokes every token of `user` issued before `at` (and tokens without `iat`).
+    pub fn revoke_user(&mut self, user: &str, at: SystemTime) {
+        self.users.insert(user.to_string(), at);
+    }
+
+    /// Lifts a revocation; returns whether there was one.
+    pub fn lift(&mut self, token_id: Option<&str>, user: Option<&str>) -> bool {
+        let a = token_id.is_some_and(|t| self.tokens.remove(t).is_some());
+        let b = user.is_some_and(|u| self.users.remove(u).is_some());
+        a || b
+    }
+
+    /// Whether `grant` is revoked.
+    pub fn is_revoked(&self, grant: &Grant) -> bool {
+        if grant
+            .token_id
+            .as_deref()
+            .is_some_and(|t| self.tokens.contains_key(t))
+        {
+            return true;
+        }
+        let Some(revoked_at) = grant.user.as_deref().and_then(|u| self.users.get(u)) else {
+            return false;
+        };
+        grant.issued_at.is_none_or(|iat| iat <= *revoked_at)
+    }
+}
+
+/// Verifies tokens for `token` mode; `None` keys means open mode.
+pub struct Authenticator {
+    keys: Option<Vec<(DecodingKey, Validation)>>,
+    /// Revoked tokens and users.
+    pub revocations: RwLock<Revocations>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("mode", &if self.keys.is_some() { "token" } else { "open" })
+            .finish_non_exhaustive()
+    }
+}
+
+fn validation(alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = LEEWAY_SECS;
+    v.validate_exp = true;
+    v.set_required_spec_claims(&["exp"]);
+    v
+}
+
+impl Authenticator {
+    /// Open mode: everyone may read and write everything.
+    pub fn open() -> Authenticator {
+        Authenticator {
+            keys: None,
+            revocations: RwLock::default(),
+        }
+    }
+
+    /// Token mode with an HS256 secret and/or a PEM public key (Ed25519 or P-256).
+    pub fn token(secret: Option<&[u8]>, public_key_pem: Option<&[u8]>) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        if let Some(secret) = secret {
+            if secret.len() < 32 {
+                return Err("the JWT secret must be at least 32 bytes".into());
+            }
+            keys.push((
+                DecodingKey::from_secret(secret),
+                validation(Algorithm::HS256),
+            ));
+        }
+        if let Some(pem) = public_key_pem {
+            if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+                keys.push((key, validation(Algorithm::EdDSA)));
+            } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+                keys.push((key, validation(Algorithm::ES256)));
+            } else {
+                return Err("the JWT public key is neither an Ed25519 nor a P-256 PEM key".into());
+            }
+        }
+        if keys.is_empty() {
+            return Err("token mode needs --jwt-secret or --jwt-public-key-file".into());
+        }
+        Ok(Authenticator {
+            keys: Some(keys),
+            revocations: RwLock::default(),
+        })
+    }
+
+    /// Whether tokens are required.
+    pub fn is_open(&self) -> bool {
+        self.keys.is_none()
+    }
+
+    /// Verifies `token` for document `doc`.
+    pub fn authorize(&self, token: Option<&str>, doc: &str) -> Result<Grant, AuthError> {
+        let Some(keys) = &self.keys else {
+            return Ok(Grant::open());
+        };
+        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let mut last = AuthError::BadSignature;
+        for (key, validation) in keys {
+            if !validation.algorithms.contains(&header.alg) {
+                continue;
+            }
+            match decode::<Claims>(token, key, validation) {
+                Ok(data) => return self.grant(data.claims, doc),
+                Err(e) => {
+                    last = match e.kind() {
+                        ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
+                        ErrorKind::InvalidSignature => AuthError::BadSignature,
+                        ErrorKind::Json(_)
+                        | ErrorKind::MissingRequiredClaim(_)
+                        | ErrorKind::InvalidToken
+                        | ErrorKind::Base64(_)
+                        | ErrorKind::Utf8(_) => AuthError::Malformed,
+                        _ => AuthError::BadSignature,
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn grant(&self, claims: Claims, doc: &str) -> Result<Grant, AuthError> {
+        if !claims.docs.iter().any(|p| grants(p, doc)) {
+            return Err(AuthError::WrongDocument);
+        }
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        let grant = Grant {
+            user: claims.sub,
+            name: claims.name,
+            access: claims.access,
+            expires_at: Some(at(claims.exp)),
+            token_id: claims.jti,
+            issued_at: claims.iat.map(at),
+        };
+        let revoked = self
+            .revocations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_revoked(&grant);
+        if revoked {
+            return Err(AuthError::Revoked);
+        }
+        Ok(grant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn token(claims: serde_json::Value, secret: &[u8]) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .expect("encode")
+    }
+
+    fn auth() -> Authenticator {
+        Authenticator::token(Some(SECRET), None).expect("auth")
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(grants("a", "a"));
+        assert!(!grants("a", "ab"));
+        assert!(grants("team/*", "team/x"));
+        assert!(!grants("team/*", "other"));
+        assert!(grants("*", "anything"));
+    }
+
+    #[test]
+    fn valid_token_grants_its_documents() {
+        let t = token(
+            json!({"sub": "u1", "name": "Ada", "docs": ["notes", "team/*"], "access": "ro", "exp": now() + 60, "jti": "t1"}),
+            SECRET,
+        );
+        let g = auth().authorize(Some(&t), "team/plan").expect("granted");
+        assert_eq!(g.user.as_deref(), Some("u1"));
+        assert_eq!(g.access, Access::ReadOnly);
+        assert_eq!(
+            auth().authorize(Some(&t), "other"),
+            Err(AuthError::WrongDocument)
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let a = auth();
+        assert_eq!(a.authorize(None, "d"), Err(AuthError::Missing));
+        assert_eq!(a.authorize(Some("garbage"), "d"), Err(AuthError::Malformed));
+        let claims = json!({"docs": ["d"], "access": "rw", "exp": now() + 60});
+        let bad = token(claims.clone(), b"another-secret-another-secret-xx");
+        assert_eq!(a.authorize(Some(&bad), "d"), Err(AuthError::BadSignature));
+        let expired = token(
+            json!({"docs": ["d"], "access": "rw", "exp": now() - 600}),
+            SECRET,
+        );
+        assert_eq!(a.authorize(Some(&expired), "d"), Err(AuthError::Expired));
+        let no_docs = token(json!({"access": "rw", "exp": now() + 60}), SECRET);
+        assert_eq!(a.authorize(Some(&no_docs), "d"), Err(AuthError::Malformed));
+        assert!(a.authorize(Some(&token(claims, SECRET)), "d").is_ok());
+    }
+
+    #[test]
+    fn revocation_by_token_and_by_user() {
+        let a = auth();
+        let t = token(
+            json!({"sub": "u1", "docs": ["d"], "access": "rw", "exp": now() + 60, "iat": now() - 10, "jti": "t1"}),
+            SECRET,
+        );
+        a.revocations
+            .write()
+            .expect("lock")
+            .revoke_token("t1", SystemTime::now());
+        assert_eq!(a.authorize(Some(&t), "d"), Err(AuthError::Revoked));
+        a.revocations.write().expect("lock").lift(Some("t1"), None);
+        assert!(a.authorize(Some(&t), "d").is_ok());
+        a.revocations
+            .write()
+            .expect("lock")
+            .revoke_user("u1", SystemTime::now());
+        assert_eq!(a.authorize(Some(&t), "d"), Err(AuthError::Revoked));
+        // A token issued after the user revocation is accepted again.
+        let fresh = token(
+            json!({"sub": "u1", "docs": ["d"], "access": "rw", "exp": now() + 60, "iat": now() + 5}),
+            SECRET,
+        );
+        assert!(a.authorize(Some(&fresh), "d").is_ok());
+    }
+
+    #[test]
+    fn open_mode_grants_everything() {
+        assert_eq!(
+            Authenticator::open().authorize(None, "x"),
+            Ok(Grant::open())
+        );
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(Authenticator::token(Some(b"short"), None).is_err());
+        assert!(Authenticator::token(None, None).is_err());
+        assert!(Authenticator::token(None, Some(b"not a pem")).is_err());
+    }
+}
