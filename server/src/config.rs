@@ -53,6 +53,24 @@ pub struct Cli {
     pub config: Config,
 }
 
+/// How connections are authorized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// No tokens: every connection may read and write every document.
+    Open,
+    /// JWTs required.
+    Token,
+}
+
+/// What happens to awareness from read-only connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadOnlyAwareness {
+    /// Relayed like anyone's (others see read-only users' cursors and names).
+    Relay,
+    /// Dropped (read-only users are invisible).
+    Drop,
+}
+
 /// Subcommands of `tandem`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -136,6 +154,60 @@ pub struct Config {
     /// edits, which it resends when it reconnects.
     #[arg(long, env = "TANDEM_MAX_BACKLOG_BYTES", default_value = "256MiB", value_parser = size)]
     pub max_backlog_bytes: usize,
+
+    /// `open`: anyone may read and write every document (development default; a warning is
+    /// logged). `token`: every connection needs a JWT granting the document.
+    #[arg(long, env = "TANDEM_AUTH", value_enum, default_value_t = AuthMode::Open)]
+    pub auth: AuthMode,
+
+    /// HS256 secret for tokens (at least 32 bytes).
+    #[arg(long, env = "TANDEM_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM file with an Ed25519 (EdDSA) or P-256 (ES256) public key for tokens.
+    #[arg(long, env = "TANDEM_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// Bearer token for the admin API (`/api/v1/admin/...`); without it the admin API is off.
+    #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Whether awareness (cursors, names) from read-only connections is relayed.
+    #[arg(long, env = "TANDEM_READONLY_AWARENESS", value_enum, default_value_t = ReadOnlyAwareness::Relay)]
+    pub readonly_awareness: ReadOnlyAwareness,
+
+    /// Allowed `Origin` headers for WebSocket upgrades, comma-separated (e.g.
+    /// `https://app.example.com`). Empty: any origin.
+    #[arg(long, env = "TANDEM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Most connections to one document (0 = unlimited); beyond it upgrades get HTTP 429.
+    #[arg(long, env = "TANDEM_MAX_CONNS_PER_DOC", default_value_t = 5000)]
+    pub max_conns_per_doc: usize,
+
+    /// Most connections from one client IP address (0 = unlimited); beyond it upgrades get
+    /// HTTP 429. Off by default because many users can share one address behind NAT.
+    #[arg(long, env = "TANDEM_MAX_CONNS_PER_IP", default_value_t = 0)]
+    pub max_conns_per_ip: usize,
+
+    /// Messages per second one connection may send on average (0 = unlimited); a connection
+    /// above it is closed with 4429.
+    #[arg(long, env = "TANDEM_MAX_MESSAGES_PER_SEC", default_value_t = 500)]
+    pub max_messages_per_sec: u32,
+
+    /// Burst allowance for `--max-messages-per-sec`.
+    #[arg(long, env = "TANDEM_MESSAGE_BURST", default_value_t = 2000)]
+    pub message_burst: u32,
+
+    /// A connection that sends no message within this time after the upgrade is closed with
+    /// 4408.
+    #[arg(long, env = "TANDEM_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub handshake_timeout: Duration,
+
+    /// A connection that sends no message (pongs do not count) for this long is closed with
+    /// 4409. y-websocket clients renew awareness every 15 s, so a live editor never idles.
+    #[arg(long, env = "TANDEM_IDLE_TIMEOUT", default_value = "30m", value_parser = duration)]
+    pub idle_timeout: Duration,
 
     /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `tandem=debug`).
     #[arg(long, env = "TANDEM_LOG", default_value = "info")]
