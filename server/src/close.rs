@@ -23,3 +23,13 @@ pub const SLOW_CONSUMER: u16 = 4001;
 pub const PING_TIMEOUT: u16 = 4002;
 /// The document could not be loaded from storage; nothing was served. Retry later.
 pub const LOAD_FAILED: u16 = 4003;
+/// The connection's token expired; get a new token and reconnect.
+pub const TOKEN_EXPIRED: u16 = 4401;
+/// The connection's token (or its user) was revoked.
+pub const REVOKED: u16 = 4403;
+/// No message arrived within the handshake timeout after the upgrade.
+pub const HANDSHAKE_TIMEOUT: u16 = 4408;
+/// No message (pongs aside) arrived within the idle timeout.
+pub const IDLE_TIMEOUT: u16 = 4409;
+/// The connection sent messages faster than its allowed rate.
+pub const RATE_LIMITED: u16 = 4429;

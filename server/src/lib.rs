@@ -3,6 +3,7 @@
 //! [`serve`] runs the server on a listener until a shutdown future resolves; `main.rs` is a
 //! thin wrapper around it and tests call it directly on port 0.
 
+pub mod admin;
 pub mod auth;
 pub mod close;
 pub mod config;
@@ -36,6 +37,32 @@ use crate::http::AppState;
 use crate::registry::Registry;
 use crate::state::Shared;
 
+/// Builds the token verifier the configuration asks for.
+fn authenticator(config: &Config) -> Result<auth::Authenticator, ServerError> {
+    match config.auth {
+        config::AuthMode::Open => {
+            warn!(
+                "auth mode is open: anyone who can reach this server may read and write every \
+                 document; use --auth token in production"
+            );
+            Ok(auth::Authenticator::open())
+        }
+        config::AuthMode::Token => {
+            let pem = match &config.jwt_public_key_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    ServerError::Config(format!("cannot read {}: {e}", path.display()))
+                })?),
+                None => None,
+            };
+            auth::Authenticator::token(
+                config.jwt_secret.as_deref().map(str::as_bytes),
+                pem.as_deref(),
+            )
+            .map_err(ServerError::Config)
+        }
+    }
+}
+
 /// Serves `listener` with `config` until `shutdown` resolves, then closes every connection
 /// with 1001 and returns within `config.shutdown_timeout`.
 pub async fn serve(
@@ -43,8 +70,9 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let auth = authenticator(&config)?;
     let storage = storage::Storage::open(&config).await?;
-    let shared = Shared::new(config, storage);
+    let shared = Shared::new(config, storage, auth);
     let registry = Registry::new(shared.clone());
     let state = AppState {
         shared: shared.clone(),

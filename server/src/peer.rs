@@ -54,6 +54,10 @@ pub struct Peer {
     pub id: ConnId,
     /// Authenticated user id, recorded as the author of this connection's updates.
     pub user: Option<String>,
+    /// Token id, for revocation.
+    pub token_id: Option<String>,
+    /// Read-only connections' updates are ignored.
+    pub read_only: bool,
     outbox: mpsc::Sender<Bytes>,
     queued_bytes: AtomicUsize,
     max_queued_bytes: usize,
@@ -68,6 +72,8 @@ impl Peer {
         let peer = Peer {
             id,
             user: None,
+            token_id: None,
+            read_only: false,
             outbox,
             queued_bytes: AtomicUsize::new(0),
             max_queued_bytes: max_bytes,
@@ -75,6 +81,14 @@ impl Peer {
             closing: CancellationToken::new(),
         };
         (peer, rx)
+    }
+
+    /// Attaches the identity and rights a token granted.
+    pub fn with_grant(mut self, grant: &crate::auth::Grant) -> Self {
+        self.user = grant.user.clone();
+        self.token_id = grant.token_id.clone();
+        self.read_only = grant.access == crate::auth::Access::ReadOnly;
+        self
     }
 
     /// Queues a frame. Returns `false` if the peer is (now) closing: its queue overflowed, in

@@ -1,13 +1,18 @@
 //! What every part of the running server shares: configuration, metrics, shutdown signal.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::limits::Counter;
 use crate::metrics::Metrics;
+use crate::peer::{CloseReason, Peer};
 use crate::presence::ConnId;
 use crate::storage::Storage;
 
@@ -20,6 +25,14 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Where documents are loaded from and logged to.
     pub storage: Storage,
+    /// Token verification and revocations.
+    pub auth: Authenticator,
+    /// Connections per client address.
+    pub per_addr: Arc<Counter<IpAddr>>,
+    /// Connections per document.
+    pub per_doc: Arc<Counter<Arc<str>>>,
+    /// Every live connection, so a revocation can close them wherever they are.
+    live: Mutex<HashMap<ConnId, Arc<Peer>>>,
     /// Cancelled when the server starts shutting down; connections close with 1001.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for their close handshakes.
@@ -31,8 +44,12 @@ pub struct Shared {
 
 impl Shared {
     /// Builds the shared state for a server with `config`.
-    pub fn new(config: Config, storage: Storage) -> Arc<Shared> {
+    pub fn new(config: Config, storage: Storage, auth: Authenticator) -> Arc<Shared> {
         Arc::new(Shared {
+            auth,
+            per_addr: Counter::new(config.max_conns_per_ip),
+            per_doc: Counter::new(config.max_conns_per_doc),
+            live: Mutex::new(HashMap::new()),
             config,
             metrics: Metrics::new(),
             storage,
@@ -41,6 +58,31 @@ impl Shared {
             rooms: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
         })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Arc<Peer>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a live connection.
+    pub fn register(&self, peer: Arc<Peer>) {
+        self.live().insert(peer.id, peer);
+    }
+
+    /// Forgets a closed connection.
+    pub fn unregister(&self, id: ConnId) {
+        self.live().remove(&id);
+    }
+
+    /// Closes every live connection `matches` selects; returns how many.
+    pub fn close_matching(&self, matches: impl Fn(&Peer) -> bool, reason: CloseReason) -> usize {
+        let live = self.live();
+        let mut closed = 0;
+        for peer in live.values().filter(|p| matches(p)) {
+            peer.close(reason);
+            closed += 1;
+        }
+        closed
     }
 
     /// A fresh connection id.
