@@ -50,6 +50,13 @@ pub struct StoreOptions {
     /// pool) before failing with [`StoreError::Unavailable`]. Keeps startup and
     /// requests from hanging on an unreachable database.
     pub connect_timeout: Duration,
+    /// Longest a [`Store::load`] may take before it fails with
+    /// [`StoreError::Unavailable`]. Without it a load on a pooled connection
+    /// whose network path silently drops packets waits for TCP to give up
+    /// (many minutes), and every client joining that document waits with it;
+    /// with it they are refused and retry. Generous, because a large document
+    /// without a snapshot legitimately takes a while to read.
+    pub load_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -57,6 +64,7 @@ impl Default for StoreOptions {
         StoreOptions {
             max_connections: 8,
             connect_timeout: Duration::from_secs(5),
+            load_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -67,6 +75,8 @@ impl Default for StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     inner: Inner,
+    /// [`StoreOptions::load_timeout`].
+    load_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -116,7 +126,10 @@ impl Store {
                 )));
             }
         };
-        let store = Store { inner };
+        let store = Store {
+            inner,
+            load_timeout: opts.load_timeout,
+        };
         tracing::debug!(backend = %store.backend(), "store opened");
         Ok(store)
     }
@@ -144,8 +157,18 @@ impl Store {
     /// newest snapshot (if any) and every log row after the snapshot's seq in seq
     /// order, read from one consistent database snapshot so a concurrent
     /// compaction cannot leave a gap.
+    ///
+    /// Fails with [`StoreError::Unavailable`] after [`StoreOptions::load_timeout`]
+    /// (the read is abandoned; at most the document's row was created).
     pub async fn load(&self, name: &str) -> Result<LoadedDoc, StoreError> {
-        dispatch!(self, b => b.load(name).await)
+        let load = async { dispatch!(self, b => b.load(name).await) };
+        match tokio::time::timeout(self.load_timeout, load).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "load: no answer within {:?}",
+                self.load_timeout
+            ))),
+        }
     }
 
     /// Appends rows (from any number of documents) in ONE transaction: all or

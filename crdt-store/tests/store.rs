@@ -433,6 +433,7 @@ async fn open_unreachable_postgres_fails_fast() {
     let opts = StoreOptions {
         max_connections: 2,
         connect_timeout: Duration::from_secs(10),
+        ..StoreOptions::default()
     };
     let started = Instant::now();
     let result = Store::open("postgres://postgres@127.0.0.1:1/test", &opts).await;
@@ -464,6 +465,7 @@ async fn open_respects_connect_timeout_when_nothing_answers() {
     let opts = StoreOptions {
         max_connections: 2,
         connect_timeout: Duration::from_millis(300),
+        ..StoreOptions::default()
     };
     let started = Instant::now();
     let result = Store::open(&format!("postgres://postgres@{addr}/test"), &opts).await;
@@ -492,4 +494,43 @@ async fn open_missing_postgres_database_is_a_clear_permanent_error() {
         }
         Ok(_) => panic!("opened a database that does not exist"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_gives_up_on_a_silent_network_stall() {
+    let Some(pg) = common::pg_db("load_gives_up_on_a_silent_network_stall").await else {
+        return;
+    };
+    let proxy = common::Proxy::start(common::upstream_addr(&pg.url)).await;
+    let opts = StoreOptions {
+        max_connections: 2,
+        connect_timeout: Duration::from_millis(500),
+        load_timeout: Duration::from_millis(500),
+    };
+    let store = Store::open(&common::with_host_port(&pg.url, proxy.addr), &opts)
+        .await
+        .expect("open via proxy");
+    // Warm: the pool now holds a live connection, which is used without a ping.
+    let doc_id = store.load("stalled").await.expect("load").doc_id;
+
+    // Packets vanish: without the load timeout this waits for TCP to give up.
+    proxy.stall();
+    let started = Instant::now();
+    let result = store.load("stalled").await;
+    let elapsed = started.elapsed();
+    match result {
+        Err(e @ StoreError::Unavailable(_)) => {
+            assert!(e.is_retryable());
+            println!("stalled load: {e} after {elapsed:?}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+
+    // The network heals; the next load works (late bytes of the abandoned one are harmless).
+    proxy.restore();
+    let again = store.load("stalled").await.expect("load after the stall");
+    assert_eq!(again.doc_id, doc_id);
+    drop(proxy);
+    pg.finish().await;
 }

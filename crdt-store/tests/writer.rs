@@ -40,7 +40,7 @@ async fn queue_rows(writer: &Writer, docs: &[(i64, Watermark)], per_doc: i64) {
         for (doc_id, mark) in docs {
             writer.append(update(*doc_id, seq), Arc::clone(mark));
             queued += 1;
-            if queued % 250 == 0 {
+            if queued.is_multiple_of(250) {
                 tokio::task::yield_now().await;
             }
         }
@@ -225,6 +225,7 @@ async fn writer_survives_postgres_outage() {
     let opts = StoreOptions {
         max_connections: 2,
         connect_timeout: Duration::from_millis(500),
+        ..StoreOptions::default()
     };
     let store = Store::open(&proxied_url, &opts)
         .await
@@ -307,6 +308,7 @@ async fn writer_survives_silent_network_stall() {
     let opts = StoreOptions {
         max_connections: 3,
         connect_timeout: Duration::from_millis(500),
+        ..StoreOptions::default()
     };
     let store = Store::open(&common::with_host_port(&pg.url, proxy.addr), &opts)
         .await

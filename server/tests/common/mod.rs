@@ -31,9 +31,10 @@ pub struct TestServer {
 
 /// A config suited to tests (short timers where a test wants them).
 pub fn config() -> Config {
-    let mut c = Config::default();
-    c.addr = "127.0.0.1:0".parse().expect("addr");
-    c
+    Config {
+        addr: "127.0.0.1:0".parse().expect("addr"),
+        ..Config::default()
+    }
 }
 
 impl TestServer {
@@ -93,6 +94,38 @@ impl TestServer {
         }
     }
 
+    /// Stops the server and returns how long `serve` took to return after being told to stop.
+    pub async fn stop_timed(mut self) -> Duration {
+        let started = Instant::now();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            timeout(Duration::from_secs(20), task)
+                .await
+                .expect("server stops in time")
+                .expect("server task");
+        }
+        started.elapsed()
+    }
+
+    /// Polls /metrics until `name{labels}` equals `expected`; panics with the last value after
+    /// [`WAIT`].
+    pub async fn wait_metric(&self, name: &str, labels: &str, expected: f64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let value = self.metric(name, labels).await;
+            if value == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{{{labels}}} is {value}, expected {expected} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Reads one metric's value from /metrics (sum over label sets matching `labels`).
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
         let (_, body) = self.http_get("/metrics").await;
@@ -141,6 +174,12 @@ pub struct Client {
     pub closed: Option<Option<CloseFrame>>,
     /// Sync updates (type 0/2) received, own echoes included.
     pub updates_received: usize,
+    /// Every awareness entry received, in order: (client id, clock, state json or None).
+    pub awareness_log: Vec<(u64, u32, Option<String>)>,
+    /// Awareness frames received (an empty answer to a query counts too).
+    pub awareness_frames: usize,
+    /// The entries of the most recent awareness frame.
+    pub last_awareness_frame: Vec<(u64, u32, Option<String>)>,
 }
 
 impl Client {
@@ -153,6 +192,9 @@ impl Client {
             awareness: Default::default(),
             closed: None,
             updates_received: 0,
+            awareness_log: Vec::new(),
+            awareness_frames: 0,
+            last_awareness_frame: Vec::new(),
         }
     }
 
@@ -266,11 +308,15 @@ impl Client {
                 let payload = r.bytes();
                 let mut a = Reader(payload, 0);
                 let n = a.var();
+                self.awareness_frames += 1;
+                self.last_awareness_frame.clear();
                 for _ in 0..n {
                     let id = a.var();
                     let clock = a.var() as u32;
                     let json = String::from_utf8(a.bytes().to_vec()).expect("utf8");
                     let state = (json != "null").then_some(json);
+                    self.awareness_log.push((id, clock, state.clone()));
+                    self.last_awareness_frame.push((id, clock, state.clone()));
                     self.awareness.insert(id, (clock, state));
                 }
             }
@@ -399,4 +445,295 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("not reached within {WAIT:?}: {what}");
+}
+
+/// A Yjs v1 update that inserts `s` into root text `name` of a fresh document.
+pub fn text_update(name: &str, s: &str) -> Vec<u8> {
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text(name);
+    let mut txn = doc.transact_mut();
+    text.insert(&mut txn, 0, s);
+    txn.encode_update_v1()
+}
+
+impl Client {
+    /// The live awareness state this client knows for `id`, if any.
+    pub fn awareness_state(&self, id: u64) -> Option<&str> {
+        self.awareness.get(&id).and_then(|(_, s)| s.as_deref())
+    }
+
+    /// Sends a close frame (1000) and reads until the server answers or drops the socket.
+    /// Returns the server's close code, if it sent one (it echoes ours).
+    pub async fn close(&mut self) -> Option<u16> {
+        let frame = CloseFrame {
+            code: 1000.into(),
+            reason: "".into(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
+        self.expect_close().await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw WebSocket: a hand-written client for inputs a well-behaved library refuses to produce.
+// ---------------------------------------------------------------------------------------------
+
+/// The sample key from RFC 6455 §1.3 and the accept value the server must derive from it.
+pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// WebSocket opcodes.
+pub mod op {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+/// A fixed masking key: masking is about proxies, not secrecy, so tests may reuse one.
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// Encodes one WebSocket frame. `rsv` holds the three reserved bits (0..=7); `mask` is `None`
+/// for an unmasked frame (illegal from a client).
+pub fn ws_frame(fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    let mut out = ws_header(fin, rsv, opcode, mask, payload.len() as u64);
+    match mask {
+        Some(key) => out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4])),
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// Encodes a frame header announcing `len` payload bytes (which the caller may never send).
+pub fn ws_header(fin: bool, rsv: u8, opcode: u8, mask: Option<[u8; 4]>, len: u64) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | ((rsv & 7) << 4) | (opcode & 0x0f)];
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    if len < 126 {
+        out.push(mask_bit | len as u8);
+    } else if len <= u64::from(u16::MAX) {
+        out.push(mask_bit | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(mask_bit | 127);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    if let Some(key) = mask {
+        out.extend_from_slice(&key);
+    }
+    out
+}
+
+/// A well-formed, masked, final client frame.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    ws_frame(true, 0, opcode, Some(MASK), payload)
+}
+
+/// One frame from the server.
+#[derive(Debug, Clone)]
+pub struct RawFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    /// The close code of a close frame (1005, "no status", for an empty close payload).
+    pub fn close_code(&self) -> Option<u16> {
+        if self.opcode != op::CLOSE {
+            return None;
+        }
+        Some(match self.payload.as_slice() {
+            [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
+            _ => 1005,
+        })
+    }
+}
+
+/// An HTTP response read off a raw socket.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The request a browser sends to open a WebSocket on `path`.
+pub fn upgrade_request(addr: SocketAddr, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// A client socket speaking WebSocket by hand.
+pub struct RawWs {
+    pub stream: TcpStream,
+    /// Bytes read but not consumed yet.
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Connects, upgrades `path` and checks the 101 answer.
+    pub async fn connect(addr: SocketAddr, path: &str) -> RawWs {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        RawWs::upgrade(stream, addr, path).await
+    }
+
+    /// Like [`RawWs::connect`], with the socket's receive buffer set to `rcvbuf` bytes before
+    /// connecting (so the advertised TCP window stays small).
+    pub async fn connect_with_rcvbuf(addr: SocketAddr, path: &str, rcvbuf: u32) -> RawWs {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("connect");
+        RawWs::upgrade(stream, addr, path).await
+    }
+
+    async fn upgrade(stream: TcpStream, addr: SocketAddr, path: &str) -> RawWs {
+        let mut raw = RawWs {
+            stream,
+            buf: Vec::new(),
+        };
+        raw.write(upgrade_request(addr, path).as_bytes()).await;
+        let response = raw.read_response_head().await;
+        assert_eq!(response.status, 101, "upgrade refused: {response:?}");
+        assert_eq!(response.header("sec-websocket-accept"), Some(WS_ACCEPT));
+        raw
+    }
+
+    /// Writes raw bytes; a write error (the server already closed) is ignored, since the
+    /// interesting part is what the server answered.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Reads more bytes into the buffer; false at end of stream (or reset).
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 16 * 1024];
+        match timeout(WAIT, self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(_) => panic!("nothing from the server within {WAIT:?}"),
+        }
+    }
+
+    async fn read_response_head(&mut self) -> HttpResponse {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            assert!(self.fill().await, "connection closed inside HTTP head");
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+        self.buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        HttpResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    /// Reads the next frame; `None` when the connection ended first.
+    pub async fn read_frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Reads (and discards) frames until a close frame arrives; returns its code, or `None`
+    /// if the server ended the TCP connection without one.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = timeout(left, self.read_frame())
+                .await
+                .expect("server neither closed nor dropped the socket in time")?;
+            if let Some(code) = frame.close_code() {
+                return Some(code);
+            }
+        }
+    }
+
+    /// After a close frame: true if the server then ends the TCP connection.
+    pub async fn expect_eof(&mut self) -> bool {
+        timeout(WAIT, async { while self.read_frame().await.is_some() {} })
+            .await
+            .is_ok()
+    }
+}
+
+/// Parses one unmasked server frame at the start of `buf`: the frame and the bytes it used.
+fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
+    let [b0, b1, ..] = *buf else { return None };
+    assert_eq!(b1 & 0x80, 0, "the server masked a frame");
+    let (len, mut at) = match b1 & 0x7f {
+        126 => (
+            u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+            4,
+        ),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
+        n => (u64::from(n), 2),
+    };
+    let len = usize::try_from(len).expect("frame length");
+    let payload = buf.get(at..at + len)?.to_vec();
+    at += len;
+    let frame = RawFrame {
+        fin: b0 & 0x80 != 0,
+        opcode: b0 & 0x0f,
+        payload,
+    };
+    Some((frame, at))
+}
+
+/// Sends `request` verbatim and reads one response (head and `Content-Length` body).
+pub async fn http_request(addr: SocketAddr, request: &str) -> HttpResponse {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let mut raw = RawWs {
+        stream,
+        buf: Vec::new(),
+    };
+    raw.write(request.as_bytes()).await;
+    let mut response = raw.read_response_head().await;
+    let len: usize = response
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while raw.buf.len() < len {
+        assert!(raw.fill().await, "connection closed inside HTTP body");
+    }
+    response.body = raw.buf[..len].to_vec();
+    response
 }
