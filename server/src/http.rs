@@ -23,6 +23,10 @@ const READ_BUFFER: usize = 2 * 1024;
 /// Outgoing frames are gathered up to this size before a write syscall.
 const WRITE_BUFFER: usize = 16 * 1024;
 
+/// An update waiting longer than this to become durable makes `/healthz` report `degraded`
+/// even before the first commit attempt has failed (a stalled database).
+const DEGRADED_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What request handlers need.
 #[derive(Clone)]
 pub struct AppState {
@@ -86,7 +90,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
     let backlog = shared.storage.backlog();
     let (code, status) = if shared.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
-    } else if backlog.degraded {
+    } else if backlog.degraded || backlog.oldest_age.is_some_and(|age| age > DEGRADED_AFTER) {
         (StatusCode::OK, "degraded")
     } else {
         (StatusCode::OK, "ok")

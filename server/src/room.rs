@@ -237,8 +237,12 @@ impl Room {
                 }
                 _ = sleep_until(unload_at.unwrap_or_else(Instant::now).into()), if unload_at.is_some() => {
                     if self.pending.is_empty() && snapshot.is_none() {
-                        self.final_snapshot().await;
                         if self.registry.remove_if_idle(&self.name, self.generation, &rx) {
+                            // Written in the background: the next load is correct without it
+                            // (snapshot + log), only faster with it.
+                            if let Some(write) = self.final_snapshot() {
+                                shared.rooms.spawn(write);
+                            }
                             break Exit::Unloaded;
                         }
                     }
@@ -253,7 +257,14 @@ impl Room {
             };
         };
         if let Some(task) = snapshot {
-            let _ = task.await;
+            // Bounded: at shutdown during an outage it may be waiting on the database.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(shared.config.shutdown_timeout, task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
         self.retire(exit, &mut rx, watermark).await;
         metrics.documents_open.dec();
@@ -508,35 +519,32 @@ impl Room {
         }
     }
 
-    /// Writes a snapshot covering everything, if the log has grown since the last one (so the
-    /// next load reads one row). Errors are logged: the log alone is still complete.
-    async fn final_snapshot(&mut self) {
-        let Some(durable) = &self.durable else {
-            return;
-        };
+    /// A snapshot covering everything, if the log has grown since the last one (so the next
+    /// load reads one row), as a task bounded by the shutdown timeout. Errors are logged: the
+    /// log alone is still complete, so the document never depends on this write.
+    fn final_snapshot(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let durable = self.durable.as_ref()?;
         if self.seq == durable.snapshot_seq || self.poisoned {
-            return;
+            return None;
         }
-        let Some((state, sv)) = self.encode_state() else {
-            return;
-        };
+        let (state, sv) = self.encode_state()?;
         let (store, doc_id, seq) = (durable.store.clone(), durable.doc_id, self.seq);
         let mut watermark = durable.watermark.subscribe();
         let timeout = self.shared.config.shutdown_timeout;
-        let write = async {
+        let write = async move {
             let _ = watermark.wait_for(|w| *w >= seq).await;
             store.write_snapshot(doc_id, seq, &state, &sv).await
         };
-        match tokio::time::timeout(timeout, write).await {
-            Ok(Ok(())) => {
-                if let Some(durable) = &mut self.durable {
-                    durable.snapshot_seq = seq;
-                    durable.bytes_at_snapshot = durable.bytes_logged;
+        Some(
+            async move {
+                match tokio::time::timeout(timeout, write).await {
+                    Ok(Ok(())) => debug!(seq, "final snapshot written"),
+                    Ok(Err(e)) => warn!(error = %e, "final snapshot failed"),
+                    Err(_) => warn!("final snapshot timed out"),
                 }
             }
-            Ok(Err(e)) => warn!(error = %e, "final snapshot failed"),
-            Err(_) => warn!("final snapshot timed out"),
-        }
+            .in_current_span(),
+        )
     }
 
     fn encode_state(&self) -> Option<(Vec<u8>, Vec<u8>)> {
@@ -580,8 +588,10 @@ impl Room {
             Exit::Poisoned => CloseReason::INTERNAL,
             Exit::Shutdown | Exit::Unloaded => CloseReason::SHUTDOWN,
         };
-        if !matches!(exit, Exit::Poisoned) {
-            self.final_snapshot().await;
+        if matches!(exit, Exit::Shutdown) {
+            if let Some(write) = self.final_snapshot() {
+                write.await;
+            }
         }
         for peer in self.peers.values() {
             peer.close(reason);
