@@ -32,6 +32,15 @@ const CLIENT_CLOSED: CloseReason = CloseReason {
     reason: "",
     label: "client_closed",
 };
+/// The client's close frame carried a code that may not be sent on the wire (1005, 1006,
+/// 1015, below 1000, reserved ranges). tungstenite answers it with 1002 itself and hands us
+/// 1002 in place of the client's code; counting it as `client_closed` hid the violation. (A
+/// client that itself closes with 1002 is counted the same way: it saw a violation too.)
+const CLIENT_BAD_CLOSE: CloseReason = CloseReason {
+    code: close::PROTOCOL_ERROR,
+    reason: "websocket protocol violation",
+    label: "ws_protocol_error",
+};
 /// Nothing arrived within the ping timeout.
 const PING_TIMEOUT: CloseReason = CloseReason {
     code: close::PING_TIMEOUT,
@@ -147,6 +156,10 @@ where
                 return;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(Some(frame)))) if frame.code == close::PROTOCOL_ERROR => {
+                peer.close(CLIENT_BAD_CLOSE);
+                return;
+            }
             Some(Ok(Message::Close(_))) | None => {
                 peer.close(CLIENT_CLOSED);
                 return;
@@ -163,9 +176,18 @@ where
 
 /// Maps a WebSocket-layer error to the close it earns.
 fn classify(e: axum::Error) -> CloseReason {
-    use tungstenite::error::{CapacityError, Error as WsError};
+    use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+    let connection_error = CloseReason {
+        code: close::PROTOCOL_ERROR,
+        reason: "connection error",
+        label: "io_error",
+    };
     let inner = e.into_inner();
     match inner.downcast_ref::<WsError>() {
+        // The TCP connection ended without a close frame: a network drop or a killed client,
+        // like an I/O error. It used to count as `ws_protocol_error`, drowning real violations
+        // in ordinary disconnects.
+        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => connection_error,
         Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => CloseReason {
             code: close::MESSAGE_TOO_BIG,
             reason: "message too big",
@@ -186,11 +208,7 @@ fn classify(e: axum::Error) -> CloseReason {
             reason: "invalid UTF-8",
             label: "invalid_utf8",
         },
-        _ => CloseReason {
-            code: close::PROTOCOL_ERROR,
-            reason: "connection error",
-            label: "io_error",
-        },
+        _ => connection_error,
     }
 }
 
@@ -230,8 +248,12 @@ async fn write_loop<S>(
                 peer.close(CLIENT_CLOSED);
                 break;
             },
-            // A peer that stopped reading cannot be waited for: drop the socket.
-            _ = peer.closing().cancelled() => return,
+            // Closed while a write is stuck (typically a peer that stopped reading, 4001). Do
+            // not wait for the batch, but still try to queue the close frame behind what the
+            // socket holds, bounded by CLOSE_GRACE: a client that resumes reading then learns
+            // why (4001) and resyncs. Returning here dropped the socket without a close frame,
+            // so even such a client saw only an abnormal closure (1006).
+            _ = peer.closing().cancelled() => break,
         }
     }
     let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
@@ -241,14 +263,21 @@ async fn write_loop<S>(
                 peer.sent(frame.len());
                 metrics.frames_out.inc();
                 metrics.bytes_out.inc_by(frame.len() as u64);
-                sink.feed(Message::Binary(frame)).await?;
+                // Refused once the client has sent its close frame: nothing more to deliver.
+                if sink.feed(Message::Binary(frame)).await.is_err() {
+                    break;
+                }
             }
         }
         let frame = CloseFrame {
             code: reason.code,
             reason: reason.reason.into(),
         };
-        sink.send(Message::Close(Some(frame))).await?;
+        // When the client closed first, tungstenite refuses this (`SendAfterClosing`) but has
+        // already queued its reply echoing the client's code; only `close()` flushes that
+        // reply, so an error here must not skip it (it did: clients never got their close
+        // answered and saw the TCP connection drop instead).
+        let _ = sink.send(Message::Close(Some(frame))).await;
         sink.close().await
     })
     .await;

@@ -236,15 +236,16 @@ impl Room {
                     self.sweep_awareness();
                 }
                 _ = sleep_until(unload_at.unwrap_or_else(Instant::now).into()), if unload_at.is_some() => {
-                    if self.pending.is_empty() && snapshot.is_none() {
-                        if self.registry.remove_if_idle(&self.name, self.generation, &rx) {
-                            // Written in the background: the next load is correct without it
-                            // (snapshot + log), only faster with it.
-                            if let Some(write) = self.final_snapshot() {
-                                shared.rooms.spawn(write);
-                            }
-                            break Exit::Unloaded;
+                    if self.pending.is_empty()
+                        && snapshot.is_none()
+                        && self.registry.remove_if_idle(&self.name, self.generation, &rx)
+                    {
+                        // Written in the background: the next load is correct without it
+                        // (snapshot + log), only faster with it.
+                        if let Some(write) = self.final_snapshot() {
+                            shared.rooms.spawn(write);
                         }
+                        break Exit::Unloaded;
                     }
                     unload_at = Some(Instant::now() + UNLOAD_RETRY);
                     continue;
@@ -588,10 +589,11 @@ impl Room {
             Exit::Poisoned => CloseReason::INTERNAL,
             Exit::Shutdown | Exit::Unloaded => CloseReason::SHUTDOWN,
         };
-        if matches!(exit, Exit::Shutdown) {
-            if let Some(write) = self.final_snapshot() {
-                write.await;
-            }
+        let write = matches!(exit, Exit::Shutdown)
+            .then(|| self.final_snapshot())
+            .flatten();
+        if let Some(write) = write {
+            write.await;
         }
         for peer in self.peers.values() {
             peer.close(reason);
