@@ -12,6 +12,7 @@ pub mod docname;
 pub mod error;
 pub mod http;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod peer;
 pub mod presence;
@@ -24,9 +25,8 @@ pub mod storage;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use axum::ServiceExt;
-use axum::extract::Request;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 use tower::Layer;
 use tracing::{error, info, warn};
 
@@ -84,10 +84,14 @@ pub async fn serve(
     info!("listening on {addr}");
 
     let token = shared.shutdown.clone();
-    let serve_token = token.clone();
-    let server = axum::serve(listener, ServiceExt::<Request>::into_make_service(app))
-        .with_graceful_shutdown(async move { serve_token.cancelled().await });
-    let server = tokio::spawn(async move { server.await });
+    let http_connections = TaskTracker::new();
+    let server = tokio::spawn(listener::run(
+        listener,
+        app,
+        shared.config.handshake_timeout,
+        token.clone(),
+        http_connections.clone(),
+    ));
 
     shutdown.await;
     let started = Instant::now();
@@ -124,10 +128,14 @@ pub async fn serve(
     if let Err(e) = shared.storage.shutdown(left).await {
         error!(error = %e, "storage did not flush everything before shutdown");
     }
-    match tokio::time::timeout(deadline.saturating_sub(started.elapsed()), server).await {
-        Ok(Ok(result)) => result?,
-        Ok(Err(e)) => warn!(error = %e, "server task failed"),
-        Err(_) => warn!("HTTP server did not stop in time"),
+    let _ = server.await;
+    http_connections.close();
+    let left = deadline.saturating_sub(started.elapsed());
+    if tokio::time::timeout(left, http_connections.wait())
+        .await
+        .is_err()
+    {
+        warn!("HTTP connections still open at shutdown deadline");
     }
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
     Ok(())

@@ -419,3 +419,26 @@ async fn unknown_paths_are_404_and_upgrades_without_a_name_are_400() {
     assert_eq!(status, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_half_sent_request_head_is_dropped_after_the_handshake_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = config();
+    cfg.handshake_timeout = Duration::from_millis(300);
+    let server = TestServer::start(cfg).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the server kept a half-sent request open for 5 s"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    server.stop().await;
+}
