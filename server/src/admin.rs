@@ -87,14 +87,10 @@ pub async fn require_admin(State(state): State<AppState>, req: Request, next: Ne
 }
 
 /// Admin routes, to be nested under `/api/v1/admin`.
-pub fn routes(state: AppState) -> Router {
+pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/revocations", post(revoke).delete(lift))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_admin,
-        ))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
 
 /// Body of a revocation request: a token id, a user id, or both.

@@ -5,7 +5,7 @@
 //! does not care whether the socket is axum's or a test double.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message};
 use bytes::Bytes;
@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{Instrument, debug, info_span};
 
+use crate::auth::Grant;
 use crate::close;
+use crate::limits::RateLimiter;
 use crate::peer::{CloseReason, Peer};
 use crate::protocol;
 use crate::registry::Registry;
@@ -53,6 +55,30 @@ const TEXT_FRAME: CloseReason = CloseReason {
     reason: "text frames are not supported; send binary y-websocket messages",
     label: "text_frame",
 };
+/// The token's `exp` passed while connected.
+const TOKEN_EXPIRED: CloseReason = CloseReason {
+    code: close::TOKEN_EXPIRED,
+    reason: "token expired",
+    label: "token_expired",
+};
+/// No message within the handshake timeout.
+const HANDSHAKE_TIMEOUT: CloseReason = CloseReason {
+    code: close::HANDSHAKE_TIMEOUT,
+    reason: "handshake timeout: send SyncStep1",
+    label: "handshake_timeout",
+};
+/// No message within the idle timeout.
+const IDLE_TIMEOUT: CloseReason = CloseReason {
+    code: close::IDLE_TIMEOUT,
+    reason: "idle timeout",
+    label: "idle_timeout",
+};
+/// Above the message rate.
+const RATE_LIMITED: CloseReason = CloseReason {
+    code: close::RATE_LIMITED,
+    reason: "too many messages per second",
+    label: "rate_limited",
+};
 /// The document could not be opened.
 const UNAVAILABLE: CloseReason = CloseReason {
     code: close::LOAD_FAILED,
@@ -60,8 +86,20 @@ const UNAVAILABLE: CloseReason = CloseReason {
     label: "load_failed",
 };
 
-/// Serves one WebSocket connection to document `name` until it closes.
-pub async fn run<S>(socket: S, name: Arc<str>, shared: Arc<Shared>, registry: Arc<Registry>)
+/// What the HTTP layer established about a connection before the upgrade.
+#[derive(Debug)]
+pub struct Admission {
+    /// The document.
+    pub name: Arc<str>,
+    /// Identity and rights from the token (or open mode).
+    pub grant: Grant,
+    /// Places held in the per-address and per-document limits; released when the connection
+    /// ends.
+    pub slots: Vec<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+/// Serves one WebSocket connection until it closes.
+pub async fn run<S>(socket: S, admission: Admission, shared: Arc<Shared>, registry: Arc<Registry>)
 where
     S: Stream<Item = Result<Message, axum::Error>>
         + Sink<Message, Error = axum::Error>
@@ -69,7 +107,9 @@ where
         + 'static,
 {
     let id = shared.next_conn_id();
-    let span = info_span!("conn", id, doc = %name);
+    let name = admission.name.clone();
+    let span =
+        info_span!("conn", id, doc = %name, user = admission.grant.user.as_deref().unwrap_or(""));
     async move {
         let metrics = &shared.metrics;
         metrics.connections.inc();
@@ -77,14 +117,16 @@ where
         debug!("open");
         let config = &shared.config;
         let (peer, outbox) = Peer::new(id, config.outbox_frames, config.outbox_bytes);
-        let peer = Arc::new(peer);
+        let peer = Arc::new(peer.with_grant(&admission.grant));
+        shared.register(peer.clone());
         let (sink, stream) = socket.split();
         let writer =
             tokio::spawn(write_loop(sink, outbox, peer.clone(), shared.clone()).in_current_span());
 
         match registry.join(&name, peer.clone()).await {
             Ok(room) => {
-                read_loop(stream, &room, &peer, &shared).await;
+                let expires = admission.grant.expires_at;
+                read_loop(stream, &room, &peer, &shared, expires).await;
                 let _ = room.send(RoomMsg::Leave { conn: id }).await;
             }
             Err(e) => {
@@ -93,6 +135,8 @@ where
             }
         }
         let _ = writer.await;
+        shared.unregister(id);
+        drop(admission.slots);
         let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
         metrics.closed(reason.label);
         metrics.connections.dec();
@@ -102,15 +146,68 @@ where
     .await
 }
 
+/// Converts a wall-clock expiry into a timer deadline.
+fn deadline_at(at: SystemTime) -> Instant {
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + left
+}
+
+/// The timers a reading connection is subject to; the earliest one that passes closes it.
+struct Deadlines {
+    /// Nothing at all (not even a pong) for `ping_timeout`.
+    liveness: Instant,
+    /// No message yet within `handshake_timeout` of the upgrade; `None` once one arrived.
+    handshake: Option<Instant>,
+    /// No message (pongs aside) for `idle_timeout`.
+    idle: Instant,
+    /// The token's `exp`.
+    expiry: Option<Instant>,
+}
+
+impl Deadlines {
+    fn next(&self) -> (Instant, CloseReason) {
+        let mut next = (self.liveness, PING_TIMEOUT);
+        for (at, reason) in [
+            (self.handshake, HANDSHAKE_TIMEOUT),
+            (Some(self.idle), IDLE_TIMEOUT),
+            (self.expiry, TOKEN_EXPIRED),
+        ] {
+            if let Some(at) = at.filter(|at| *at < next.0) {
+                next = (at, reason);
+            }
+        }
+        next
+    }
+}
+
 /// Reads frames until the connection ends; on return the peer has a close reason.
-async fn read_loop<S>(mut stream: S, room: &mpsc::Sender<RoomMsg>, peer: &Peer, shared: &Shared)
-where
+async fn read_loop<S>(
+    mut stream: S,
+    room: &mpsc::Sender<RoomMsg>,
+    peer: &Peer,
+    shared: &Shared,
+    expires_at: Option<SystemTime>,
+) where
     S: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let metrics = &shared.metrics;
-    let ping_timeout = shared.config.ping_timeout;
-    let mut deadline = Instant::now() + ping_timeout;
+    let config = &shared.config;
+    let now = Instant::now();
+    let mut deadlines = Deadlines {
+        liveness: now + config.ping_timeout,
+        handshake: Some(now + config.handshake_timeout),
+        idle: now + config.idle_timeout,
+        expiry: expires_at.map(deadline_at),
+    };
+    let mut rate = RateLimiter::new(
+        config.max_messages_per_sec,
+        config.message_burst,
+        now.into_std(),
+    );
     loop {
+        let (deadline, expired) = deadlines.next();
         let frame = tokio::select! {
             biased;
             _ = peer.closing().cancelled() => return,
@@ -119,18 +216,26 @@ where
                 return;
             }
             _ = sleep_until(deadline) => {
-                peer.close(PING_TIMEOUT);
+                peer.close(expired);
                 return;
             }
             frame = stream.next() => frame,
         };
-        deadline = Instant::now() + ping_timeout;
+        let now = Instant::now();
+        deadlines.liveness = now + config.ping_timeout;
         match frame {
             Some(Ok(Message::Binary(data))) => {
+                deadlines.handshake = None;
+                deadlines.idle = now + config.idle_timeout;
                 metrics.bytes_in.inc_by(data.len() as u64);
                 match protocol::decode_frame(&data) {
                     Ok(msgs) => {
                         metrics.messages_in.inc_by(msgs.len() as u64);
+                        let count = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
+                        if !rate.allow(count, now.into_std()) {
+                            peer.close(RATE_LIMITED);
+                            return;
+                        }
                         let msg = RoomMsg::Frame {
                             conn: peer.id,
                             msgs,

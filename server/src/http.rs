@@ -6,14 +6,16 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Request, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tracing::debug;
 
-use crate::connection;
+use crate::connection::{self, Admission};
 use crate::docname;
 use crate::registry::Registry;
 use crate::state::Shared;
@@ -41,27 +43,127 @@ pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .nest("/api/v1/admin", crate::admin::routes(state.clone()))
         .fallback(not_found)
         .with_state(state)
 }
 
-/// Middleware placed in front of the router: upgrades become rooms.
+/// A refusal before the upgrade: HTTP status, a short reason for the client, a metric label.
+fn refuse(state: &AppState, status: StatusCode, reason: String, label: &'static str) -> Response {
+    state.shared.metrics.refused(label);
+    debug!(status = status.as_u16(), reason = %reason, "upgrade refused");
+    (status, reason).into_response()
+}
+
+/// The token from `?token=` or, for browsers that prefer it, an item of
+/// `Sec-WebSocket-Protocol` shaped like a JWT (three dot-separated base64url parts).
+fn find_token(req: &Request) -> Option<String> {
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == "token").then(|| {
+                percent_encoding::percent_decode_str(&v.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+    });
+    from_query.or_else(|| offered_protocols(req.headers()).find(|p| looks_like_jwt(p)))
+}
+
+fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+}
+
+fn looks_like_jwt(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Middleware placed in front of the router: upgrades become rooms, after the name, origin,
+/// token and connection limits are checked. No document byte reaches a refused client.
 pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if !is_websocket_upgrade(req.headers()) {
         return next.run(req).await;
     }
-    let max_len = state.shared.config.max_name_len;
-    let name = match docname::from_path(req.uri().path(), max_len) {
+    let config = &state.shared.config;
+    let name = match docname::from_path(req.uri().path(), config.max_name_len) {
         Ok(name) => name,
-        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        Err(e) => return refuse(&state, StatusCode::BAD_REQUEST, e.to_string(), "bad_name"),
     };
+    if !config.allowed_origins.is_empty() {
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok());
+        if !origin.is_some_and(|o| config.allowed_origins.iter().any(|a| a == o)) {
+            let reason = "origin not allowed".to_string();
+            return refuse(&state, StatusCode::FORBIDDEN, reason, "origin");
+        }
+    }
+    let token = find_token(&req);
+    let grant = match state.shared.auth.authorize(token.as_deref(), &name) {
+        Ok(grant) => grant,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            return refuse(&state, status, e.to_string(), e.label());
+        }
+    };
+    let name: Arc<str> = Arc::from(name);
+    let mut slots: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        match state.shared.per_addr.acquire(addr.ip()) {
+            Some(slot) => slots.push(Box::new(slot)),
+            None => {
+                let reason = "too many connections from this address".to_string();
+                return refuse(
+                    &state,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    reason,
+                    "per_addr_limit",
+                );
+            }
+        }
+    }
+    match state.shared.per_doc.acquire(name.clone()) {
+        Some(slot) => slots.push(Box::new(slot)),
+        None => {
+            let reason = "too many connections to this document".to_string();
+            return refuse(
+                &state,
+                StatusCode::TOO_MANY_REQUESTS,
+                reason,
+                "per_doc_limit",
+            );
+        }
+    }
+    let selected = offered_protocols(req.headers())
+        .find(|p| p == "tandem")
+        .or_else(|| {
+            token
+                .clone()
+                .filter(|t| offered_protocols(req.headers()).any(|p| p == *t))
+        });
     let (mut parts, _body) = req.into_parts();
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+    let mut upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let max = state.shared.config.max_message_size;
-    let name: Arc<str> = Arc::from(name);
+    if let Some(protocol) = selected.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        upgrade.set_selected_protocol(protocol);
+    }
+    let max = config.max_message_size;
+    let admission = Admission { name, grant, slots };
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -71,7 +173,12 @@ pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -
         .on_failed_upgrade(|e| debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| {
             let tracker = state.shared.connections.clone();
-            tracker.track_future(connection::run(socket, name, state.shared, state.registry))
+            tracker.track_future(connection::run(
+                socket,
+                admission,
+                state.shared,
+                state.registry,
+            ))
         })
 }
 

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub awareness_foreign: Counter,
     /// Awareness states removed because they were not renewed in time.
     pub awareness_expired: Counter,
+    /// Upgrades refused before the WebSocket handshake, by reason (auth, limits, origin).
+    pub upgrades_refused: Family<ReasonLabels, Counter>,
+    /// Updates sent by read-only connections (ignored).
+    pub readonly_updates_refused: Counter,
     /// Updates accepted but not yet durable.
     pub storage_backlog_updates: Gauge,
     /// Bytes of updates accepted but not yet durable.
@@ -131,6 +135,18 @@ impl Metrics {
             "Awareness states removed for not being renewed",
             awareness_expired.clone(),
         );
+        let upgrades_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "upgrades_refused",
+            "WebSocket upgrades refused before the handshake, by reason",
+            upgrades_refused.clone(),
+        );
+        let readonly_updates_refused = Counter::default();
+        registry.register(
+            "readonly_updates_refused",
+            "Updates sent by read-only connections, ignored",
+            readonly_updates_refused.clone(),
+        );
         let storage_backlog_updates = Gauge::default();
         registry.register(
             "storage_backlog_updates",
@@ -157,6 +173,8 @@ impl Metrics {
         );
         Metrics {
             registry,
+            upgrades_refused,
+            readonly_updates_refused,
             storage_backlog_updates,
             storage_backlog_bytes,
             storage_backlog_oldest_ms,
@@ -181,6 +199,13 @@ impl Metrics {
     /// Counts one closed connection under `reason`.
     pub fn closed(&self, reason: &'static str) {
         self.connections_closed
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Counts one refused upgrade under `reason`.
+    pub fn refused(&self, reason: &'static str) {
+        self.upgrades_refused
             .get_or_create(&vec![("reason", reason)])
             .inc();
     }

@@ -26,6 +26,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::close;
+use crate::config::ReadOnlyAwareness;
 use crate::peer::{CloseReason, Peer};
 use crate::presence::{Change, ConnId, Presence};
 use crate::protocol::{self, Inbound};
@@ -332,6 +333,10 @@ impl Room {
         }
     }
 
+    fn is_read_only(&self, conn: ConnId) -> bool {
+        self.peers.get(&conn).is_some_and(|p| p.read_only)
+    }
+
     fn leave(&mut self, conn: ConnId) {
         if self.peers.remove(&conn).is_some() {
             let removed = self.presence.remove_conn(conn, Instant::now());
@@ -352,7 +357,14 @@ impl Room {
                         .push_back((self.seq, Release::One(conn, frame)));
                 }
             }
+            Inbound::Update(_) if self.is_read_only(conn) => {
+                // Not applied, persisted or relayed; the connection stays open.
+                self.shared.metrics.readonly_updates_refused.inc();
+            }
             Inbound::Update(update) => self.apply(conn, update),
+            Inbound::Awareness(_)
+                if self.is_read_only(conn)
+                    && self.shared.config.readonly_awareness == ReadOnlyAwareness::Drop => {}
             Inbound::Awareness(entries) => {
                 let applied = self.presence.apply(conn, entries, Instant::now());
                 if applied.foreign > 0 {
