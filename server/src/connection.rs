@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, info_span};
 use crate::auth::Grant;
 use crate::close;
 use crate::limits::RateLimiter;
-use crate::peer::{CloseReason, Peer};
+use crate::peer::{CloseReason, Outbox, Peer};
 use crate::protocol;
 use crate::registry::Registry;
 use crate::room::RoomMsg;
@@ -319,12 +319,8 @@ fn classify(e: axum::Error) -> CloseReason {
 
 /// Drains the peer's queue onto the socket and pings it; on close, delivers what is queued
 /// (unless the peer is being dropped for being slow) and a close frame, within a grace period.
-async fn write_loop<S>(
-    mut sink: S,
-    mut outbox: mpsc::Receiver<Bytes>,
-    peer: Arc<Peer>,
-    shared: Arc<Shared>,
-) where
+async fn write_loop<S>(mut sink: S, mut outbox: Outbox, peer: Arc<Peer>, shared: Arc<Shared>)
+where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
     let metrics = &shared.metrics;
@@ -333,10 +329,7 @@ async fn write_loop<S>(
         let first = tokio::select! {
             biased;
             _ = peer.closing().cancelled() => break,
-            frame = outbox.recv() => match frame {
-                Some(frame) => frame,
-                None => break,
-            },
+            frame = outbox.recv() => frame,
             _ = sleep_until(next_ping) => {
                 next_ping = Instant::now() + shared.config.ping_interval;
                 let ping = sink.send(Message::Ping(Bytes::new()));
@@ -347,7 +340,7 @@ async fn write_loop<S>(
                 continue;
             }
         };
-        let batch = write_batch(&mut sink, &mut outbox, first, &peer, metrics);
+        let batch = write_batch(&mut sink, &mut outbox, first, metrics);
         tokio::select! {
             r = batch => if r.is_err() {
                 peer.close(CLIENT_CLOSED);
@@ -364,8 +357,7 @@ async fn write_loop<S>(
     let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
     let _ = timeout(CLOSE_GRACE, async {
         if reason != CloseReason::SLOW_CONSUMER {
-            while let Ok(frame) = outbox.try_recv() {
-                peer.sent(frame.len());
+            while let Some(frame) = outbox.try_recv() {
                 metrics.frames_out.inc();
                 metrics.bytes_out.inc_by(frame.len() as u64);
                 // Refused once the client has sent its close frame: nothing more to deliver.
@@ -391,9 +383,8 @@ async fn write_loop<S>(
 /// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
 async fn write_batch<S>(
     sink: &mut S,
-    outbox: &mut mpsc::Receiver<Bytes>,
+    outbox: &mut Outbox,
     first: Bytes,
-    peer: &Peer,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), axum::Error>
 where
@@ -404,7 +395,6 @@ where
     loop {
         let len = frame.len();
         sink.feed(Message::Binary(frame)).await?;
-        peer.sent(len);
         metrics.frames_out.inc();
         metrics.bytes_out.inc_by(len as u64);
         written += 1;
@@ -412,8 +402,8 @@ where
             break;
         }
         match outbox.try_recv() {
-            Ok(next) => frame = next,
-            Err(_) => break,
+            Some(next) => frame = next,
+            None => break,
         }
     }
     sink.flush().await

@@ -42,7 +42,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Serve => {
-            let listener = match TcpListener::bind(cli.config.addr).await {
+            let listener = match listen(cli.config.addr) {
                 Ok(listener) => listener,
                 Err(e) => {
                     tracing::error!("cannot listen on {}: {e}", cli.config.addr);
@@ -58,6 +58,22 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Pending-connection queue length. Tokio's default (128) overflows when thousands of clients
+/// reconnect at once (after a restart), costing each dropped SYN a 1 s retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listening socket with a deep accept backlog.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on SIGINT or SIGTERM.

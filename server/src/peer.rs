@@ -4,11 +4,11 @@
 //! whose queue is full (by frames or by bytes) is closed with [`close::SLOW_CONSUMER`] so its
 //! provider reconnects and resyncs from its state vector. Nothing is dropped silently.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::close;
@@ -47,6 +47,60 @@ impl CloseReason {
     };
 }
 
+/// A connection's outgoing frames. A plain deque (rather than a channel) because it costs
+/// nothing while empty: an idle connection holds no queue memory at all.
+#[derive(Debug, Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+/// Capacity kept by an emptied queue; above it the memory is returned.
+const KEEP_CAPACITY: usize = 16;
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The writer's end of a peer's queue.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Arc<Queue>,
+}
+
+impl Outbox {
+    /// Takes the next frame without waiting.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        let mut q = self.queue.lock();
+        let frame = q.frames.pop_front()?;
+        q.bytes -= frame.len();
+        if q.frames.is_empty() && q.frames.capacity() > KEEP_CAPACITY {
+            q.frames = VecDeque::new();
+        }
+        Some(frame)
+    }
+
+    /// Waits for the next frame.
+    pub async fn recv(&mut self) -> Bytes {
+        loop {
+            if let Some(frame) = self.try_recv() {
+                return frame;
+            }
+            // `notify_one` stores a permit when nobody waits, so a push between the check
+            // above and this await is not lost.
+            self.queue.ready.notified().await;
+        }
+    }
+}
+
 /// The room-facing half of a connection.
 #[derive(Debug)]
 pub struct Peer {
@@ -58,29 +112,29 @@ pub struct Peer {
     pub token_id: Option<String>,
     /// Read-only connections' updates are ignored.
     pub read_only: bool,
-    outbox: mpsc::Sender<Bytes>,
-    queued_bytes: AtomicUsize,
-    max_queued_bytes: usize,
+    queue: Arc<Queue>,
+    max_frames: usize,
+    max_bytes: usize,
     close: OnceLock<CloseReason>,
     closing: CancellationToken,
 }
 
 impl Peer {
     /// Creates a peer and the receiving end of its outgoing queue.
-    pub fn new(id: ConnId, max_frames: usize, max_bytes: usize) -> (Peer, mpsc::Receiver<Bytes>) {
-        let (outbox, rx) = mpsc::channel(max_frames.max(1));
+    pub fn new(id: ConnId, max_frames: usize, max_bytes: usize) -> (Peer, Outbox) {
+        let queue = Arc::new(Queue::default());
         let peer = Peer {
             id,
             user: None,
             token_id: None,
             read_only: false,
-            outbox,
-            queued_bytes: AtomicUsize::new(0),
-            max_queued_bytes: max_bytes,
+            queue: queue.clone(),
+            max_frames: max_frames.max(1),
+            max_bytes,
             close: OnceLock::new(),
             closing: CancellationToken::new(),
         };
-        (peer, rx)
+        (peer, Outbox { queue })
     }
 
     /// Attaches the identity and rights a token granted.
@@ -97,29 +151,26 @@ impl Peer {
         if self.closing.is_cancelled() {
             return false;
         }
-        let len = frame.len();
-        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
-        // A single frame larger than the budget is still allowed onto an empty queue, or a big
-        // document could never be sent at all.
-        if queued > self.max_queued_bytes && queued != len {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        let overflow = {
+            let mut q = self.queue.lock();
+            let bytes = q.bytes + frame.len();
+            // A single frame larger than the byte budget is still allowed onto an empty queue,
+            // or a big document could never be sent at all.
+            let too_big = bytes > self.max_bytes && !q.frames.is_empty();
+            if q.frames.len() >= self.max_frames || too_big {
+                true
+            } else {
+                q.bytes = bytes;
+                q.frames.push_back(frame);
+                false
+            }
+        };
+        if overflow {
             self.close(CloseReason::SLOW_CONSUMER);
             return false;
         }
-        match self.outbox.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-                self.close(CloseReason::SLOW_CONSUMER);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    /// Called by the writer after a frame left the queue.
-    pub fn sent(&self, len: usize) {
-        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        self.queue.ready.notify_one();
+        true
     }
 
     /// Asks the connection to close with `reason`. The first reason wins.
@@ -157,8 +208,7 @@ mod tests {
     fn overflow_by_bytes_closes_but_one_big_frame_fits() {
         let (peer, mut rx) = Peer::new(1, 100, 10);
         assert!(peer.push(Bytes::from(vec![0; 50])));
-        let frame = rx.try_recv().expect("queued");
-        peer.sent(frame.len());
+        rx.try_recv().expect("queued");
         assert!(peer.push(Bytes::from(vec![0; 8])));
         assert!(!peer.push(Bytes::from(vec![0; 8])));
         assert_eq!(peer.close_reason(), Some(CloseReason::SLOW_CONSUMER));

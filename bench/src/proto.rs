@@ -1,0 +1,363 @@
+//! The parts of the y-websocket / lib0 wire format the load generator needs.
+//!
+//! Incoming frames are parsed by hand (no allocation); the clock ranges of an update are read
+//! straight from its v1 encoding, falling back to `yrs` for content kinds the fast path does not
+//! know. Outgoing messages are framed around updates produced by a real `yrs::Doc`.
+
+use yrs::updates::decoder::Decode;
+
+/// Top-level message type of a sync message.
+pub const MSG_SYNC: u8 = 0;
+/// Sync sub-type: SyncStep1 (state vector).
+pub const SYNC_STEP1: u8 = 0;
+/// Sync sub-type: SyncStep2 (update diff).
+pub const SYNC_STEP2: u8 = 1;
+/// Sync sub-type: incremental update.
+pub const SYNC_UPDATE: u8 = 2;
+
+/// SyncStep1 carrying an empty state vector (`varUint8Array([0])`).
+pub const STEP1_EMPTY: [u8; 4] = [MSG_SYNC, SYNC_STEP1, 1, 0];
+/// SyncStep2 carrying an empty update (no structs, empty delete set).
+pub const STEP2_EMPTY: [u8; 5] = [MSG_SYNC, SYNC_STEP2, 2, 0, 0];
+
+/// A decoded incoming frame, borrowing its payload from the frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// Server's SyncStep1 with its state vector.
+    Step1(&'a [u8]),
+    /// SyncStep2: the update the server computed from our state vector.
+    Step2(&'a [u8]),
+    /// An incremental update relayed by the server.
+    Update(&'a [u8]),
+    /// Any other message type (awareness, auth, query awareness, ...): its type byte.
+    Other(u64),
+}
+
+/// Reasons a frame or update could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// Input ended in the middle of a value.
+    Truncated,
+    /// A varUint longer than 64 bits.
+    Overflow,
+    /// A sync message with an unknown sub-type.
+    UnknownSync(u64),
+    /// The update could not be decoded even by `yrs`.
+    BadUpdate,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::Truncated => f.write_str("truncated message"),
+            ParseError::Overflow => f.write_str("varUint overflow"),
+            ParseError::UnknownSync(t) => write!(f, "unknown sync message type {t}"),
+            ParseError::BadUpdate => f.write_str("undecodable update"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// A cursor over a byte slice reading lib0 primitives.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn u8(&mut self) -> Result<u8, ParseError> {
+        let b = *self.buf.get(self.pos).ok_or(ParseError::Truncated)?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn var_uint(&mut self) -> Result<u64, ParseError> {
+        let mut value: u64 = 0;
+        let mut shift = 0u32;
+        loop {
+            let b = self.u8()?;
+            if shift >= 64 {
+                return Err(ParseError::Overflow);
+            }
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(value);
+            }
+            shift += 7;
+        }
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], ParseError> {
+        let len = usize::try_from(self.var_uint()?).map_err(|_| ParseError::Overflow)?;
+        let end = self.pos.checked_add(len).ok_or(ParseError::Overflow)?;
+        let out = self.buf.get(self.pos..end).ok_or(ParseError::Truncated)?;
+        self.pos = end;
+        Ok(out)
+    }
+}
+
+/// Appends `v` as a lib0 varUint.
+pub fn write_var_uint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Frames `update` as a sync Update message `[0][2][varUint8Array(update)]`.
+pub fn frame_update(update: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(update.len() + 12);
+    out.push(MSG_SYNC);
+    out.push(SYNC_UPDATE);
+    write_var_uint(&mut out, update.len() as u64);
+    out.extend_from_slice(update);
+    out
+}
+
+/// Parses the head of one y-websocket frame.
+pub fn parse_frame(frame: &[u8]) -> Result<Incoming<'_>, ParseError> {
+    let mut r = Reader::new(frame);
+    let kind = r.var_uint()?;
+    if kind != u64::from(MSG_SYNC) {
+        return Ok(Incoming::Other(kind));
+    }
+    let sub = r.var_uint()?;
+    let payload = r.bytes()?;
+    match sub {
+        0 => Ok(Incoming::Step1(payload)),
+        1 => Ok(Incoming::Step2(payload)),
+        2 => Ok(Incoming::Update(payload)),
+        other => Err(ParseError::UnknownSync(other)),
+    }
+}
+
+/// The clocks one client contributed to an update: `start..end`.
+///
+/// `start` is `None` when the range came from the `yrs` fallback, which only reports the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockRange {
+    /// The yrs client id.
+    pub client: u64,
+    /// First clock in the update, when known.
+    pub start: Option<u32>,
+    /// One past the last clock in the update.
+    pub end: u32,
+}
+
+/// Collects the per-client clock ranges of a v1 update into `out` (cleared first).
+///
+/// The hand-written parser understands GC, Skip and the item contents a text editor produces;
+/// anything else falls back to a full `yrs` decode.
+pub fn update_ranges(update: &[u8], out: &mut Vec<ClockRange>) -> Result<(), ParseError> {
+    out.clear();
+    match fast_ranges(update, out) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            out.clear();
+            let decoded = yrs::Update::decode_v1(update).map_err(|_| ParseError::BadUpdate)?;
+            for (client, end) in decoded.state_vector().iter() {
+                out.push(ClockRange {
+                    client: client.get(),
+                    start: None,
+                    end: *end,
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Utf-16 length of a UTF-8 string given as bytes (what Yjs counts for string content).
+fn utf16_len(s: &[u8]) -> Result<u64, ParseError> {
+    if s.is_ascii() {
+        return Ok(s.len() as u64);
+    }
+    let s = std::str::from_utf8(s).map_err(|_| ParseError::BadUpdate)?;
+    Ok(s.chars().map(|c| c.len_utf16() as u64).sum())
+}
+
+fn fast_ranges(update: &[u8], out: &mut Vec<ClockRange>) -> Result<(), ParseError> {
+    let mut r = Reader::new(update);
+    let clients = r.var_uint()?;
+    for _ in 0..clients {
+        let blocks = r.var_uint()?;
+        let client = r.var_uint()?;
+        let start = r.var_uint()?;
+        let mut len: u64 = 0;
+        for _ in 0..blocks {
+            let info = r.u8()?;
+            let content = info & 0x1f;
+            match content {
+                0 | 10 => {
+                    // GC / Skip
+                    len += r.var_uint()?;
+                    continue;
+                }
+                _ => {}
+            }
+            if info & 0x80 != 0 {
+                r.var_uint()?;
+                r.var_uint()?;
+            }
+            if info & 0x40 != 0 {
+                r.var_uint()?;
+                r.var_uint()?;
+            }
+            if info & 0xc0 == 0 {
+                if r.var_uint()? == 1 {
+                    r.bytes()?;
+                } else {
+                    r.var_uint()?;
+                    r.var_uint()?;
+                }
+                if info & 0x20 != 0 {
+                    r.bytes()?;
+                }
+            }
+            len += match content {
+                1 => r.var_uint()?, // Deleted
+                2 => {
+                    // JSON: len strings
+                    let n = r.var_uint()?;
+                    for _ in 0..n {
+                        r.bytes()?;
+                    }
+                    n
+                }
+                3 | 5 => {
+                    // Binary, Embed
+                    r.bytes()?;
+                    1
+                }
+                4 => utf16_len(r.bytes()?)?,
+                6 => {
+                    // Format: key, value
+                    r.bytes()?;
+                    r.bytes()?;
+                    1
+                }
+                _ => return Err(ParseError::BadUpdate),
+            };
+        }
+        let end = start + len;
+        let (Ok(start), Ok(end)) = (u32::try_from(start), u32::try_from(end)) else {
+            return Err(ParseError::Overflow);
+        };
+        out.push(ClockRange {
+            client,
+            start: Some(start),
+            end,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{GetString, ReadTxn, Text, Transact};
+
+    #[test]
+    fn var_uint_round_trip() {
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            300,
+            1 << 20,
+            u64::from(u32::MAX),
+            1 << 53,
+        ] {
+            let mut buf = Vec::new();
+            write_var_uint(&mut buf, v);
+            assert_eq!(Reader::new(&buf).var_uint(), Ok(v));
+        }
+    }
+
+    #[test]
+    fn frames_parse() {
+        assert_eq!(parse_frame(&STEP1_EMPTY), Ok(Incoming::Step1(&[0])));
+        assert_eq!(parse_frame(&STEP2_EMPTY), Ok(Incoming::Step2(&[0, 0])));
+        assert_eq!(parse_frame(&[1, 1, 0]), Ok(Incoming::Other(1)));
+        assert_eq!(parse_frame(&[0, 2, 5, 1]), Err(ParseError::Truncated));
+        let framed = frame_update(&[9, 9, 9]);
+        assert_eq!(parse_frame(&framed), Ok(Incoming::Update(&[9, 9, 9])));
+    }
+
+    /// The fast parser must agree with yrs on real updates, merged ones included.
+    #[test]
+    fn ranges_match_yrs() {
+        let a = yrs::Doc::with_client_id(7);
+        let b = yrs::Doc::with_client_id(1_000_000);
+        let ta = a.get_or_insert_text("text");
+        let tb = b.get_or_insert_text("text");
+        let mut updates = Vec::new();
+        for i in 0..5u32 {
+            let mut txn = a.transact_mut();
+            ta.insert(&mut txn, i, "x");
+            updates.push(txn.encode_update_v1());
+        }
+        {
+            let mut txn = b.transact_mut();
+            tb.insert(&mut txn, 0, "héllo😀");
+            updates.push(txn.encode_update_v1());
+        }
+        let mut out = Vec::new();
+        update_ranges(&updates[3], &mut out).expect("parse");
+        assert_eq!(
+            out,
+            vec![ClockRange {
+                client: 7,
+                start: Some(3),
+                end: 4
+            }]
+        );
+        let merged = yrs::merge_updates_v1(&updates).expect("merge");
+        update_ranges(&merged, &mut out).expect("parse merged");
+        out.sort_by_key(|r| r.client);
+        let sv = yrs::Update::decode_v1(&merged)
+            .expect("decode")
+            .state_vector();
+        assert_eq!(out.len(), 2);
+        for r in &out {
+            assert_eq!(
+                Some(&r.end),
+                sv.iter().find(|(c, _)| c.get() == r.client).map(|x| x.1)
+            );
+            assert_eq!(r.start, Some(0));
+        }
+        // A doc that applied everything re-encodes it; the ranges still match.
+        let c = yrs::Doc::with_client_id(3);
+        {
+            let mut txn = c.transact_mut();
+            for u in &updates {
+                txn.apply_update(yrs::Update::decode_v1(u).expect("decode"))
+                    .expect("apply");
+            }
+        }
+        let tc = c.get_or_insert_text("text");
+        assert!(tc.get_string(&c.transact()).contains("héllo"));
+        let full = c
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        update_ranges(&full, &mut out).expect("parse full");
+        out.sort_by_key(|r| r.client);
+        assert_eq!(out[0].end, 5);
+        assert_eq!(out[1].end, 7); // "héllo😀" = 5 + 2 utf-16 units
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut out = Vec::new();
+        for junk in [&[][..], &[5], &[1, 1, 200, 200, 200], &[0xff; 12]] {
+            let _ = update_ranges(junk, &mut out);
+        }
+    }
+}
