@@ -21,7 +21,7 @@ use crate::registry::Registry;
 use crate::state::Shared;
 
 /// Bytes tungstenite reads from the socket at a time; small, because it is held per connection.
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 512;
 /// Outgoing frames are gathered up to this size before a write syscall.
 const WRITE_BUFFER: usize = 16 * 1024;
 
