@@ -43,7 +43,8 @@ pub struct Grant {
     pub name: Option<String>,
     /// Read-write or read-only.
     pub access: Access,
-    /// When the token expires (`None` in open mode).
+    /// When the token stops being accepted: `exp` plus the clock-skew leeway (`None` in open
+    /// mode). A live connection is closed with 4401 then.
     pub expires_at: Option<SystemTime>,
     /// Token id (`jti`), for revocation.
     pub token_id: Option<String>,
@@ -278,11 +279,19 @@ impl Authenticator {
             return Err(AuthError::WrongDocument);
         }
         let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        // The leeway that let the token in also applies to the live connection, and a token
+        // the connection timer would close at once is refused here instead: it used to get a
+        // 101 (and the room's state vector and awareness) before an immediate 4401, and
+        // clients reconnecting with it looped through that for the whole leeway.
+        let expires_at = at(claims.exp.saturating_add(LEEWAY_SECS));
+        if expires_at <= SystemTime::now() {
+            return Err(AuthError::Expired);
+        }
         let grant = Grant {
             user: claims.sub,
             name: claims.name,
             access: claims.access,
-            expires_at: Some(at(claims.exp)),
+            expires_at: Some(expires_at),
             token_id: claims.jti,
             issued_at: claims.iat.map(at),
         };

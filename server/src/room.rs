@@ -170,6 +170,18 @@ pub fn spawn(
     RoomHandle { tx, generation }
 }
 
+/// Whether `update` inserts or deletes anything `doc` does not already have.
+fn adds_anything(doc: &Doc, update: &Update) -> bool {
+    let txn = doc.transact();
+    let sv = txn.state_vector();
+    let inserts = update
+        .insertions(true)
+        .iter()
+        .any(|(client, ranges)| ranges.iter().any(|r| r.end > sv.get(client)));
+    let deletes = update.delete_set();
+    inserts || !deletes.is_empty() && !deletes.diff(&txn.snapshot().delete_set).is_empty()
+}
+
 /// Applies stored updates into `doc` in one transaction; errors and panics become an error.
 fn apply_stored<'a>(doc: &Doc, updates: impl Iterator<Item = &'a [u8]>) -> Result<(), String> {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -357,9 +369,14 @@ impl Room {
                         .push_back((self.seq, Release::One(conn, frame)));
                 }
             }
-            Inbound::Update(_) if self.is_read_only(conn) => {
-                // Not applied, persisted or relayed; the connection stays open.
-                self.shared.metrics.readonly_updates_refused.inc();
+            Inbound::Update(update) if self.is_read_only(conn) => {
+                // Not applied, persisted or relayed; the connection stays open. Counted only
+                // if it holds something new: every y-websocket client answers the server's
+                // SyncStep1 with a SyncStep2, which from a reader holds nothing new, and
+                // counting those made every read-only join look like a refused write.
+                if adds_anything(&self.doc, &update) {
+                    self.shared.metrics.readonly_updates_refused.inc();
+                }
             }
             Inbound::Update(update) => self.apply(conn, update),
             Inbound::Awareness(_)
