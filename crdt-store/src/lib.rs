@@ -25,7 +25,7 @@ mod writer;
 use std::time::{Duration, SystemTime};
 
 pub use error::StoreError;
-pub use model::{Backend, LoadedDoc, LogRow, NewUpdate, Snapshot};
+pub use model::{Backend, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind, Snapshot};
 pub use writer::{Backlog, Writer, WriterOptions};
 
 use postgres::PgStore;
@@ -198,6 +198,30 @@ impl Store {
     /// are never deleted. Returns the number of rows removed.
     pub async fn prune_log(&self, doc_id: i64, before: SystemTime) -> Result<u64, StoreError> {
         dispatch!(self, b => b.prune_log(doc_id, before).await)
+    }
+
+    /// Records a revocation (replacing an earlier one of the same token or user).
+    pub async fn put_revocation(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, b => b.put_revocation(kind, value, at).await)
+    }
+
+    /// Removes a revocation; returns whether there was one.
+    pub async fn delete_revocation(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.delete_revocation(kind, value).await)
+    }
+
+    /// Every stored revocation.
+    pub async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        dispatch!(self, b => b.revocations().await)
     }
 
     /// A page of the history: at most `limit` log rows with seq > `after_seq`,

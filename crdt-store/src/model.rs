@@ -130,3 +130,42 @@ mod tests {
         assert_eq!(Backend::Sqlite.to_string(), "sqlite");
     }
 }
+
+/// What a revocation names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationKind {
+    /// A token id (`jti`).
+    Token,
+    /// A user id (`sub`): their tokens issued before `revoked_at` are refused.
+    User,
+}
+
+impl RevocationKind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::Token => "token",
+            RevocationKind::User => "user",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "token" => Some(RevocationKind::Token),
+            "user" => Some(RevocationKind::User),
+            _ => None,
+        }
+    }
+}
+
+/// A stored revocation, reloaded at start-up so a restart does not re-admit revoked tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Token or user.
+    pub kind: RevocationKind,
+    /// The token id or user id.
+    pub value: String,
+    /// When it was revoked.
+    pub revoked_at: SystemTime,
+}

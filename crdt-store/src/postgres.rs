@@ -10,7 +10,7 @@ use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Row};
 
 use crate::error::{StoreError, db_err};
-use crate::model::{LoadedDoc, LogRow, NewUpdate, Snapshot};
+use crate::model::{LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind, Snapshot};
 use crate::{MIGRATE_PG, StoreOptions};
 
 /// Postgres-backed store: a connection pool, nothing else.
@@ -232,6 +232,57 @@ impl PgStore {
         .await
         .map_err(db_err("prune_log"))?;
         Ok(done.rows_affected())
+    }
+
+    pub(crate) async fn put_revocation(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revocations (kind, value, revoked_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (kind, value) DO UPDATE SET revoked_at = EXCLUDED.revoked_at",
+        )
+        .bind(kind.as_str())
+        .bind(value)
+        .bind(DateTime::<Utc>::from(at))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("put_revocation"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete_revocation(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM revocations WHERE kind = $1 AND value = $2")
+            .bind(kind.as_str())
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("delete_revocation"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(crate) async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        let rows: Vec<(String, String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT kind, value, revoked_at FROM revocations")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err("revocations"))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(kind, value, at)| {
+                Some(Revocation {
+                    kind: RevocationKind::parse(&kind)?,
+                    value,
+                    revoked_at: at.into(),
+                })
+            })
+            .collect())
     }
 
     pub(crate) async fn log_page(

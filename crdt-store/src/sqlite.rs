@@ -14,7 +14,10 @@ use sqlx::sqlite::{
 };
 
 use crate::error::{StoreError, db_err};
-use crate::model::{LoadedDoc, LogRow, NewUpdate, Snapshot, from_unix_millis, to_unix_millis};
+use crate::model::{
+    LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind, Snapshot, from_unix_millis,
+    to_unix_millis,
+};
 use crate::{MIGRATE_SQLITE, StoreOptions};
 
 /// How long a statement waits for another connection's write lock before
@@ -250,6 +253,57 @@ impl SqliteStore {
         .await
         .map_err(db_err("prune_log"))?;
         Ok(done.rows_affected())
+    }
+
+    pub(crate) async fn put_revocation(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revocations (kind, value, revoked_at) VALUES (?, ?, ?) \
+             ON CONFLICT (kind, value) DO UPDATE SET revoked_at = excluded.revoked_at",
+        )
+        .bind(kind.as_str())
+        .bind(value)
+        .bind(to_unix_millis(at))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("put_revocation"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete_revocation(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM revocations WHERE kind = ? AND value = ?")
+            .bind(kind.as_str())
+            .bind(value)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("delete_revocation"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(crate) async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT kind, value, revoked_at FROM revocations")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err("revocations"))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(kind, value, at)| {
+                Some(Revocation {
+                    kind: RevocationKind::parse(&kind)?,
+                    value,
+                    revoked_at: from_unix_millis(at),
+                })
+            })
+            .collect())
     }
 
     pub(crate) async fn log_page(

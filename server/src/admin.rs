@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use crdt_store::RevocationKind;
 use serde::Deserialize;
 
 use crate::http::AppState;
@@ -30,6 +31,9 @@ pub enum AdminError {
     /// Nothing matched.
     #[error("{0}")]
     NotFound(String),
+    /// The change took effect on this server but could not be stored.
+    #[error("{0}")]
+    Storage(String),
 }
 
 impl AdminError {
@@ -39,6 +43,7 @@ impl AdminError {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -143,6 +148,24 @@ async fn revoke(
         },
         REVOKED,
     );
+    // In memory and on live connections first (that is what protects), then stored so a
+    // restart keeps refusing the token.
+    if let Some(store) = state.shared.storage.store() {
+        let kinds = [
+            (RevocationKind::Token, req.token_id.as_deref()),
+            (RevocationKind::User, req.user.as_deref()),
+        ];
+        for (kind, value) in kinds {
+            if let Some(value) = value {
+                store.put_revocation(kind, value, now).await.map_err(|e| {
+                    AdminError::Storage(format!(
+                        "revoked on this server and {closed} connection(s) closed, but storing \
+                         the revocation failed ({e}); retry so it survives a restart"
+                    ))
+                })?;
+            }
+        }
+    }
     Ok((
         StatusCode::OK,
         Json(serde_json::json!({ "revoked": true, "connections_closed": closed })),
@@ -163,7 +186,22 @@ async fn lift(
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .lift(req.token_id.as_deref(), req.user.as_deref());
-    if !lifted {
+    let mut stored = false;
+    if let Some(store) = state.shared.storage.store() {
+        let kinds = [
+            (RevocationKind::Token, req.token_id.as_deref()),
+            (RevocationKind::User, req.user.as_deref()),
+        ];
+        for (kind, value) in kinds {
+            if let Some(value) = value {
+                stored |= store
+                    .delete_revocation(kind, value)
+                    .await
+                    .map_err(|e| AdminError::Storage(format!("lifting failed: {e}")))?;
+            }
+        }
+    }
+    if !lifted && !stored {
         return Err(AdminError::NotFound("no such revocation".into()));
     }
     Ok((StatusCode::OK, Json(serde_json::json!({ "lifted": true }))).into_response())

@@ -72,6 +72,18 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let auth = authenticator(&config)?;
     let storage = storage::Storage::open(&config).await?;
+    if let Some(store) = storage.store() {
+        let stored = store.revocations().await?;
+        let mut revocations = auth.revocations.write().unwrap_or_else(|e| e.into_inner());
+        for r in &stored {
+            match r.kind {
+                crdt_store::RevocationKind::Token => {
+                    revocations.revoke_token(&r.value, r.revoked_at)
+                }
+                crdt_store::RevocationKind::User => revocations.revoke_user(&r.value, r.revoked_at),
+            }
+        }
+    }
     let shared = Shared::new(config, storage, auth);
     let registry = Registry::new(shared.clone());
     let state = AppState {

@@ -37,6 +37,14 @@ impl Storage {
         Ok(Storage::Durable { store, writer })
     }
 
+    /// The durable store, if any.
+    pub fn store(&self) -> Option<&Store> {
+        match self {
+            Storage::Memory => None,
+            Storage::Durable { store, .. } => Some(store),
+        }
+    }
+
     /// What is accepted but not durable yet (empty for memory storage).
     pub fn backlog(&self) -> Backlog {
         match self {

@@ -1154,3 +1154,44 @@ async fn origins(db: &Db) {
     write(&mut c, "from ok.example").await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn revocations_survive_a_restart() {
+    on_every_db!("revocations_survive_a_restart", revocations_persist);
+}
+
+async fn revocations_persist(db: &Db) {
+    let room = "persisted-revocation";
+    let token_claims = claims("keeper", &[room], "rw");
+    let jti = token_claims["jti"].as_str().expect("jti").to_string();
+    let token = hs(&token_claims);
+    let user_token = hs(&claims("gone-user", &[room], "rw"));
+
+    let server = TestServer::start(token_config(db)).await;
+    for body in [json!({ "token_id": jti }), json!({ "user": "gone-user" })] {
+        let (status, reply, _) = admin(server.addr, "POST", Some(ADMIN_TOKEN), &body).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    server.stop().await;
+
+    // A fresh process on the same database still refuses both.
+    let server = TestServer::start(token_config(db)).await;
+    let r = raw_upgrade(server.addr, &format!("/{room}?token={token}"), &[]).await;
+    assert_refused(&r, 401, "token revoked");
+    let r = raw_upgrade(server.addr, &format!("/{room}?token={user_token}"), &[]).await;
+    assert_refused(&r, 401, "token revoked");
+    // Lifting is stored too.
+    let (status, reply, _) = admin(
+        server.addr,
+        "DELETE",
+        Some(ADMIN_TOKEN),
+        &json!({ "token_id": jti }),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    server.stop().await;
+    let server = TestServer::start(token_config(db)).await;
+    let mut c = join(&server, room, &token).await;
+    write(&mut c, "back").await;
+    server.stop().await;
+}
