@@ -1,8 +1,8 @@
-//! The WebSocket adapter: one reader (this task) and one writer task per socket.
+//! The WebSocket adapter: one task per socket that reads, writes, pings and keeps timers.
 //!
-//! The reader decodes frames and hands messages to the room; the writer drains the peer's
-//! queue in batches (feed many, flush once) and sends pings. Generic over `Sink`/`Stream` so it
-//! does not care whether the socket is axum's or a test double.
+//! It decodes frames and hands messages to the room, drains the peer's queue in batches (feed
+//! many, flush once) and sends pings. Generic over `Sink`/`Stream` so it does not care whether
+//! the socket is axum's or a test double.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -126,19 +126,19 @@ where
     let peer = Arc::new(peer.with_grant(&grant));
     let expires = grant.expires_at;
     drop(grant);
-    let (sink, stream) = socket.split();
     async move {
         let metrics = &shared.metrics;
         metrics.connections.inc();
         metrics.connections_accepted.inc();
         debug!("open");
         shared.register(peer.clone());
-        let writer =
-            tokio::spawn(write_loop(sink, outbox, peer.clone(), shared.clone()).in_current_span());
-
-        match registry.join(&name, peer.clone()).await {
+        let mut socket = std::pin::pin!(socket);
+        let mut outbox = outbox;
+        // Boxed: a future's size is that of its largest await, and this one and `finish` are
+        // each awaited once, so keeping them out of line shrinks every idle connection.
+        match Box::pin(registry.join(&name, peer.clone())).await {
             Ok(room) => {
-                read_loop(stream, &room, &peer, &shared, expires).await;
+                drive(&mut socket, &mut outbox, &room, &peer, &shared, expires).await;
                 let _ = room.send(RoomMsg::Leave { conn: id }).await;
             }
             Err(e) => {
@@ -146,7 +146,7 @@ where
                 peer.close(UNAVAILABLE);
             }
         }
-        let _ = writer.await;
+        Box::pin(finish(&mut socket, &mut outbox, &peer, &shared.metrics)).await;
         shared.unregister(id);
         drop(slots);
         let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
@@ -175,33 +175,57 @@ struct Deadlines {
     idle: Instant,
     /// The token's `exp`.
     expiry: Option<Instant>,
+    /// When the next ping is due.
+    ping: Instant,
 }
 
 impl Deadlines {
-    fn next(&self) -> (Instant, CloseReason) {
-        let mut next = (self.liveness, PING_TIMEOUT);
+    /// The earliest deadline, and the close it means (`None`: it is only time to ping).
+    fn next(&self) -> (Instant, Option<CloseReason>) {
+        let mut next = (self.ping, None);
         for (at, reason) in [
+            (Some(self.liveness), PING_TIMEOUT),
             (self.handshake, HANDSHAKE_TIMEOUT),
             (Some(self.idle), IDLE_TIMEOUT),
             (self.expiry, TOKEN_EXPIRED),
         ] {
-            if let Some(at) = at.filter(|at| *at < next.0) {
-                next = (at, reason);
+            if let Some(at) = at.filter(|at| *at <= next.0) {
+                next = (at, Some(reason));
             }
         }
         next
     }
 }
 
-/// Reads frames until the connection ends; on return the peer has a close reason.
-async fn read_loop<S>(
-    mut stream: S,
+/// What woke the connection's loop.
+enum Event {
+    /// A frame (or the end) from the client.
+    Inbound(Option<Result<Message, axum::Error>>),
+    /// A frame from the room to send.
+    Outbound(Bytes),
+    /// The room's inbox has room for the held message.
+    RoomReady(Result<mpsc::OwnedPermit<RoomMsg>, mpsc::error::SendError<()>>),
+    /// A deadline passed.
+    Deadline(Option<CloseReason>),
+}
+
+/// Runs the connection: one task both reads the client's frames (handing them to the room)
+/// and writes the room's frames (in batches: feed many, flush once), plus pings and timers.
+/// One task instead of a reader and a writer halves the per-connection tasks and needs no
+/// lock around the socket.
+///
+/// The loop never blocks on the room: when the room's inbox is full the message is held and
+/// reading pauses (backpressure on this client only) while writing goes on, so a busy room
+/// cannot make a healthy client look slow. On return the peer has a close reason.
+async fn drive<S>(
+    socket: &mut S,
+    outbox: &mut Outbox,
     room: &mpsc::Sender<RoomMsg>,
     peer: &Peer,
     shared: &Shared,
     expires_at: Option<SystemTime>,
 ) where
-    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     let metrics = &shared.metrics;
     let config = &shared.config;
@@ -211,83 +235,140 @@ async fn read_loop<S>(
         handshake: Some(now + config.handshake_timeout),
         idle: now + config.idle_timeout,
         expiry: expires_at.map(deadline_at),
+        ping: now + config.ping_interval,
     };
     let mut rate = RateLimiter::new(
         config.max_messages_per_sec,
         config.message_burst,
         now.into_std(),
     );
+    // A message the room's full inbox could not take yet.
+    let mut held: Option<RoomMsg> = None;
     loop {
         let (deadline, expired) = deadlines.next();
-        let frame = tokio::select! {
+        let event = tokio::select! {
             biased;
             _ = peer.closing().cancelled() => return,
             _ = shared.shutdown.cancelled() => {
                 peer.close(CloseReason::SHUTDOWN);
                 return;
             }
-            _ = sleep_until(deadline) => {
-                peer.close(expired);
+            _ = sleep_until(deadline) => Event::Deadline(expired),
+            permit = room.clone().reserve_owned(), if held.is_some() => {
+                Event::RoomReady(permit.map_err(|_| mpsc::error::SendError(())))
+            }
+            frame = outbox.recv() => Event::Outbound(frame),
+            frame = socket.next(), if held.is_none() => Event::Inbound(frame),
+        };
+        match event {
+            Event::Deadline(Some(reason)) => {
+                peer.close(reason);
                 return;
             }
-            frame = stream.next() => frame,
-        };
-        let now = Instant::now();
-        deadlines.liveness = now + config.ping_timeout;
-        match frame {
-            Some(Ok(Message::Binary(data))) => {
+            Event::Deadline(None) => {
+                deadlines.ping = Instant::now() + config.ping_interval;
+                let ping = socket.send(Message::Ping(Bytes::new()));
+                tokio::select! {
+                    r = ping => if r.is_err() {
+                        peer.close(CLIENT_CLOSED);
+                        return;
+                    },
+                    _ = peer.closing().cancelled() => return,
+                }
+            }
+            Event::RoomReady(Ok(permit)) => {
+                if let Some(msg) = held.take() {
+                    permit.send(msg);
+                }
+            }
+            Event::RoomReady(Err(_)) => {
+                peer.close(CloseReason::INTERNAL);
+                return;
+            }
+            Event::Outbound(first) => {
+                let batch = write_batch(socket, outbox, first, metrics);
+                tokio::select! {
+                    r = batch => if r.is_err() {
+                        peer.close(CLIENT_CLOSED);
+                        return;
+                    },
+                    // Closed while a write is stuck (typically a client that stopped reading:
+                    // 4001). `finish` still tries to queue the close frame, bounded.
+                    _ = peer.closing().cancelled() => return,
+                }
+            }
+            Event::Inbound(frame) => {
+                let now = Instant::now();
+                deadlines.liveness = now + config.ping_timeout;
+                let Some(msg) = inbound(frame, peer, metrics, &mut rate, now) else {
+                    return;
+                };
+                let Some(msg) = msg else {
+                    continue;
+                };
                 deadlines.handshake = None;
                 deadlines.idle = now + config.idle_timeout;
-                metrics.bytes_in.inc_by(data.len() as u64);
-                match protocol::decode_frame(&data) {
-                    Ok(msgs) => {
-                        metrics.messages_in.inc_by(msgs.len() as u64);
-                        let count = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
-                        if !rate.allow(count, now.into_std()) {
-                            peer.close(RATE_LIMITED);
-                            return;
-                        }
-                        let msg = RoomMsg::Frame {
-                            conn: peer.id,
-                            msgs,
-                        };
-                        if room.send(msg).await.is_err() {
-                            peer.close(CloseReason::INTERNAL);
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "bad frame");
-                        peer.close(CloseReason {
-                            code: e.close_code(),
-                            reason: e.label(),
-                            label: e.label(),
-                        });
+                match room.try_send(msg) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(msg)) => held = Some(msg),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        peer.close(CloseReason::INTERNAL);
                         return;
                     }
                 }
             }
-            Some(Ok(Message::Text(_))) => {
-                peer.close(TEXT_FRAME);
-                return;
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            Some(Ok(Message::Close(Some(frame)))) if frame.code == close::PROTOCOL_ERROR => {
-                peer.close(CLIENT_BAD_CLOSE);
-                return;
-            }
-            Some(Ok(Message::Close(_))) | None => {
-                peer.close(CLIENT_CLOSED);
-                return;
-            }
-            Some(Err(e)) => {
-                let reason = classify(e);
-                debug!(reason = reason.label, "socket error");
-                peer.close(reason);
-                return;
-            }
         }
     }
+}
+
+/// Handles one frame from the client. `None`: the connection must end (the peer has its close
+/// reason); `Some(None)`: nothing for the room (a ping or pong); `Some(Some(msg))`: for the room.
+fn inbound(
+    frame: Option<Result<Message, axum::Error>>,
+    peer: &Peer,
+    metrics: &crate::metrics::Metrics,
+    rate: &mut RateLimiter,
+    now: Instant,
+) -> Option<Option<RoomMsg>> {
+    let reason = match frame {
+        Some(Ok(Message::Binary(data))) => {
+            metrics.bytes_in.inc_by(data.len() as u64);
+            match protocol::decode_frame(&data) {
+                Ok(msgs) => {
+                    metrics.messages_in.inc_by(msgs.len() as u64);
+                    let count = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
+                    if rate.allow(count, now.into_std()) {
+                        return Some(Some(RoomMsg::Frame {
+                            conn: peer.id,
+                            msgs,
+                        }));
+                    }
+                    RATE_LIMITED
+                }
+                Err(e) => {
+                    debug!(error = %e, "bad frame");
+                    CloseReason {
+                        code: e.close_code(),
+                        reason: e.label(),
+                        label: e.label(),
+                    }
+                }
+            }
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Some(None),
+        Some(Ok(Message::Text(_))) => TEXT_FRAME,
+        Some(Ok(Message::Close(Some(frame)))) if frame.code == close::PROTOCOL_ERROR => {
+            CLIENT_BAD_CLOSE
+        }
+        Some(Ok(Message::Close(_))) | None => CLIENT_CLOSED,
+        Some(Err(e)) => {
+            let reason = classify(e);
+            debug!(reason = reason.label, "socket error");
+            reason
+        }
+    };
+    peer.close(reason);
+    None
 }
 
 /// Maps a WebSocket-layer error to the close it earns.
@@ -328,43 +409,16 @@ fn classify(e: axum::Error) -> CloseReason {
     }
 }
 
-/// Drains the peer's queue onto the socket and pings it; on close, delivers what is queued
-/// (unless the peer is being dropped for being slow) and a close frame, within a grace period.
-async fn write_loop<S>(mut sink: S, mut outbox: Outbox, peer: Arc<Peer>, shared: Arc<Shared>)
-where
+/// Ends the connection: delivers what is still queued (unless the peer is being dropped for
+/// being slow) and the close frame with its reason, within a grace period.
+async fn finish<S>(
+    sink: &mut S,
+    outbox: &mut Outbox,
+    peer: &Peer,
+    metrics: &crate::metrics::Metrics,
+) where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    let metrics = &shared.metrics;
-    let mut next_ping = Instant::now() + shared.config.ping_interval;
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = peer.closing().cancelled() => break,
-            frame = outbox.recv() => frame,
-            _ = sleep_until(next_ping) => {
-                next_ping = Instant::now() + shared.config.ping_interval;
-                let ping = sink.send(Message::Ping(Bytes::new()));
-                tokio::select! {
-                    r = ping => if r.is_err() { break },
-                    _ = peer.closing().cancelled() => break,
-                }
-                continue;
-            }
-        };
-        let batch = write_batch(&mut sink, &mut outbox, first, metrics);
-        tokio::select! {
-            r = batch => if r.is_err() {
-                peer.close(CLIENT_CLOSED);
-                break;
-            },
-            // Closed while a write is stuck (typically a peer that stopped reading, 4001). Do
-            // not wait for the batch, but still try to queue the close frame behind what the
-            // socket holds, bounded by CLOSE_GRACE: a client that resumes reading then learns
-            // why (4001) and resyncs. Returning here dropped the socket without a close frame,
-            // so even such a client saw only an abnormal closure (1006).
-            _ = peer.closing().cancelled() => break,
-        }
-    }
     let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
     let _ = timeout(CLOSE_GRACE, async {
         if reason != CloseReason::SLOW_CONSUMER {
