@@ -123,7 +123,7 @@ where
     let span = debug_span!("conn", id, doc = %name, user = grant.user.as_deref().unwrap_or(""));
     let config = &shared.config;
     let (peer, outbox) = Peer::new(id, config.outbox_frames, config.outbox_bytes);
-    let peer = Arc::new(peer.with_grant(&grant));
+    let peer = Arc::new(peer.with_grant(&grant).within(&shared.shutdown));
     let expires = grant.expires_at;
     drop(grant);
     async move {
@@ -203,8 +203,10 @@ enum Event {
     Inbound(Option<Result<Message, axum::Error>>),
     /// A frame from the room to send.
     Outbound(Bytes),
-    /// The room's inbox has room for the held message.
-    RoomReady(Result<mpsc::OwnedPermit<RoomMsg>, mpsc::error::SendError<()>>),
+    /// The connection is closing (its peer was closed, or the server shuts down).
+    Closing,
+    /// The room's inbox had room for the held message (`false`: the room is gone).
+    RoomReady(bool),
     /// A deadline passed.
     Deadline(Option<CloseReason>),
 }
@@ -246,19 +248,23 @@ async fn drive<S>(
     let mut held: Option<RoomMsg> = None;
     loop {
         let (deadline, expired) = deadlines.next();
-        let event = tokio::select! {
-            biased;
-            _ = peer.closing().cancelled() => return,
-            _ = shared.shutdown.cancelled() => {
-                peer.close(CloseReason::SHUTDOWN);
-                return;
+        // Every future of this `select!` is stored in the connection's task while it idles, so
+        // it waits on as few as possible: one token (closing includes shutdown), one timer.
+        let event = if held.is_none() {
+            tokio::select! {
+                biased;
+                _ = peer.closing().cancelled() => Event::Closing,
+                _ = sleep_until(deadline) => Event::Deadline(expired),
+                frame = outbox.recv() => Event::Outbound(frame),
+                frame = socket.next() => Event::Inbound(frame),
             }
-            _ = sleep_until(deadline) => Event::Deadline(expired),
-            permit = room.clone().reserve_owned(), if held.is_some() => {
-                Event::RoomReady(permit.map_err(|_| mpsc::error::SendError(())))
+        } else {
+            tokio::select! {
+                biased;
+                _ = peer.closing().cancelled() => Event::Closing,
+                permit = room.reserve() => Event::RoomReady(permit.is_ok()),
+                frame = outbox.recv() => Event::Outbound(frame),
             }
-            frame = outbox.recv() => Event::Outbound(frame),
-            frame = socket.next(), if held.is_none() => Event::Inbound(frame),
         };
         match event {
             Event::Deadline(Some(reason)) => {
@@ -276,12 +282,28 @@ async fn drive<S>(
                     _ = peer.closing().cancelled() => return,
                 }
             }
-            Event::RoomReady(Ok(permit)) => {
+            Event::Closing => {
+                if peer.close_reason().is_none() {
+                    peer.close(CloseReason::SHUTDOWN);
+                }
+                return;
+            }
+            Event::RoomReady(true) => {
+                // The permit was released with the select; the inbox has room, and only this
+                // task sends for this connection, so `try_send` normally succeeds (if another
+                // connection took the place, the message is simply held again).
                 if let Some(msg) = held.take() {
-                    permit.send(msg);
+                    match room.try_send(msg) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(msg)) => held = Some(msg),
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            peer.close(CloseReason::INTERNAL);
+                            return;
+                        }
+                    }
                 }
             }
-            Event::RoomReady(Err(_)) => {
+            Event::RoomReady(false) => {
                 peer.close(CloseReason::INTERNAL);
                 return;
             }

@@ -184,9 +184,18 @@ impl Peer {
         self.close.get().copied()
     }
 
-    /// Resolves once [`Peer::close`] has been called.
+    /// Resolves once [`Peer::close`] has been called, or the parent token given to
+    /// [`Peer::within`] (the server's shutdown) was cancelled; then [`Peer::close_reason`] is
+    /// `None`.
     pub fn closing(&self) -> &CancellationToken {
         &self.closing
+    }
+
+    /// Makes the peer close when `parent` is cancelled too, so the connection waits on a
+    /// single token instead of two.
+    pub fn within(mut self, parent: &CancellationToken) -> Self {
+        self.closing = parent.child_token();
+        self
     }
 }
 
