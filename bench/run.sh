@@ -17,6 +17,8 @@
 #                      "other load" measured during each case)
 #   CASES="f1 f2 ..."  subset of: fanout-10x10 fanout-1x100-1 fanout-1x100-8 fanout-1x100-12
 #                      idle-10k idle-max throughput
+#   STORAGE=1          afterwards, run bench/storage.sh too (storage backends: durable updates/s
+#                      over 100 documents, fan-out against in-memory, editing traces, cold load)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -276,3 +278,7 @@ done
 echo '```'
 echo
 echo "Raw output: $OUT" >&2
+if [[ -n "${STORAGE:-}" ]]; then
+    stop_server
+    SKIP_BUILD=1 "$ROOT/bench/storage.sh"
+fi

@@ -107,6 +107,19 @@ pub async fn connect(
 ///
 /// Returns the size of the server's SyncStep2 payload.
 pub async fn sync_handshake(ws: &mut Ws, timeout: Duration) -> Result<usize, Error> {
+    sync_handshake_with(ws, timeout, |u| u.len()).await
+}
+
+/// [`sync_handshake`] returning a copy of the server's SyncStep2 payload (the whole document).
+pub async fn sync_handshake_update(ws: &mut Ws, timeout: Duration) -> Result<Vec<u8>, Error> {
+    sync_handshake_with(ws, timeout, <[u8]>::to_vec).await
+}
+
+async fn sync_handshake_with<T>(
+    ws: &mut Ws,
+    timeout: Duration,
+    take: impl Fn(&[u8]) -> T,
+) -> Result<T, Error> {
     let run = async {
         ws.send(Message::Binary(Bytes::from_static(&proto::STEP1_EMPTY)))
             .await
@@ -124,7 +137,7 @@ pub async fn sync_handshake(ws: &mut Ws, timeout: Duration) -> Result<usize, Err
                             .await
                             .map_err(|e| format!("send SyncStep2: {e}"))?;
                     }
-                    Ok(Incoming::Step2(update)) => return Ok(update.len()),
+                    Ok(Incoming::Step2(update)) => return Ok(take(update)),
                     Ok(_) => {}
                     Err(e) => return Err(format!("bad frame before SyncStep2: {e}")),
                 },

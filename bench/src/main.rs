@@ -13,6 +13,7 @@ mod procstat;
 mod proto;
 mod stats;
 mod throughput;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -66,6 +67,20 @@ enum Cmd {
         #[command(flatten)]
         args: throughput::ThroughputArgs,
     },
+    /// Replays an editing trace into a document, one update per trace transaction, pipelined.
+    TraceLoad {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: trace::TraceLoadArgs,
+    },
+    /// Connect → full document (SyncStep2) latency for a document not in the server's memory.
+    ColdLoad {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: trace::ColdLoadArgs,
+    },
     /// One worker process of `idle` (started by it).
     #[command(hide = true)]
     IdleWorker(idle::WorkerArgs),
@@ -103,6 +118,12 @@ fn main() -> ExitCode {
         Cmd::Throughput { common, args } => runtime(common.threads)
             .map_err(Error::from)
             .and_then(|rt| rt.block_on(throughput::run(common, args))),
+        Cmd::TraceLoad { common, args } => runtime(common.threads)
+            .map_err(Error::from)
+            .and_then(|rt| rt.block_on(trace::trace_load(common, args))),
+        Cmd::ColdLoad { common, args } => runtime(common.threads)
+            .map_err(Error::from)
+            .and_then(|rt| rt.block_on(trace::cold_load(common, args))),
         Cmd::Idle { common, args } => idle::run(common, args),
         Cmd::IdleWorker(args) => runtime(1)
             .map_err(Error::from)

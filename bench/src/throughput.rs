@@ -1,6 +1,8 @@
-//! `throughput`: W writers pipeline updates into one document as fast as the server accepts them
-//! (a bounded window of unacknowledged updates, the echo being the acknowledgement); R readers
-//! only receive. Measures accepted and delivered updates per second.
+//! `throughput`: in each of N documents (`--rooms`, default 1), W writers pipeline updates as fast
+//! as the server accepts them (a bounded window of unacknowledged updates, the echo being the
+//! acknowledgement) and R readers only receive. Measures accepted and delivered updates per
+//! second, summed over all documents. With a persisting server the echo is released only once the
+//! update is durable, so "accepted" = durable.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -25,10 +27,13 @@ use crate::{Common, Error, procstat, run_id};
 /// Options of the `throughput` scenario.
 #[derive(Debug, Clone, Args)]
 pub struct ThroughputArgs {
-    /// Connections that send updates as fast as the server accepts them.
+    /// Documents written at once; `--writers` and `--readers` are per document.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Connections per document that send updates as fast as the server accepts them.
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
-    /// Connections that only receive.
+    /// Connections per document that only receive.
     #[arg(long, default_value_t = 16)]
     pub readers: usize,
     /// Measured seconds (after the warm-up).
@@ -106,7 +111,10 @@ enum Role {
 #[derive(Debug, Serialize)]
 struct ThroughputResult {
     scenario: &'static str,
+    rooms: usize,
+    /// Per document.
     writers: usize,
+    /// Per document.
     readers: usize,
     window: u32,
     duration_s: f64,
@@ -142,25 +150,47 @@ pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
     if args.window == 0 || args.window as usize > LOG_SLOTS / 4 {
         return Err(format!("--window must be in 1..={}", LOG_SLOTS / 4).into());
     }
+    if !(1..=10_000).contains(&args.rooms) {
+        return Err("--rooms must be in 1..=10000".into());
+    }
     let target = Target::parse(&common.url)?;
-    let url = target.room_url(&format!("throughput-{}", run_id()));
-    let shared = Arc::new(Shared {
-        logs: (0..args.writers).map(|_| SendLog::new(LOG_SLOTS)).collect(),
-        sent: (0..args.writers).map(|_| AtomicU32::new(0)).collect(),
-        finished: (0..args.writers)
-            .map(|_| AtomicU32::new(u32::MAX))
-            .collect(),
-        window: args.window,
-    });
+    let run = run_id();
+    // Smaller send logs when many writers run at once: each writer has at most `window` updates
+    // in flight, so a few windows of slots are plenty.
+    let slots = if args.rooms * args.writers > 16 {
+        (args.window as usize * 16).next_power_of_two().max(4096)
+    } else {
+        LOG_SLOTS
+    };
+    let rooms: Vec<(String, Arc<Shared>)> = (0..args.rooms)
+        .map(|r| {
+            let name = if args.rooms == 1 {
+                format!("throughput-{run}")
+            } else {
+                format!("throughput-{run}-{r}")
+            };
+            let shared = Arc::new(Shared {
+                logs: (0..args.writers).map(|_| SendLog::new(slots)).collect(),
+                sent: (0..args.writers).map(|_| AtomicU32::new(0)).collect(),
+                finished: (0..args.writers)
+                    .map(|_| AtomicU32::new(u32::MAX))
+                    .collect(),
+                window: args.window,
+            });
+            (target.room_url(&name), shared)
+        })
+        .collect();
     let server0 = procstat::maybe_sample(common.server_pid);
-    let total = args.writers + args.readers;
+    let per_room = args.writers + args.readers;
+    let total = per_room * args.rooms;
     let (synced_tx, mut synced_rx) = mpsc::channel::<Result<(), String>>(total);
     let (plan_tx, plan_rx) = watch::channel::<Option<Plan>>(None);
     let started = Instant::now();
     let mut handles = Vec::with_capacity(total);
     for i in 0..total {
-        let role = if i < args.writers {
-            Role::Writer(i)
+        let (url, shared) = &rooms[i / per_room];
+        let role = if i % per_room < args.writers {
+            Role::Writer(i % per_room)
         } else {
             Role::Reader
         };
@@ -267,6 +297,7 @@ pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
     let per_s = |n: u64| (n as f64 / args.duration).round();
     let result = ThroughputResult {
         scenario: "throughput",
+        rooms: args.rooms,
         writers: args.writers,
         readers: args.readers,
         window: args.window,
@@ -277,7 +308,7 @@ pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
         delivered,
         delivered_per_s: per_s(delivered),
         delivered_per_reader_per_s: if args.readers > 0 {
-            (delivered as f64 / args.duration / args.readers as f64).round()
+            (delivered as f64 / args.duration / (args.readers * args.rooms) as f64).round()
         } else {
             0.0
         },
@@ -311,8 +342,10 @@ pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
         other_cpu_pct,
     };
     println!(
-        "throughput {} writers (window {}) / {} readers, {} s: accepted {:.0} updates/s, \
-         delivered {:.0} updates/s to readers ({:.0} per reader, {:.2} updates per frame)",
+        "throughput {} room(s) × {} writers (window {}) / {} readers, {} s: accepted {:.0} \
+         updates/s, delivered {:.0} updates/s to readers ({:.0} per reader, {:.2} updates per \
+         frame)",
+        result.rooms,
         result.writers,
         result.window,
         result.readers,

@@ -1,0 +1,644 @@
+//! Real editing traces: `trace-load` replays one into a document on the server, `cold-load`
+//! measures how fast a server that does not hold that document in memory serves it in full.
+//!
+//! Traces are the public "editing-traces" collection by Joseph Gentle (CC BY 4.0,
+//! <https://creativecommons.org/licenses/by/4.0/>), gzip-compressed JSON:
+//! `{ startContent, endContent, txns: [{ patches: [[pos, delCount, insertText], ...] }] }`;
+//! concurrent traces add `agent` and `parents` to every transaction. Positions count Unicode code
+//! points.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use futures::{FutureExt, SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Message;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, ReadTxn, Text, TextRef, Transact, Update};
+
+use crate::conn::{self, Target};
+use crate::editor::TEXT_NAME;
+use crate::proto::{self, ClockRange, Incoming};
+use crate::{Common, Error};
+
+/// One transaction of a trace.
+#[derive(Debug, Deserialize)]
+struct Txn {
+    patches: Vec<(usize, usize, String)>,
+    /// Concurrent traces: index of the author.
+    #[serde(default)]
+    agent: Option<usize>,
+    /// Concurrent traces: transactions whose merged state this one was typed against.
+    #[serde(default)]
+    parents: Option<Vec<usize>>,
+}
+
+/// A trace file.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TraceFile {
+    #[serde(default)]
+    start_content: String,
+    end_content: String,
+    txns: Vec<Txn>,
+}
+
+/// Reads a trace (`.gz` files are decompressed with the system's `gzip -dc`, which keeps the
+/// tool free of a compression crate).
+fn read_trace(path: &Path) -> Result<TraceFile, Error> {
+    let raw = if path.extension().is_some_and(|e| e == "gz") {
+        let out = std::process::Command::new("gzip")
+            .arg("-dc")
+            .arg(path)
+            .output()
+            .map_err(|e| format!("running gzip -dc {}: {e}", path.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "gzip -dc {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+            .into());
+        }
+        out.stdout
+    } else {
+        let mut buf = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut buf))
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        buf
+    };
+    let trace: TraceFile = serde_json::from_slice(&raw)
+        .map_err(|e| format!("parsing trace {}: {e}", path.display()))?;
+    // yrs counts text offsets in UTF-8 bytes (or UTF-16 units), the traces in code points: the
+    // two agree only on ASCII, which the published "ASCII-only" variants are.
+    let ascii = trace.start_content.is_ascii()
+        && trace
+            .txns
+            .iter()
+            .all(|t| t.patches.iter().all(|p| p.2.is_ascii()));
+    if !ascii {
+        return Err(format!(
+            "{}: non-ASCII trace; only ASCII traces are supported (code point offsets)",
+            path.display()
+        )
+        .into());
+    }
+    Ok(trace)
+}
+
+fn apply_patches(
+    text: &TextRef,
+    txn: &mut yrs::TransactionMut,
+    patches: &[(usize, usize, String)],
+) {
+    for (pos, del, ins) in patches {
+        if *del > 0 {
+            text.remove_range(txn, *pos as u32, *del as u32);
+        }
+        if !ins.is_empty() {
+            text.insert(txn, *pos as u32, ins);
+        }
+    }
+}
+
+/// The updates of a replayed trace, one per trace transaction, in an order the server can apply
+/// one after the other (every update's dependencies come before it).
+struct Replayed {
+    updates: Vec<Vec<u8>>,
+    /// Per update: the yrs client id and the client's clock after it (for acknowledgement).
+    acks: Vec<(u64, u32)>,
+    end_content: String,
+    /// Encoded state of the final document (v1), for reference.
+    state_bytes: usize,
+    /// Encoded (v1) state vector of the final document.
+    state_vector: Vec<u8>,
+}
+
+/// Client id of the first author; author `k` is `FIRST_CLIENT + k`.
+const FIRST_CLIENT: u64 = 1;
+
+fn replay(trace: &TraceFile) -> Result<Replayed, Error> {
+    let concurrent = trace.txns.iter().any(|t| t.parents.is_some());
+    let mut updates = Vec::with_capacity(trace.txns.len() + 1);
+    let mut acks = Vec::with_capacity(trace.txns.len() + 1);
+    // The document holding everything: the author's own one for a sequential trace, all
+    // updates merged for a concurrent one.
+    let final_doc;
+    let final_text;
+    if !concurrent {
+        let doc = Doc::with_client_id(FIRST_CLIENT);
+        let text = doc.get_or_insert_text(TEXT_NAME);
+        let mut push = |txn: &yrs::TransactionMut| {
+            updates.push(txn.encode_update_v1());
+            acks.push((
+                FIRST_CLIENT,
+                txn.state_vector()
+                    .get(&yrs::block::ClientID::new(FIRST_CLIENT)),
+            ));
+        };
+        if !trace.start_content.is_empty() {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, &trace.start_content);
+            push(&txn);
+        }
+        for t in &trace.txns {
+            let mut txn = doc.transact_mut();
+            apply_patches(&text, &mut txn, &t.patches);
+            push(&txn);
+        }
+        final_doc = doc;
+        final_text = text;
+    } else {
+        // Each author has a document holding exactly the transactions it has seen; before one of
+        // its transactions, the ancestors named by `parents` it lacks are applied to it (their
+        // updates, in trace order). Dependencies have lower indexes than their dependants.
+        if !trace.start_content.is_empty() {
+            return Err("concurrent trace with startContent is not supported".into());
+        }
+        let mut docs: HashMap<usize, (Doc, TextRef, Vec<bool>)> = HashMap::new();
+        let n = trace.txns.len();
+        for (i, t) in trace.txns.iter().enumerate() {
+            let agent = t.agent.ok_or_else(|| format!("txn {i}: no agent"))?;
+            let parents = t.parents.as_deref().unwrap_or(&[]);
+            let client = FIRST_CLIENT + agent as u64;
+            let (doc, text, seen) = docs.entry(agent).or_insert_with(|| {
+                let doc = Doc::with_client_id(client);
+                let text = doc.get_or_insert_text(TEXT_NAME);
+                (doc, text, vec![false; n])
+            });
+            // Ancestors not yet in this author's document (walk stops at seen ones: their
+            // ancestors are in it already).
+            let mut missing = Vec::new();
+            let mut stack: Vec<usize> = parents.to_vec();
+            while let Some(p) = stack.pop() {
+                if p >= i {
+                    return Err(format!("txn {i}: parent {p} is not earlier").into());
+                }
+                if seen[p] {
+                    continue;
+                }
+                seen[p] = true;
+                missing.push(p);
+                if let Some(pp) = &trace.txns[p].parents {
+                    stack.extend(pp.iter().copied());
+                }
+            }
+            missing.sort_unstable();
+            let mut txn = doc.transact_mut();
+            for p in missing {
+                let u = Update::decode_v1(&updates[p]).map_err(|e| format!("txn {p}: {e}"))?;
+                txn.apply_update(u).map_err(|e| format!("txn {p}: {e}"))?;
+            }
+            drop(txn);
+            let mut txn = doc.transact_mut();
+            apply_patches(text, &mut txn, &t.patches);
+            updates.push(txn.encode_update_v1());
+            acks.push((
+                client,
+                txn.state_vector().get(&yrs::block::ClientID::new(client)),
+            ));
+            seen[i] = true;
+        }
+        final_doc = Doc::with_client_id(u64::MAX >> 12);
+        final_text = final_doc.get_or_insert_text(TEXT_NAME);
+        let mut txn = final_doc.transact_mut();
+        for u in &updates {
+            let u = Update::decode_v1(u).map_err(|e| format!("re-decoding an update: {e}"))?;
+            txn.apply_update(u)
+                .map_err(|e| format!("applying an update: {e}"))?;
+        }
+    }
+    let txn = final_doc.transact();
+    let got = final_text.get_string(&txn);
+    if got != trace.end_content {
+        return Err(format!(
+            "merged text differs from endContent ({} vs {} bytes)",
+            got.len(),
+            trace.end_content.len()
+        )
+        .into());
+    }
+    let state_bytes = txn
+        .encode_state_as_update_v1(&yrs::StateVector::default())
+        .len();
+    Ok(Replayed {
+        updates,
+        acks,
+        end_content: trace.end_content.clone(),
+        state_bytes,
+        state_vector: txn.state_vector().encode_v1(),
+    })
+}
+
+/// Options of `trace-load`.
+#[derive(Debug, Clone, Args)]
+pub struct TraceLoadArgs {
+    /// Trace file (`.json.gz` or `.json`).
+    #[arg(long)]
+    pub trace: PathBuf,
+    /// Document to write it into; it must be empty (a fresh name).
+    #[arg(long)]
+    pub room: String,
+    /// Most updates in flight (sent, echo not yet seen).
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct TraceLoadResult {
+    scenario: &'static str,
+    trace: String,
+    room: String,
+    txns: usize,
+    updates_sent: usize,
+    update_bytes: usize,
+    final_state_bytes: usize,
+    end_content_chars: usize,
+    replay_s: f64,
+    send_s: f64,
+    updates_per_s: f64,
+    /// The document fetched by a fresh connection equals the trace's endContent.
+    verified: bool,
+    sync_step2_bytes: usize,
+    errors: Vec<String>,
+}
+
+/// Replays the trace and writes it into the document as one update per trace transaction,
+/// pipelined (`--window`), the echo of each update being its acknowledgement.
+pub async fn trace_load(common: &Common, args: &TraceLoadArgs) -> Result<(), Error> {
+    if args.window == 0 || args.window > 100_000 {
+        return Err("--window must be in 1..=100000".into());
+    }
+    if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
+        return Err("--timeout must be in (0, 3600]".into());
+    }
+    let target = Target::parse(&common.url)?;
+    let url = target.room_url(&args.room);
+    let t0 = Instant::now();
+    let trace = read_trace(&args.trace)?;
+    let replayed = replay(&trace)?;
+    let replay_s = t0.elapsed().as_secs_f64();
+    println!(
+        "trace-load: {} transactions replayed into {} updates ({} bytes of state) in {:.2} s",
+        trace.txns.len(),
+        replayed.updates.len(),
+        replayed.state_bytes,
+        replay_s
+    );
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let deadline = Instant::now() + timeout;
+    let mut ws = conn::connect(&target, &url, None, conn::ws_config(128 * 1024)).await?;
+    let existing = conn::sync_handshake_update(&mut ws, timeout).await?;
+    if !is_empty_doc(&existing)? {
+        return Err(format!("document {:?} is not empty; use a fresh name", args.room).into());
+    }
+    let started = Instant::now();
+    let mut echoed: HashMap<u64, u32> = HashMap::new();
+    let mut in_flight: VecDeque<(u64, u32)> = VecDeque::new();
+    let mut next = 0;
+    let mut ranges: Vec<ClockRange> = Vec::new();
+    let acked = |echoed: &HashMap<u64, u32>, (client, clock): (u64, u32)| {
+        clock == 0 || echoed.get(&client).is_some_and(|e| *e >= clock)
+    };
+    let mut update_bytes = 0;
+    loop {
+        while in_flight.front().is_some_and(|a| acked(&echoed, *a)) {
+            in_flight.pop_front();
+        }
+        if next == replayed.updates.len() && in_flight.is_empty() {
+            break;
+        }
+        if next < replayed.updates.len() && in_flight.len() < args.window {
+            while next < replayed.updates.len() && in_flight.len() < args.window {
+                let u = &replayed.updates[next];
+                update_bytes += u.len();
+                ws.feed(Message::Binary(Bytes::from(proto::frame_update(u))))
+                    .await
+                    .map_err(|e| format!("send: {e}"))?;
+                in_flight.push_back(replayed.acks[next]);
+                next += 1;
+            }
+            ws.flush().await.map_err(|e| format!("flush: {e}"))?;
+        }
+        let mut msg = match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+            Ok(m) => Some(m),
+            Err(_) => {
+                return Err(format!(
+                    "timeout: {next} of {} sent, {} unacknowledged",
+                    replayed.updates.len(),
+                    in_flight.len()
+                )
+                .into());
+            }
+        };
+        let mut budget = 1024;
+        while let Some(m) = msg.take() {
+            let frame = match m {
+                None => return Err("connection closed by server".into()),
+                Some(Err(e)) => return Err(format!("read: {e}").into()),
+                Some(Ok(Message::Close(f))) => return Err(format!("server closed: {f:?}").into()),
+                Some(Ok(Message::Binary(b))) => b,
+                Some(Ok(_)) => Bytes::new(),
+            };
+            if let Ok(Incoming::Update(u) | Incoming::Step2(u)) = proto::parse_frame(&frame) {
+                proto::update_ranges(u, &mut ranges).map_err(|e| format!("echo: {e}"))?;
+                for r in &ranges {
+                    let e = echoed.entry(r.client).or_insert(0);
+                    *e = (*e).max(r.end);
+                }
+            }
+            budget -= 1;
+            if budget > 0 {
+                msg = ws.next().now_or_never();
+            }
+        }
+    }
+    // Updates that only delete carry no clock, so their echo cannot be told apart: a SyncStep1 on
+    // the same connection is answered only after everything sent before it is durable.
+    let sv = &replayed.state_vector;
+    let mut step1 = vec![proto::MSG_SYNC, proto::SYNC_STEP1];
+    proto::write_var_uint(&mut step1, sv.len() as u64);
+    step1.extend_from_slice(sv);
+    ws.send(Message::Binary(Bytes::from(step1)))
+        .await
+        .map_err(|e| format!("send SyncStep1: {e}"))?;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+            Err(_) => return Err("timeout waiting for the final SyncStep2".into()),
+            Ok(None) => return Err("connection closed by server".into()),
+            Ok(Some(Err(e))) => return Err(format!("read: {e}").into()),
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                if let Ok(Incoming::Step2(_)) = proto::parse_frame(&b) {
+                    break;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+    let send_s = started.elapsed().as_secs_f64();
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+
+    // What a new client gets.
+    let mut errors = Vec::new();
+    let mut check = conn::connect(&target, &url, None, conn::ws_config(128 * 1024)).await?;
+    let full = conn::sync_handshake_update(&mut check, timeout).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), check.close(None)).await;
+    let verified = match text_of(&full) {
+        Ok(t) if t == replayed.end_content => true,
+        Ok(t) => {
+            errors.push(format!(
+                "server text differs from endContent ({} vs {} bytes)",
+                t.len(),
+                replayed.end_content.len()
+            ));
+            false
+        }
+        Err(e) => {
+            errors.push(format!("server SyncStep2: {e}"));
+            false
+        }
+    };
+    let result = TraceLoadResult {
+        scenario: "trace-load",
+        trace: args.trace.display().to_string(),
+        room: args.room.clone(),
+        txns: trace.txns.len(),
+        updates_sent: replayed.updates.len(),
+        update_bytes,
+        final_state_bytes: replayed.state_bytes,
+        end_content_chars: replayed.end_content.chars().count(),
+        replay_s: round3(replay_s),
+        send_s: round3(send_s),
+        updates_per_s: (replayed.updates.len() as f64 / send_s).round(),
+        verified,
+        sync_step2_bytes: full.len(),
+        errors,
+    };
+    println!(
+        "trace-load: {} updates ({} bytes) into {:?} in {:.2} s ({:.0} updates/s, durable); \
+         server copy {} endContent",
+        result.updates_sent,
+        result.update_bytes,
+        result.room,
+        result.send_s,
+        result.updates_per_s,
+        if verified { "equals" } else { "DIFFERS FROM" }
+    );
+    crate::stats::print_json(&result);
+    if verified {
+        Ok(())
+    } else {
+        Err(result.errors.join("; ").into())
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+fn is_empty_doc(update: &[u8]) -> Result<bool, Error> {
+    Ok(text_of(update)?.is_empty())
+}
+
+/// The text of a document given as a full v1 update.
+fn text_of(update: &[u8]) -> Result<String, Error> {
+    let doc = Doc::new();
+    let text = doc.get_or_insert_text(TEXT_NAME);
+    let mut txn = doc.transact_mut();
+    txn.apply_update(Update::decode_v1(update).map_err(|e| format!("decode: {e}"))?)
+        .map_err(|e| format!("apply: {e}"))?;
+    Ok(text.get_string(&txn))
+}
+
+/// Options of `cold-load`.
+#[derive(Debug, Clone, Args)]
+pub struct ColdLoadArgs {
+    /// Document to fetch (written earlier, e.g. by `trace-load`).
+    #[arg(long)]
+    pub room: String,
+    /// Trace the document was built from: the received text must equal its endContent.
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// Measurements. Only the first is cold unless the server unloads the document in between
+    /// (see `--pause`); `bench/storage.sh` restarts the server and runs `--runs 1` instead.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Seconds to wait between runs (e.g. longer than the server's `--unload-after`).
+    #[arg(long, default_value_t = 0.0)]
+    pub pause: f64,
+    /// After each measurement, fetch the document again while it is still in memory (warm).
+    #[arg(long)]
+    pub warm: bool,
+    /// Give up on one fetch after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ColdLoadResult {
+    scenario: &'static str,
+    room: String,
+    runs: usize,
+    /// connect → SyncStep2 received, µs, per run.
+    cold_us: Vec<u64>,
+    cold_p50_us: u64,
+    cold_max_us: u64,
+    /// Same with the document in memory (`--warm`).
+    warm_us: Vec<u64>,
+    warm_p50_us: Option<u64>,
+    sync_step2_bytes: usize,
+    /// Client-side decode + apply of the SyncStep2 into an empty Doc, µs (not in the latency).
+    client_apply_us: u64,
+    /// The received text equals the trace's endContent (`null` without `--trace`).
+    verified: Option<bool>,
+    errors: Vec<String>,
+}
+
+fn p50(v: &[u64]) -> u64 {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    s.get((s.len().saturating_sub(1)) / 2).copied().unwrap_or(0)
+}
+
+/// One fetch: connect → SyncStep2; returns (µs, payload).
+async fn fetch(target: &Target, url: &str, timeout: Duration) -> Result<(u64, Vec<u8>), Error> {
+    let t0 = Instant::now();
+    let mut ws = conn::connect(target, url, None, conn::ws_config(128 * 1024)).await?;
+    let update = conn::sync_handshake_update(&mut ws, timeout).await?;
+    let us = t0.elapsed().as_micros() as u64;
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+    Ok((us, update))
+}
+
+/// Measures connect → full document (SyncStep2) for a document the server does not hold.
+pub async fn cold_load(common: &Common, args: &ColdLoadArgs) -> Result<(), Error> {
+    if !(1..=1000).contains(&args.runs) {
+        return Err("--runs must be in 1..=1000".into());
+    }
+    if !((0.0..=600.0).contains(&args.pause) && args.timeout > 0.0 && args.timeout <= 600.0) {
+        return Err("--pause must be in [0, 600] and --timeout in (0, 600]".into());
+    }
+    let target = Target::parse(&common.url)?;
+    let url = target.room_url(&args.room);
+    let expected = match &args.trace {
+        Some(p) => Some(read_trace(p)?.end_content),
+        None => None,
+    };
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    let mut errors = Vec::new();
+    let mut last = Vec::new();
+    for run in 0..args.runs {
+        if run > 0 && args.pause > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(args.pause)).await;
+        }
+        let (us, update) = fetch(&target, &url, timeout).await?;
+        cold.push(us);
+        if args.warm {
+            // Keep one connection open so the document stays loaded, then fetch again.
+            let mut hold = conn::connect(&target, &url, None, conn::ws_config(128 * 1024)).await?;
+            conn::sync_handshake_update(&mut hold, timeout).await?;
+            let (w, _) = fetch(&target, &url, timeout).await?;
+            warm.push(w);
+            let _ = tokio::time::timeout(Duration::from_secs(2), hold.close(None)).await;
+        }
+        last = update;
+    }
+    let t = Instant::now();
+    let text = text_of(&last);
+    let client_apply_us = t.elapsed().as_micros() as u64;
+    let verified = match (&expected, text) {
+        (None, _) => None,
+        (Some(e), Ok(t)) if *e == t => Some(true),
+        (Some(e), Ok(t)) => {
+            errors.push(format!(
+                "received text differs from endContent ({} vs {} bytes)",
+                t.len(),
+                e.len()
+            ));
+            Some(false)
+        }
+        (Some(_), Err(e)) => {
+            errors.push(format!("received SyncStep2: {e}"));
+            Some(false)
+        }
+    };
+    let result = ColdLoadResult {
+        scenario: "cold-load",
+        room: args.room.clone(),
+        runs: args.runs,
+        cold_p50_us: p50(&cold),
+        cold_max_us: cold.iter().copied().max().unwrap_or(0),
+        cold_us: cold,
+        warm_p50_us: (!warm.is_empty()).then(|| p50(&warm)),
+        warm_us: warm,
+        sync_step2_bytes: last.len(),
+        client_apply_us,
+        verified,
+        errors,
+    };
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "cold-load {:?}: connect → SyncStep2 ({} bytes) p50 {:.2} ms, max {:.2} ms over {} run(s){}; \
+         text {}",
+        result.room,
+        result.sync_step2_bytes,
+        ms(result.cold_p50_us),
+        ms(result.cold_max_us),
+        result.runs,
+        result
+            .warm_p50_us
+            .map(|w| format!("; in memory p50 {:.2} ms", ms(w)))
+            .unwrap_or_default(),
+        match result.verified {
+            Some(true) => "equals endContent",
+            Some(false) => "DIFFERS from endContent",
+            None => "not checked",
+        }
+    );
+    crate::stats::print_json(&result);
+    if result.verified == Some(false) {
+        return Err(result.errors.join("; ").into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_sequential_and_concurrent() {
+        let seq: TraceFile = serde_json::from_str(
+            r#"{"startContent":"ab","endContent":"xaZ","txns":[
+                {"patches":[[0,0,"x"]]},{"patches":[[2,1,""]]},{"patches":[[2,0,"Z"]]}]}"#,
+        )
+        .expect("json");
+        let r = replay(&seq).expect("replay");
+        assert_eq!(r.updates.len(), 4);
+        // The delete-only update adds no clock.
+        assert_eq!(r.acks[2], r.acks[1]);
+        let conc: TraceFile = serde_json::from_str(
+            r#"{"startContent":"","endContent":"ab12","txns":[
+                {"agent":0,"parents":[],"patches":[[0,0,"ab"]]},
+                {"agent":1,"parents":[0],"patches":[[2,0,"1"]]},
+                {"agent":0,"parents":[0],"patches":[[1,0,"Q"]]},
+                {"agent":1,"parents":[1],"patches":[[3,0,"2"]]},
+                {"agent":0,"parents":[2,3],"patches":[[1,1,""]]}]}"#,
+        )
+        .expect("json");
+        let r = replay(&conc).expect("replay concurrent");
+        assert_eq!(r.updates.len(), 5);
+        assert_eq!(r.end_content, "ab12");
+    }
+}
