@@ -40,6 +40,9 @@ pub(crate) static MIGRATE_SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../m
 /// connections are trusted (a failure on them surfaces as `Unavailable`).
 pub(crate) const PING_IF_IDLE_FOR: Duration = Duration::from_secs(5);
 
+/// A load failing faster than this met a dead pooled connection, not an outage.
+const FAST_FAILURE: Duration = Duration::from_millis(250);
+
 /// Connection settings shared by both backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -140,6 +143,15 @@ impl Store {
         dispatch!(self, b => b.migrate().await)
     }
 
+    /// Opens and warms a few connections so the first loads after start-up are as fast as
+    /// later ones. Postgres only; a no-op on SQLite.
+    pub async fn warm_up(&self) -> Result<(), StoreError> {
+        match &self.inner {
+            Inner::Postgres(b) => b.warm_up().await,
+            Inner::Sqlite(_) => Ok(()),
+        }
+    }
+
     /// Which backend this store talks to.
     pub fn backend(&self) -> Backend {
         match &self.inner {
@@ -160,8 +172,21 @@ impl Store {
     ///
     /// Fails with [`StoreError::Unavailable`] after [`StoreOptions::load_timeout`]
     /// (the read is abandoned; at most the document's row was created).
+    ///
+    /// A retryable failure that came at once is tried once more: after the database
+    /// restarted, pooled connections are dead until used and fail on first use; the retry
+    /// gets a fresh connection instead of refusing a client of a database that is back. (A
+    /// slow failure is a real outage: retrying would only double the client's wait.)
     pub async fn load(&self, name: &str) -> Result<LoadedDoc, StoreError> {
-        let load = async { dispatch!(self, b => b.load(name).await) };
+        let load = async {
+            let started = std::time::Instant::now();
+            match dispatch!(self, b => b.load(name).await) {
+                Err(e) if e.is_retryable() && started.elapsed() < FAST_FAILURE => {
+                    dispatch!(self, b => b.load(name).await)
+                }
+                other => other,
+            }
+        };
         match tokio::time::timeout(self.load_timeout, load).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable(format!(

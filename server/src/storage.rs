@@ -32,6 +32,7 @@ impl Storage {
         }
         let store = open_store(&url, config).await?;
         store.migrate().await?;
+        store.warm_up().await?;
         let writer = Writer::spawn(store.clone(), WriterOptions::default());
         info!(backend = %store.backend(), "storage ready");
         Ok(Storage::Durable { store, writer })
