@@ -129,11 +129,16 @@ pub struct Config {
     /// Where documents are stored: `sqlite://path/file.db` (the default, created on first run),
     /// `postgres://user@host/db`, or `memory` (nothing is stored; for benchmarks and tests).
     /// `DATABASE_URL` is used when this is not set.
-    #[arg(long, env = "TANDEM_DATABASE_URL")]
+    #[arg(long, env = "TANDEM_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 
     /// Most database connections in the pool.
-    #[arg(long, env = "TANDEM_DB_MAX_CONNECTIONS", default_value_t = 8)]
+    #[arg(
+        long,
+        env = "TANDEM_DB_MAX_CONNECTIONS",
+        default_value_t = 8,
+        global = true
+    )]
     pub db_max_connections: u32,
 
     /// Write a new snapshot once this many updates were logged since the last one.
@@ -210,7 +215,7 @@ pub struct Config {
     pub idle_timeout: Duration,
 
     /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `tandem=debug`).
-    #[arg(long, env = "TANDEM_LOG", default_value = "info")]
+    #[arg(long, env = "TANDEM_LOG", default_value = "info", global = true)]
     pub log: String,
 }
 
