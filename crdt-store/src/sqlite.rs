@@ -184,6 +184,18 @@ impl SqliteStore {
         if rows.is_empty() {
             return Ok(());
         }
+        // A batch that fits one statement needs no explicit transaction: the
+        // statement alone is atomic, and skipping BEGIN/COMMIT saves two round
+        // trips through sqlx's SQLite worker thread on every small commit (the
+        // common case: one keystroke per commit at low load).
+        if rows.len().is_power_of_two() && rows.len() <= 1 << (INSERT_SQL.len() - 1) {
+            let k = chunk_log2(rows.len());
+            bind_rows(sqlx::query(INSERT_SQL[k].as_str()), rows)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("append"))?;
+            return Ok(());
+        }
         // IMMEDIATE takes the write lock up front, so the transaction cannot
         // fail half-way with SQLITE_BUSY when upgrading from a read lock.
         let mut tx = self
@@ -195,17 +207,10 @@ impl SqliteStore {
         while !rest.is_empty() {
             let k = chunk_log2(rest.len());
             let (chunk, tail) = rest.split_at(1 << k);
-            let mut q = sqlx::query(INSERT_SQL[k].as_str());
-            for r in chunk {
-                q = q
-                    .bind(r.doc_id)
-                    .bind(r.seq)
-                    .bind(to_unix_millis(r.created_at))
-                    .bind(i64::try_from(r.data.len()).unwrap_or(i64::MAX))
-                    .bind(r.author.as_deref())
-                    .bind(&r.data[..]);
-            }
-            q.execute(&mut *tx).await.map_err(db_err("append"))?;
+            bind_rows(sqlx::query(INSERT_SQL[k].as_str()), chunk)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("append"))?;
             rest = tail;
         }
         tx.commit().await.map_err(db_err("append"))?;
@@ -430,4 +435,21 @@ mod tests {
         assert_eq!(INSERT_SQL.len(), MAX_CHUNK_LOG2 + 1);
         assert_eq!(INSERT_SQL[3].matches('?').count(), 6 * 8);
     }
+}
+
+/// Binds the columns of `rows` to a multi-row insert from `INSERT_SQL`.
+fn bind_rows<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    rows: &'q [NewUpdate],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    for r in rows {
+        q = q
+            .bind(r.doc_id)
+            .bind(r.seq)
+            .bind(to_unix_millis(r.created_at))
+            .bind(i64::try_from(r.data.len()).unwrap_or(i64::MAX))
+            .bind(r.author.as_deref())
+            .bind(&r.data[..]);
+    }
+    q
 }
