@@ -420,23 +420,6 @@ fn log_row_from_row(r: &SqliteRow, with_data: bool) -> Result<LogRow, sqlx::Erro
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_are_powers_of_two() {
-        assert_eq!(chunk_log2(1), 0);
-        assert_eq!(chunk_log2(2), 1);
-        assert_eq!(chunk_log2(3), 1);
-        assert_eq!(chunk_log2(127), 6);
-        assert_eq!(chunk_log2(128), 7);
-        assert_eq!(chunk_log2(10_000), 7);
-        assert_eq!(INSERT_SQL.len(), MAX_CHUNK_LOG2 + 1);
-        assert_eq!(INSERT_SQL[3].matches('?').count(), 6 * 8);
-    }
-}
-
 /// Binds the columns of `rows` to a multi-row insert from `INSERT_SQL`.
 fn bind_rows<'q>(
     mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
@@ -452,4 +435,21 @@ fn bind_rows<'q>(
             .bind(&r.data[..]);
     }
     q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two() {
+        assert_eq!(chunk_log2(1), 0);
+        assert_eq!(chunk_log2(2), 1);
+        assert_eq!(chunk_log2(3), 1);
+        assert_eq!(chunk_log2(127), 6);
+        assert_eq!(chunk_log2(128), 7);
+        assert_eq!(chunk_log2(10_000), 7);
+        assert_eq!(INSERT_SQL.len(), MAX_CHUNK_LOG2 + 1);
+        assert_eq!(INSERT_SQL[3].matches('?').count(), 6 * 8);
+    }
 }
