@@ -258,22 +258,7 @@ async fn raw_upgrade(addr: SocketAddr, path: &str, extra: &[(&str, &str)]) -> Ht
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .expect("response head");
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    HttpResponse {
-        status,
-        headers,
-        body: buf[end + 4..].to_vec(),
-    }
+    HttpResponse::from_head(&buf[..end], buf[end + 4..].to_vec())
 }
 
 /// The upgrade was refused with `status` before any WebSocket byte: no 101, no accept header,

@@ -561,6 +561,26 @@ pub struct HttpResponse {
 }
 
 impl HttpResponse {
+    /// Parses a response head (status line and headers, without the blank line).
+    pub fn from_head(head: &[u8], body: Vec<u8>) -> HttpResponse {
+        let head = String::from_utf8_lossy(head);
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        HttpResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -640,23 +660,9 @@ impl RawWs {
             }
             assert!(self.fill().await, "connection closed inside HTTP head");
         };
-        let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+        let response = HttpResponse::from_head(&self.buf[..end], Vec::new());
         self.buf.drain(..end + 4);
-        let mut lines = head.split("\r\n");
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .expect("status line");
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        HttpResponse {
-            status,
-            headers,
-            body: Vec::new(),
-        }
+        response
     }
 
     /// Reads the next frame; `None` when the connection ended first.
