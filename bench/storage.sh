@@ -134,26 +134,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-QUIET_PCT=${QUIET_PCT:-15}
-QUIET_WAIT=${QUIET_WAIT:-900}
-busy_ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9}' /proc/stat; }
-# Waits (bounded) until other processes leave the CPU alone.
-wait_quiet() {
-    local waited=0 a b pct hz
-    hz=$(getconf CLK_TCK)
-    while ((waited < QUIET_WAIT)); do
-        a=$(busy_ticks)
-        sleep 2
-        b=$(busy_ticks)
-        pct=$(((b - a) * 100 / hz / 2))
-        if ((pct < QUIET_PCT)); then
-            return 0
-        fi
-        ((waited % 60 == 0)) && echo "   machine busy (${pct}% of one core); waiting for it to calm down..." >&2
-        waited=$((waited + 2))
-    done
-    echo "   machine still busy after ${QUIET_WAIT}s; running anyway" >&2
-}
+# shellcheck source=bench/quiet.sh
+. "$(dirname "${BASH_SOURCE[0]}")/quiet.sh"
 
 # bench NAME ARGS...: one tandem-bench run against the running server; JSON in $OUT/NAME.json.
 bench() {
