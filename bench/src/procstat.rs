@@ -209,6 +209,59 @@ pub fn other_load<const N: usize>(
     Some(other_load_percent(from, to, used))
 }
 
+/// CPU and memory over one measured window: the server (when its pid is known), this process,
+/// and everything else on the machine.
+pub struct Window {
+    /// Server usage over the window; its RSS at start is `server0`'s when given.
+    pub server: Option<Usage>,
+    /// This load generator's usage.
+    pub bench: Option<Usage>,
+    /// CPU used by other processes, % of one core.
+    pub other_cpu_pct: Option<f64>,
+}
+
+/// Samples at `start`, waits until `end`, samples again. `server0` is a sample from before the
+/// clients connected, so the reported starting RSS is the idle server's.
+pub async fn measure_window(
+    server_pid: Option<u32>,
+    server0: Option<&Sample>,
+    start: std::time::Instant,
+    end: std::time::Instant,
+) -> Window {
+    tokio::time::sleep_until(start.into()).await;
+    let server1 = maybe_sample(server_pid);
+    let bench1 = sample(0).ok();
+    let machine1 = machine();
+    tokio::time::sleep_until(end.into()).await;
+    let server2 = maybe_sample(server_pid);
+    let bench2 = sample(0).ok();
+    let machine2 = machine();
+    let other_cpu_pct = other_load(
+        &machine1,
+        &machine2,
+        [(&server1, &server2), (&bench1, &bench2)],
+    );
+    let server = match (&server1, &server2) {
+        (Some(a), Some(b)) => {
+            let mut u = usage(a, b);
+            if let Some(s0) = server0 {
+                u.rss_start_kb = s0.rss_kb;
+            }
+            Some(u)
+        }
+        _ => None,
+    };
+    let bench = match (&bench1, &bench2) {
+        (Some(a), Some(b)) => Some(usage(a, b)),
+        _ => None,
+    };
+    Window {
+        server,
+        bench,
+        other_cpu_pct,
+    }
+}
+
 /// Prints the load of other processes, with a warning when it may have skewed the numbers.
 pub fn describe_other(other: Option<f64>) {
     if let Some(o) = other {

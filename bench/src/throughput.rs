@@ -19,7 +19,6 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::conn::{self, Target};
 use crate::editor::Editor;
-use crate::procstat::other_load;
 use crate::proto::{self, ClockRange, Incoming};
 use crate::stats::{self, Latency, SendLog};
 use crate::{Common, Error, procstat, run_id};
@@ -244,19 +243,13 @@ pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
         deadline: measure_end + Duration::from_secs_f64(args.drain),
     };
     plan_tx.send_replace(Some(plan));
-    tokio::time::sleep_until(measure_start.into()).await;
-    let server1 = procstat::maybe_sample(common.server_pid);
-    let bench1 = procstat::sample(0).ok();
-    let machine1 = procstat::machine();
-    tokio::time::sleep_until(measure_end.into()).await;
-    let server2 = procstat::maybe_sample(common.server_pid);
-    let bench2 = procstat::sample(0).ok();
-    let machine2 = procstat::machine();
-    let other_cpu_pct = other_load(
-        &machine1,
-        &machine2,
-        [(&server1, &server2), (&bench1, &bench2)],
-    );
+    let window = procstat::measure_window(
+        common.server_pid,
+        server0.as_ref(),
+        measure_start,
+        measure_end,
+    )
+    .await;
 
     let mut echo = stats::new_histogram();
     let mut reader_lat = stats::new_histogram();
@@ -325,21 +318,9 @@ pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
         bad_frames,
         incomplete,
         errors: errors.iter().take(10).cloned().collect(),
-        server: match (&server1, &server2) {
-            (Some(a), Some(b)) => {
-                let mut u = procstat::usage(a, b);
-                if let Some(s0) = &server0 {
-                    u.rss_start_kb = s0.rss_kb;
-                }
-                Some(u)
-            }
-            _ => None,
-        },
-        bench: match (&bench1, &bench2) {
-            (Some(a), Some(b)) => Some(procstat::usage(a, b)),
-            _ => None,
-        },
-        other_cpu_pct,
+        server: window.server,
+        bench: window.bench,
+        other_cpu_pct: window.other_cpu_pct,
     };
     println!(
         "throughput {} room(s) × {} writers (window {}) / {} readers, {} s: accepted {:.0} \
