@@ -37,6 +37,8 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     (cd "$ROOT" && cargo build --release -p tandem-server -p tandem-bench) >&2
 fi
 [[ -x "$SERVER" && -x "$BENCH" ]] || { echo "missing $SERVER or $BENCH" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SERVER_PID=""
 PORT=""
@@ -44,17 +46,6 @@ SERVER_DIR=""
 # Extra server arguments of the current case only.
 CASE_SERVER_ARGS=""
 
-free_port() {
-    local p
-    for p in $(seq 21000 21999); do
-        if [[ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]]; then
-            echo "$p"
-            return 0
-        fi
-    done
-    echo "no free port in 21000-21999" >&2
-    return 1
-}
 
 start_server() {
     local name=$1 i
@@ -98,8 +89,6 @@ stop_server() {
 }
 trap stop_server EXIT
 
-# shellcheck source=bench/quiet.sh
-. "$(dirname "${BASH_SOURCE[0]}")/quiet.sh"
 
 # run_case NAME ARGS...: fresh server, one bench run, JSON saved as $OUT/NAME.json.
 run_case() {

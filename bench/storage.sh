@@ -47,6 +47,8 @@ if [[ -z "${SKIP_BUILD:-}" ]]; then
     (cd "$ROOT" && cargo build --release -p tandem-server -p tandem-bench) >&2
 fi
 [[ -x "$SERVER" && -x "$BENCH" ]] || { echo "missing $SERVER or $BENCH" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SERVER_PID=""
 PORT=""
@@ -54,17 +56,6 @@ SERVER_DIR=""
 # Where the sqlite backend keeps its file between restarts of one case.
 DATA_DIR=""
 
-free_port() {
-    local p
-    for p in $(seq 21000 21999); do
-        if [[ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]]; then
-            echo "$p"
-            return 0
-        fi
-    done
-    echo "no free port in 21000-21999" >&2
-    return 1
-}
 
 # Database of a backend (fresh_db must have run for the case).
 db_url() {
@@ -134,8 +125,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# shellcheck source=bench/quiet.sh
-. "$(dirname "${BASH_SOURCE[0]}")/quiet.sh"
 
 # bench NAME ARGS...: one tandem-bench run against the running server; JSON in $OUT/NAME.json.
 bench() {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    Client, HttpResponse, RawWs, TestServer, WAIT, WS_KEY, Ws, awareness_frame, config, eventually,
+    Client, HttpResponse, RawWs, TestServer, WAIT, WS_KEY, awareness_frame, config, eventually,
     frame, http_request,
 };
 use crdt_store::{LogRow, Store, StoreOptions};
@@ -29,7 +29,7 @@ use tokio::time::{Instant, timeout};
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use yrs::{Doc, Text, Transact};
+use yrs::{Text, Transact};
 
 /// HS256 secret of the servers under test (at least 32 bytes).
 const SECRET: &str = "tandem-auth-tests-hs256-secret-0123456789";
@@ -188,21 +188,6 @@ fn with_token(url: &str, token: &str) -> String {
 /// Connects with `token` in the query and completes the sync handshake.
 async fn join(server: &TestServer, room: &str, token: &str) -> Client {
     Client::join(&with_token(&server.url(room), token)).await
-}
-
-/// A [`Client`] around a socket opened some other way.
-fn wrap(ws: Ws) -> Client {
-    Client {
-        ws,
-        doc: Doc::new(),
-        synced: false,
-        awareness: Default::default(),
-        closed: None,
-        updates_received: 0,
-        awareness_log: Vec::new(),
-        awareness_frames: 0,
-        last_awareness_frame: Vec::new(),
-    }
 }
 
 /// Appends `s` to root text `text` and waits for the echo, i.e. until the server has made the
@@ -447,7 +432,7 @@ async fn protocol_token(db: &Db) {
     let (ws, response) = connect_async(req).await.expect("upgrade with the token");
     let selected = response.headers().get("sec-websocket-protocol");
     assert_eq!(selected.and_then(|v| v.to_str().ok()), Some(token.as_str()));
-    let mut a = wrap(ws);
+    let mut a = Client::from_ws(ws);
     a.sync().await;
     write(&mut a, "via protocol").await;
 
@@ -461,7 +446,7 @@ async fn protocol_token(db: &Db) {
         .expect("upgrade with tandem + token");
     let selected = response.headers().get("sec-websocket-protocol");
     assert_eq!(selected.and_then(|v| v.to_str().ok()), Some("tandem"));
-    let mut b = wrap(ws);
+    let mut b = Client::from_ws(ws);
     b.sync().await;
     assert_eq!(b.text("text"), "via protocol");
 
@@ -548,7 +533,7 @@ async fn read_only_writes(db: &Db) {
     late.close().await;
     let url = with_token(&server.url(room), &hs(&claims("lee", &[room], "ro")));
     let (ws, _) = connect_async(&url).await.expect("reconnect");
-    let mut again = wrap(ws);
+    let mut again = Client::from_ws(ws);
     again.doc = std::mem::take(&mut late.doc);
     again.sync().await;
     barrier(&mut again).await;
@@ -1134,7 +1119,7 @@ async fn origins(db: &Db) {
     req.headers_mut()
         .insert("origin", "https://ok.example".parse().expect("header"));
     let (ws, _) = connect_async(req).await.expect("allowed origin upgrades");
-    let mut c = wrap(ws);
+    let mut c = Client::from_ws(ws);
     c.sync().await;
     write(&mut c, "from ok.example").await;
     server.stop().await;

@@ -185,6 +185,11 @@ pub struct Client {
 impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _) = connect_async(url).await.expect("connect");
+        Client::from_ws(ws)
+    }
+
+    /// A client around a socket opened some other way (custom headers, subprotocols).
+    pub fn from_ws(ws: Ws) -> Client {
         Client {
             ws,
             doc: Doc::new(),

@@ -1,5 +1,7 @@
-# Sourced by bench/run.sh and bench/storage.sh: wait (bounded) until other processes leave the
-# CPU alone before a case, since the numbers mean little otherwise.
+# Sourced by bench/run.sh and bench/storage.sh.
+#
+# wait_quiet: wait (bounded) until other processes leave the CPU alone before a case, since the
+# numbers mean little otherwise.
 #   QUIET_PCT=15    machine CPU use (other processes, % of one core) counted as quiet
 #   QUIET_WAIT=900  longest wait in seconds, then the case runs anyway
 
@@ -24,4 +26,17 @@ wait_quiet() {
         waited=$((waited + 2))
     done
     echo "   machine still busy after ${QUIET_WAIT}s; running anyway" >&2
+}
+
+# A loopback port nobody listens on.
+free_port() {
+    local p
+    for p in $(seq 21000 21999); do
+        if [[ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]]; then
+            echo "$p"
+            return 0
+        fi
+    done
+    echo "no free port in 21000-21999" >&2
+    return 1
 }
