@@ -8,6 +8,8 @@
 mod conn;
 mod editor;
 mod fanout;
+mod history;
+mod http;
 mod idle;
 mod procstat;
 mod proto;
@@ -81,6 +83,14 @@ enum Cmd {
         #[command(flatten)]
         args: trace::ColdLoadArgs,
     },
+    /// Times the admin history API (timeline pages, state at a point, diffs) at random points
+    /// of documents written by `trace-load`, checking every answer against the trace.
+    History {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: history::HistoryArgs,
+    },
     /// One worker process of `idle` (started by it).
     #[command(hide = true)]
     IdleWorker(idle::WorkerArgs),
@@ -124,6 +134,9 @@ fn main() -> ExitCode {
         Cmd::ColdLoad { common, args } => runtime(common.threads)
             .map_err(Error::from)
             .and_then(|rt| rt.block_on(trace::cold_load(common, args))),
+        Cmd::History { common, args } => runtime(common.threads)
+            .map_err(Error::from)
+            .and_then(|rt| rt.block_on(history::run(common, args))),
         Cmd::Idle { common, args } => idle::run(common, args),
         Cmd::IdleWorker(args) => runtime(1)
             .map_err(Error::from)

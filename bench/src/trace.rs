@@ -28,8 +28,8 @@ use crate::{Common, Error};
 
 /// One transaction of a trace.
 #[derive(Debug, Deserialize)]
-struct Txn {
-    patches: Vec<(usize, usize, String)>,
+pub(crate) struct Txn {
+    pub(crate) patches: Vec<(usize, usize, String)>,
     /// Concurrent traces: index of the author.
     #[serde(default)]
     agent: Option<usize>,
@@ -41,16 +41,53 @@ struct Txn {
 /// A trace file.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TraceFile {
+pub(crate) struct TraceFile {
     #[serde(default)]
-    start_content: String,
-    end_content: String,
-    txns: Vec<Txn>,
+    pub(crate) start_content: String,
+    pub(crate) end_content: String,
+    pub(crate) txns: Vec<Txn>,
+}
+
+impl TraceFile {
+    /// Authors of a concurrent trace (1 for a sequential one): pass `k` of a multi-pass load
+    /// uses client ids `FIRST_CLIENT + k * authors ..`.
+    fn authors(&self) -> u64 {
+        self.txns
+            .iter()
+            .filter_map(|t| t.agent)
+            .max()
+            .map_or(1, |a| a as u64 + 1)
+    }
+
+    /// Characters (ASCII: bytes, code points and UTF-16 units alike) inserted and deleted by
+    /// each update of a replay, in update order (the start content first, if any).
+    pub(crate) fn update_counts(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::with_capacity(self.txns.len() + 1);
+        if !self.start_content.is_empty() {
+            out.push((self.start_content.len() as u64, 0));
+        }
+        for t in &self.txns {
+            let ins = t.patches.iter().map(|p| p.2.len() as u64).sum();
+            let del = t.patches.iter().map(|p| p.1 as u64).sum();
+            out.push((ins, del));
+        }
+        out
+    }
+}
+
+/// The shared text pass `pass` (0-based) of a multi-pass load writes into: `name` for the
+/// first, `name-2`, `name-3`, ... for the next ones.
+pub(crate) fn pass_root(name: &str, pass: usize) -> String {
+    if pass == 0 {
+        name.to_owned()
+    } else {
+        format!("{name}-{}", pass + 1)
+    }
 }
 
 /// Reads a trace (`.gz` files are decompressed with the system's `gzip -dc`, which keeps the
 /// tool free of a compression crate).
-fn read_trace(path: &Path) -> Result<TraceFile, Error> {
+pub(crate) fn read_trace(path: &Path) -> Result<TraceFile, Error> {
     let raw = if path.extension().is_some_and(|e| e == "gz") {
         let out = std::process::Command::new("gzip")
             .arg("-dc")
@@ -109,8 +146,8 @@ fn apply_patches(
 
 /// The updates of a replayed trace, one per trace transaction, in an order the server can apply
 /// one after the other (every update's dependencies come before it).
-struct Replayed {
-    updates: Vec<Vec<u8>>,
+pub(crate) struct Replayed {
+    pub(crate) updates: Vec<Vec<u8>>,
     /// Per update: the yrs client id and the client's clock after it (for acknowledgement).
     acks: Vec<(u64, u32)>,
     end_content: String,
@@ -123,7 +160,8 @@ struct Replayed {
 /// Client id of the first author; author `k` is `FIRST_CLIENT + k`.
 const FIRST_CLIENT: u64 = 1;
 
-fn replay(trace: &TraceFile) -> Result<Replayed, Error> {
+/// Replays the trace into the shared text `root`; author `k` gets client id `first_client + k`.
+pub(crate) fn replay(trace: &TraceFile, root: &str, first_client: u64) -> Result<Replayed, Error> {
     let concurrent = trace.txns.iter().any(|t| t.parents.is_some());
     let mut updates = Vec::with_capacity(trace.txns.len() + 1);
     let mut acks = Vec::with_capacity(trace.txns.len() + 1);
@@ -132,14 +170,14 @@ fn replay(trace: &TraceFile) -> Result<Replayed, Error> {
     let final_doc;
     let final_text;
     if !concurrent {
-        let doc = Doc::with_client_id(FIRST_CLIENT);
-        let text = doc.get_or_insert_text(TEXT_NAME);
+        let doc = Doc::with_client_id(first_client);
+        let text = doc.get_or_insert_text(root);
         let mut push = |txn: &yrs::TransactionMut| {
             updates.push(txn.encode_update_v1());
             acks.push((
-                FIRST_CLIENT,
+                first_client,
                 txn.state_vector()
-                    .get(&yrs::block::ClientID::new(FIRST_CLIENT)),
+                    .get(&yrs::block::ClientID::new(first_client)),
             ));
         };
         if !trace.start_content.is_empty() {
@@ -166,10 +204,10 @@ fn replay(trace: &TraceFile) -> Result<Replayed, Error> {
         for (i, t) in trace.txns.iter().enumerate() {
             let agent = t.agent.ok_or_else(|| format!("txn {i}: no agent"))?;
             let parents = t.parents.as_deref().unwrap_or(&[]);
-            let client = FIRST_CLIENT + agent as u64;
+            let client = first_client + agent as u64;
             let (doc, text, seen) = docs.entry(agent).or_insert_with(|| {
                 let doc = Doc::with_client_id(client);
-                let text = doc.get_or_insert_text(TEXT_NAME);
+                let text = doc.get_or_insert_text(root);
                 (doc, text, vec![false; n])
             });
             // Ancestors not yet in this author's document (walk stops at seen ones: their
@@ -206,7 +244,7 @@ fn replay(trace: &TraceFile) -> Result<Replayed, Error> {
             seen[i] = true;
         }
         final_doc = Doc::with_client_id(u64::MAX >> 12);
-        final_text = final_doc.get_or_insert_text(TEXT_NAME);
+        final_text = final_doc.get_or_insert_text(root);
         let mut txn = final_doc.transact_mut();
         for u in &updates {
             let u = Update::decode_v1(u).map_err(|e| format!("re-decoding an update: {e}"))?;
@@ -245,6 +283,14 @@ pub struct TraceLoadArgs {
     /// Document to write it into; it must be empty (a fresh name).
     #[arg(long)]
     pub room: String,
+    /// Shared text (`Y.Text` root) the trace is typed into.
+    #[arg(long, default_value = TEXT_NAME)]
+    pub text_name: String,
+    /// Replay the trace this many times into the same document, pass k (from 1) into its own
+    /// text `NAME-k` (the first into `NAME`) with its own client ids, one after the other: a
+    /// document with `passes` × the trace's transactions in its log.
+    #[arg(long, default_value_t = 1)]
+    pub passes: usize,
     /// Most updates in flight (sent, echo not yet seen).
     #[arg(long, default_value_t = 256)]
     pub window: usize,
@@ -258,6 +304,9 @@ struct TraceLoadResult {
     scenario: &'static str,
     trace: String,
     room: String,
+    /// Texts written, one per pass.
+    texts: Vec<String>,
+    passes: usize,
     txns: usize,
     updates_sent: usize,
     update_bytes: usize,
@@ -281,15 +330,26 @@ pub async fn trace_load(common: &Common, args: &TraceLoadArgs) -> Result<(), Err
     if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
         return Err("--timeout must be in (0, 3600]".into());
     }
+    if !(1..=64).contains(&args.passes) {
+        return Err("--passes must be in 1..=64".into());
+    }
+    if args.text_name.is_empty() {
+        return Err("--text-name must not be empty".into());
+    }
     let target = Target::parse(&common.url)?;
     let url = target.room_url(&args.room);
     let t0 = Instant::now();
     let trace = read_trace(&args.trace)?;
-    let replayed = replay(&trace)?;
+    let roots: Vec<String> = (0..args.passes)
+        .map(|k| pass_root(&args.text_name, k))
+        .collect();
+    let replayed = replay_passes(&trace, &roots)?;
     let replay_s = t0.elapsed().as_secs_f64();
     println!(
-        "trace-load: {} transactions replayed into {} updates ({} bytes of state) in {:.2} s",
+        "trace-load: {} transactions × {} pass(es) replayed into {} updates ({} bytes of state) \
+         in {:.2} s",
         trace.txns.len(),
+        args.passes,
         replayed.updates.len(),
         replayed.state_bytes,
         replay_s
@@ -392,15 +452,18 @@ pub async fn trace_load(common: &Common, args: &TraceLoadArgs) -> Result<(), Err
     let mut check = conn::connect(&target, &url, None, conn::ws_config(128 * 1024)).await?;
     let full = conn::sync_handshake_update(&mut check, timeout).await?;
     let _ = tokio::time::timeout(Duration::from_secs(2), check.close(None)).await;
-    let verified = match text_of(&full) {
-        Ok(t) if t == replayed.end_content => true,
-        Ok(t) => {
-            errors.push(format!(
-                "server text differs from endContent ({} vs {} bytes)",
-                t.len(),
-                replayed.end_content.len()
-            ));
-            false
+    let verified = match texts_of(&full, &roots) {
+        Ok(texts) => {
+            for (root, t) in roots.iter().zip(&texts) {
+                if *t != replayed.end_content {
+                    errors.push(format!(
+                        "server text {root:?} differs from endContent ({} vs {} bytes)",
+                        t.len(),
+                        replayed.end_content.len()
+                    ));
+                }
+            }
+            errors.is_empty()
         }
         Err(e) => {
             errors.push(format!("server SyncStep2: {e}"));
@@ -411,6 +474,8 @@ pub async fn trace_load(common: &Common, args: &TraceLoadArgs) -> Result<(), Err
         scenario: "trace-load",
         trace: args.trace.display().to_string(),
         room: args.room.clone(),
+        texts: roots.clone(),
+        passes: args.passes,
         txns: trace.txns.len(),
         updates_sent: replayed.updates.len(),
         update_bytes,
@@ -445,18 +510,58 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
+/// Replays the trace once per root (pass `k` into `roots[k]`, with its own client ids) and
+/// concatenates the passes.
+fn replay_passes(trace: &TraceFile, roots: &[String]) -> Result<Replayed, Error> {
+    let authors = trace.authors();
+    let mut all: Option<Replayed> = None;
+    let mut sv = yrs::StateVector::default();
+    for (k, root) in roots.iter().enumerate() {
+        let r = replay(trace, root, FIRST_CLIENT + k as u64 * authors)?;
+        sv.merge(
+            yrs::StateVector::decode_v1(&r.state_vector)
+                .map_err(|e| format!("re-decoding a state vector: {e}"))?,
+        );
+        match &mut all {
+            None => all = Some(r),
+            Some(a) => {
+                a.updates.extend(r.updates);
+                a.acks.extend(r.acks);
+                a.state_bytes += r.state_bytes;
+            }
+        }
+    }
+    let mut all = all.ok_or("no pass to replay")?;
+    all.state_vector = sv.encode_v1();
+    Ok(all)
+}
+
+/// Whether a document given as a full v1 update holds nothing at all.
 fn is_empty_doc(update: &[u8]) -> Result<bool, Error> {
-    Ok(text_of(update)?.is_empty())
+    let doc = Doc::new();
+    let mut txn = doc.transact_mut();
+    txn.apply_update(Update::decode_v1(update).map_err(|e| format!("decode: {e}"))?)
+        .map_err(|e| format!("apply: {e}"))?;
+    Ok(txn.state_vector().is_empty())
 }
 
 /// The text of a document given as a full v1 update.
 fn text_of(update: &[u8]) -> Result<String, Error> {
+    let mut texts = texts_of(update, &[TEXT_NAME.to_owned()])?;
+    texts.pop().ok_or_else(|| "no text".into())
+}
+
+/// The shared texts `roots` of a document given as a full v1 update (empty when absent).
+pub(crate) fn texts_of(update: &[u8], roots: &[String]) -> Result<Vec<String>, Error> {
     let doc = Doc::new();
-    let text = doc.get_or_insert_text(TEXT_NAME);
+    let texts: Vec<TextRef> = roots
+        .iter()
+        .map(|r| doc.get_or_insert_text(r.as_str()))
+        .collect();
     let mut txn = doc.transact_mut();
     txn.apply_update(Update::decode_v1(update).map_err(|e| format!("decode: {e}"))?)
         .map_err(|e| format!("apply: {e}"))?;
-    Ok(text.get_string(&txn))
+    Ok(texts.iter().map(|t| t.get_string(&txn)).collect())
 }
 
 /// Options of `cold-load`.
@@ -624,7 +729,7 @@ mod tests {
                 {"patches":[[0,0,"x"]]},{"patches":[[2,1,""]]},{"patches":[[2,0,"Z"]]}]}"#,
         )
         .expect("json");
-        let r = replay(&seq).expect("replay");
+        let r = replay(&seq, TEXT_NAME, FIRST_CLIENT).expect("replay");
         assert_eq!(r.updates.len(), 4);
         // The delete-only update adds no clock.
         assert_eq!(r.acks[2], r.acks[1]);
@@ -637,8 +742,28 @@ mod tests {
                 {"agent":0,"parents":[2,3],"patches":[[1,1,""]]}]}"#,
         )
         .expect("json");
-        let r = replay(&conc).expect("replay concurrent");
+        let r = replay(&conc, TEXT_NAME, FIRST_CLIENT).expect("replay concurrent");
         assert_eq!(r.updates.len(), 5);
         assert_eq!(r.end_content, "ab12");
+        // Two passes: disjoint client ids, two texts, both ending at endContent.
+        let roots = vec![pass_root("t", 0), pass_root("t", 1)];
+        assert_eq!(roots, ["t", "t-2"]);
+        let both = replay_passes(&conc, &roots).expect("two passes");
+        assert_eq!(both.updates.len(), 10);
+        assert_eq!(both.acks[5].0, FIRST_CLIENT + 2);
+        let doc = Doc::new();
+        let mut txn = doc.transact_mut();
+        for u in &both.updates {
+            txn.apply_update(Update::decode_v1(u).expect("decode"))
+                .expect("apply");
+        }
+        let full = txn.encode_state_as_update_v1(&yrs::StateVector::default());
+        drop(txn);
+        assert_eq!(texts_of(&full, &roots).expect("texts"), ["ab12", "ab12"]);
+        assert!(!is_empty_doc(&full).expect("decode"));
+        assert_eq!(
+            conc.update_counts(),
+            [(2, 0), (1, 0), (1, 0), (1, 0), (0, 1)]
+        );
     }
 }

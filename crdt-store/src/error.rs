@@ -21,6 +21,14 @@ pub enum StoreError {
     /// it ran, or the database is newer than this binary).
     #[error("database migration failed: {0}")]
     Migrate(String),
+    /// The write conflicts with what is stored (e.g. a label of that name exists). Retrying
+    /// the same call cannot help.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The document was deleted: it is not loaded, written or recreated again under its
+    /// name. Retrying cannot help.
+    #[error("document deleted: {0}")]
+    Deleted(String),
     /// Any other failure (constraint violation, bad data, bug). Retrying the same
     /// call is not expected to help.
     #[error("database query failed: {0}")]
@@ -64,6 +72,40 @@ impl StoreError {
 /// Returns a closure for `map_err` that classifies a sqlx error raised by `op`.
 pub(crate) fn db_err(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |e| StoreError::from_sqlx(op, e)
+}
+
+/// A document lookup `(id, deleted)` as the id of an existing document, or
+/// [`StoreError::Deleted`].
+pub(crate) fn unless_deleted(
+    name: &str,
+    found: Option<(i64, bool)>,
+) -> Result<Option<i64>, StoreError> {
+    match found {
+        Some((_, true)) => Err(StoreError::Deleted(name.to_owned())),
+        Some((id, false)) => Ok(Some(id)),
+        None => Ok(None),
+    }
+}
+
+/// A document row that a failed insert said exists is gone (deleted rows stay, so this is
+/// only reachable when someone removed rows by hand).
+pub(crate) fn vanished(name: &str) -> StoreError {
+    StoreError::Query(format!("load: the row of document {name:?} vanished"))
+}
+
+/// The outcome of a write guarded by "the document is live": nothing written means the
+/// document is deleted (or its id never existed).
+pub(crate) fn written_unless_deleted(rows_affected: u64, doc_id: i64) -> Result<(), StoreError> {
+    if rows_affected == 0 {
+        Err(doc_gone(doc_id))
+    } else {
+        Ok(())
+    }
+}
+
+/// [`StoreError::Deleted`] for a document known by id.
+pub(crate) fn doc_gone(doc_id: i64) -> StoreError {
+    StoreError::Deleted(format!("document id {doc_id} is deleted or does not exist"))
 }
 
 /// True for errors that say "not now" rather than "never".

@@ -16,19 +16,26 @@
 
 #![warn(missing_docs)]
 
+mod common;
 mod error;
 mod model;
 mod postgres;
+mod queries;
+mod rows;
 mod sqlite;
 mod writer;
 
 use std::time::{Duration, SystemTime};
 
 pub use error::StoreError;
-pub use model::{Backend, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind, Snapshot};
+pub use model::{
+    Backend, DocumentInfo, Label, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind,
+    Snapshot, SnapshotInfo,
+};
 pub use writer::{Backlog, Writer, WriterOptions};
 
 use postgres::PgStore;
+use queries::{Direction, DocumentList};
 use sqlite::SqliteStore;
 
 /// Postgres schema, embedded at build time (path relative to this crate's Cargo.toml).
@@ -165,7 +172,8 @@ impl Store {
         dispatch!(self, b => b.ping().await)
     }
 
-    /// Loads a document by name, creating its row if absent. Returns its id, the
+    /// Loads a document by name, creating its row if absent ([`StoreError::Deleted`] if it
+    /// was deleted: a deleted document is never recreated). Returns its id, the
     /// newest snapshot (if any) and every log row after the snapshot's seq in seq
     /// order, read from one consistent database snapshot so a concurrent
     /// compaction cannot leave a gap.
@@ -198,7 +206,12 @@ impl Store {
 
     /// Appends rows (from any number of documents) in ONE transaction: all or
     /// none. Idempotent on `(doc_id, seq)`: rows already stored are skipped, so a
-    /// batch whose commit outcome was unknown can simply be sent again.
+    /// batch whose commit outcome was unknown can simply be sent again. Rows of a
+    /// deleted document are dropped silently (a late write from the queue of a room
+    /// that was just deleted must neither fail the batch nor revive the log).
+    ///
+    /// The database keeps each document's statistics ([`DocumentInfo`]) in step,
+    /// counting only rows actually inserted.
     ///
     /// Postgres: one `INSERT ... SELECT * FROM UNNEST(arrays) ON CONFLICT DO
     /// NOTHING`. SQLite: multi-row VALUES inserts inside one transaction.
@@ -208,6 +221,7 @@ impl Store {
 
     /// Stores a snapshot covering log rows up to and including `seq`. Writing the
     /// same `(doc_id, seq)` again replaces it (idempotent retry).
+    /// [`StoreError::Deleted`] if the document was deleted (nothing is stored).
     pub async fn write_snapshot(
         &self,
         doc_id: i64,
@@ -259,7 +273,107 @@ impl Store {
         limit: u32,
         with_data: bool,
     ) -> Result<Vec<LogRow>, StoreError> {
-        dispatch!(self, b => b.log_page(doc_id, after_seq, limit, with_data).await)
+        dispatch!(self, b => b.log_page(doc_id, Direction::After, after_seq, limit, with_data).await)
+    }
+
+    /// A page of the history backwards: at most `limit` log rows with seq < `before_seq`,
+    /// descending (the newest first; `before_seq = i64::MAX` starts at the newest). Like
+    /// [`Store::log_page`] otherwise; continue with the last row's seq. One range scan of
+    /// the log's primary key wherever the page lies in the log.
+    pub async fn log_page_desc(
+        &self,
+        doc_id: i64,
+        before_seq: i64,
+        limit: u32,
+        with_data: bool,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        dispatch!(self, b => b.log_page(doc_id, Direction::Before, before_seq, limit, with_data).await)
+    }
+
+    /// The seq of the newest logged change accepted at or before `t` (by accept time; among
+    /// changes accepted in the same millisecond, the highest seq); 0 if the log holds none.
+    /// Only rows still in the log count: a result below
+    /// [`DocumentInfo::first_logged_seq`] means `t` lies in history pruned by retention.
+    /// Two probes of the `(doc_id, created_at)` index, whatever the log's length.
+    pub async fn seq_at_time(&self, doc_id: i64, t: SystemTime) -> Result<i64, StoreError> {
+        dispatch!(self, b => b.seq_at_time(doc_id, t).await)
+    }
+
+    /// A document's metadata and statistics by name; a deleted document is reported with
+    /// [`DocumentInfo::deleted_at`] set. `None` if no document of that name ever existed.
+    /// Never creates one.
+    pub async fn document(&self, name: &str) -> Result<Option<DocumentInfo>, StoreError> {
+        dispatch!(self, b => b.document(name).await)
+    }
+
+    /// A page of live (not deleted) documents ordered by name (bytewise, i.e. by Unicode
+    /// code point, on both backends): at most `limit`, only names starting with `prefix`
+    /// (every character of it is literal: `%` and `_` are not wildcards), only names
+    /// greater than `after_name` (the last name of the previous page). Reads each listed
+    /// document's row and a few primary-key probes, never its log.
+    pub async fn list_documents(
+        &self,
+        prefix: Option<&str>,
+        after_name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DocumentInfo>, StoreError> {
+        let list = DocumentList::new(prefix, after_name);
+        dispatch!(self, b => b.list_documents(&list, limit).await)
+    }
+
+    /// Id of the live document called `name`; `None` if there is none (never existed, or
+    /// deleted: [`Store::document`] tells which). Never creates one.
+    pub async fn find_doc_id(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, b => b.find_doc_id(name).await)
+    }
+
+    /// Creates label `name` pointing at `seq`. [`StoreError::Conflict`] if the document
+    /// already has a label of that name (labels are never moved silently),
+    /// [`StoreError::Deleted`] if the document is deleted. The caller checks `seq` and the
+    /// name's form.
+    pub async fn put_label(&self, doc_id: i64, name: &str, seq: i64) -> Result<Label, StoreError> {
+        if let Some(label) = dispatch!(self, b => b.put_label(doc_id, name, seq).await)? {
+            return Ok(label);
+        }
+        match self.label(doc_id, name).await? {
+            Some(existing) => Err(StoreError::Conflict(format!(
+                "label {name:?} exists (at seq {})",
+                existing.seq
+            ))),
+            None => Err(error::doc_gone(doc_id)),
+        }
+    }
+
+    /// The document's labels, ordered by seq, then by name (bytewise).
+    pub async fn labels(&self, doc_id: i64) -> Result<Vec<Label>, StoreError> {
+        let mut labels = dispatch!(self, b => b.labels(doc_id).await)?;
+        labels.sort_by(|a, b| (a.seq, &a.name).cmp(&(b.seq, &b.name)));
+        Ok(labels)
+    }
+
+    /// One label by name.
+    pub async fn label(&self, doc_id: i64, name: &str) -> Result<Option<Label>, StoreError> {
+        dispatch!(self, b => b.label(doc_id, name).await)
+    }
+
+    /// Removes a label; returns whether there was one.
+    pub async fn delete_label(&self, doc_id: i64, name: &str) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.delete_label(doc_id, name).await)
+    }
+
+    /// Deletes the live document called `name`: in one transaction its log, snapshots and
+    /// labels are removed and its row is kept as a tombstone (`deleted_at` set), so the
+    /// name is never served again: [`Store::load`] fails with [`StoreError::Deleted`],
+    /// appends to it are dropped, snapshot and label writes fail. Returns false if there is
+    /// no such live document. Safe against writes racing it: each either lands before the
+    /// delete (and is removed by it) or sees the tombstone.
+    pub async fn delete_document(&self, name: &str) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.delete_document(name).await)
+    }
+
+    /// Names of all deleted documents, for a refusal set loaded at start-up.
+    pub async fn deleted_documents(&self) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, b => b.deleted_documents().await)
     }
 
     /// Log rows with seq in `(from_seq, to_seq]`, with data, ascending: what to

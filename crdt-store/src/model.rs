@@ -89,6 +89,63 @@ pub struct NewUpdate {
     pub created_at: SystemTime,
 }
 
+/// A document's metadata and storage statistics, for the admin API's document list and
+/// detail. The log statistics are kept up to date by the database itself (triggers on the
+/// log), so reading them never scans the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentInfo {
+    /// Stable numeric id (see [`LoadedDoc::doc_id`]).
+    pub doc_id: i64,
+    /// The document's name.
+    pub name: String,
+    /// When the document was first loaded.
+    pub created_at: SystemTime,
+    /// When it was deleted ([`Store::delete_document`](crate::Store::delete_document)); a
+    /// deleted document keeps its row as a tombstone so the name is never reused.
+    pub deleted_at: Option<SystemTime>,
+    /// Accept time of the newest logged change; `None` before the first change.
+    pub last_change_at: Option<SystemTime>,
+    /// Highest sequence number ever logged (0: none). Pruning the log does not lower it.
+    pub last_seq: i64,
+    /// Oldest sequence number still in the log (`None`: the log is empty). Greater than 1
+    /// once retention pruned the beginning of the history.
+    pub first_logged_seq: Option<i64>,
+    /// Rows in the update log (fewer than `last_seq` after retention).
+    pub log_rows: i64,
+    /// Bytes of update data in the log.
+    pub log_bytes: i64,
+    /// Number of stored snapshots.
+    pub snapshots: i64,
+    /// Bytes of the stored snapshots (state plus state vector).
+    pub snapshot_bytes: i64,
+    /// The newest snapshot, if any.
+    pub latest_snapshot: Option<SnapshotInfo>,
+    /// Number of labels.
+    pub labels: i64,
+}
+
+/// Where a snapshot stands, without its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Last log sequence number the snapshot covers.
+    pub seq: i64,
+    /// When it was written.
+    pub created_at: SystemTime,
+    /// Its size: state plus state vector.
+    pub bytes: i64,
+}
+
+/// A named point in a document's history ("v1.0 sent to legal").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    /// The label's name, unique within its document.
+    pub name: String,
+    /// The log sequence number it points at (0: the empty document).
+    pub seq: i64,
+    /// When it was created.
+    pub created_at: SystemTime,
+}
+
 /// `SystemTime` → unix milliseconds (SQLite's time representation). Times
 /// before 1970 become negative rather than failing.
 pub(crate) fn to_unix_millis(t: SystemTime) -> i64 {

@@ -7,11 +7,38 @@ use std::time::SystemTime;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::chrono::{DateTime, Utc};
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Row, TypeInfo, ValueRef};
 
-use crate::error::{StoreError, db_err};
-use crate::model::{LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind, Snapshot};
+use crate::common::Dialect;
+use crate::error::{StoreError, db_err, vanished, written_unless_deleted};
+use crate::model::{
+    DocumentInfo, Label, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind, Snapshot,
+};
+use crate::rows::{self, StoredRow, decode_all, decode_opt};
 use crate::{MIGRATE_PG, StoreOptions};
+
+/// The dialect-specific parts of the methods shared with SQLite.
+const DIALECT: Dialect = Dialect {
+    // Bytewise whatever the database's locale (matching SQLite); matches the partial index
+    // `documents_live_name_idx`.
+    name_bytewise: r#"d.name COLLATE "C""#,
+    // FOR KEY SHARE: as in write_snapshot, never a label on a deleted document.
+    put_label: "INSERT INTO labels (doc_id, seq, name, created_at) \
+                SELECT id, $2, $3, $4 FROM documents \
+                WHERE id = $1 AND deleted_at IS NULL FOR KEY SHARE \
+                ON CONFLICT (doc_id, name) DO NOTHING RETURNING name, seq, created_at",
+    begin_write: "BEGIN",
+    // FOR UPDATE (an UPDATE alone takes a weaker lock): conflicts with the FOR KEY SHARE of
+    // appends' foreign key checks, snapshot writes and label inserts, so each of them either
+    // commits before the purge (which then removes its rows) or waits and then sees the
+    // tombstone (migration 0004's insert trigger removes late log rows).
+    lock_live_doc: "SELECT id FROM documents WHERE name = $1 AND deleted_at IS NULL FOR UPDATE",
+};
+
+/// How this backend stores a time.
+fn db_time(t: SystemTime) -> DateTime<Utc> {
+    DateTime::from(t)
+}
 
 /// Connections kept open and warmed at start-up.
 const WARM_CONNECTIONS: u32 = 2;
@@ -106,16 +133,11 @@ impl PgStore {
         Ok(())
     }
 
-    /// Id of the document called `name`, creating its row if absent. The common
-    /// case (document exists) is one read and writes nothing.
+    /// Id of the document called `name`, creating its row if absent;
+    /// [`StoreError::Deleted`] if it was deleted. The common case (document exists) is
+    /// one read and writes nothing.
     async fn doc_id(&self, name: &str) -> Result<i64, StoreError> {
-        const SELECT: &str = "SELECT id FROM documents WHERE name = $1";
-        if let Some(id) = sqlx::query_scalar::<_, i64>(SELECT)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err("load"))?
-        {
+        if let Some(id) = self.existing_doc_id(name).await? {
             return Ok(id);
         }
         let inserted = sqlx::query_scalar::<_, i64>(
@@ -127,12 +149,11 @@ impl PgStore {
         .map_err(db_err("load"))?;
         match inserted {
             Some(id) => Ok(id),
-            // Lost a race with a concurrent creator, whose row is now committed.
-            None => sqlx::query_scalar::<_, i64>(SELECT)
-                .bind(name)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_err("load")),
+            // Lost a race with a concurrent creator (or deleter), whose row is now committed.
+            None => self
+                .existing_doc_id(name)
+                .await?
+                .ok_or_else(|| vanished(name)),
         }
     }
 
@@ -152,10 +173,8 @@ impl PgStore {
         .bind(doc_id)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(db_err("load"))?
-        .map(|r| snapshot_from_row(&r))
-        .transpose()
         .map_err(db_err("load"))?;
+        let snapshot = decode_opt(snapshot, "load", rows::snapshot)?;
         let after = snapshot.as_ref().map_or(0, |s| s.seq);
         let updates = sqlx::query(
             "SELECT seq, created_at, size, author, data FROM updates \
@@ -165,11 +184,8 @@ impl PgStore {
         .bind(after)
         .fetch_all(&mut *tx)
         .await
-        .map_err(db_err("load"))?
-        .iter()
-        .map(|r| log_row_from_row(r, true))
-        .collect::<Result<Vec<_>, _>>()
         .map_err(db_err("load"))?;
+        let updates = decode_all(&updates, "load", |r| rows::log_row(r, true))?;
         tx.commit().await.map_err(db_err("load"))?;
         let last_seq = updates.last().map_or(after, |u| u.seq.max(after));
         Ok(LoadedDoc {
@@ -224,9 +240,13 @@ impl PgStore {
         state: &[u8],
         state_vector: &[u8],
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        // FOR KEY SHARE: a concurrent delete_document (FOR UPDATE) either waits for this
+        // write, then removes the snapshot, or commits first, and this row lock then sees
+        // deleted_at and inserts nothing. Does not wait for appends (FOR NO KEY UPDATE).
+        let done = sqlx::query(
             "INSERT INTO snapshots (doc_id, seq, state, state_vector, created_at) \
-             VALUES ($1, $2, $3, $4, $5) \
+             SELECT id, $2, $3, $4, $5 FROM documents \
+             WHERE id = $1 AND deleted_at IS NULL FOR KEY SHARE \
              ON CONFLICT (doc_id, seq) DO UPDATE SET state = EXCLUDED.state, \
                  state_vector = EXCLUDED.state_vector, created_at = EXCLUDED.created_at",
         )
@@ -238,7 +258,7 @@ impl PgStore {
         .execute(&self.pool)
         .await
         .map_err(db_err("write_snapshot"))?;
-        Ok(())
+        written_unless_deleted(done.rows_affected(), doc_id)
     }
 
     pub(crate) async fn prune_log(
@@ -310,40 +330,13 @@ impl PgStore {
             .collect())
     }
 
-    pub(crate) async fn log_page(
-        &self,
-        doc_id: i64,
-        after_seq: i64,
-        limit: u32,
-        with_data: bool,
-    ) -> Result<Vec<LogRow>, StoreError> {
-        let sql = if with_data {
-            "SELECT seq, created_at, size, author, data FROM updates \
-             WHERE doc_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-        } else {
-            "SELECT seq, created_at, size, author FROM updates \
-             WHERE doc_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-        };
-        sqlx::query(sql)
-            .bind(doc_id)
-            .bind(after_seq)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("log_page"))?
-            .iter()
-            .map(|r| log_row_from_row(r, with_data))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db_err("log_page"))
-    }
-
     pub(crate) async fn log_range(
         &self,
         doc_id: i64,
         from_seq: i64,
         to_seq: i64,
     ) -> Result<Vec<LogRow>, StoreError> {
-        sqlx::query(
+        let found = sqlx::query(
             "SELECT seq, created_at, size, author, data FROM updates \
              WHERE doc_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
         )
@@ -352,11 +345,8 @@ impl PgStore {
         .bind(to_seq)
         .fetch_all(&self.pool)
         .await
-        .map_err(db_err("log_range"))?
-        .iter()
-        .map(|r| log_row_from_row(r, true))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(db_err("log_range"))
+        .map_err(db_err("log_range"))?;
+        decode_all(&found, "log_range", |r| rows::log_row(r, true))
     }
 
     pub(crate) async fn snapshot_at_or_before(
@@ -364,7 +354,7 @@ impl PgStore {
         doc_id: i64,
         at_seq: i64,
     ) -> Result<Option<Snapshot>, StoreError> {
-        sqlx::query(
+        let found = sqlx::query(
             "SELECT seq, state, state_vector, created_at FROM snapshots \
              WHERE doc_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1",
         )
@@ -372,11 +362,11 @@ impl PgStore {
         .bind(at_seq)
         .fetch_optional(&self.pool)
         .await
-        .map_err(db_err("snapshot_at_or_before"))?
-        .map(|r| snapshot_from_row(&r))
-        .transpose()
-        .map_err(db_err("snapshot_at_or_before"))
+        .map_err(db_err("snapshot_at_or_before"))?;
+        decode_opt(found, "snapshot_at_or_before", rows::snapshot)
     }
+
+    crate::common::shared_methods!();
 }
 
 /// The `size` column is `int`; Postgres caps a bytea at 1 GiB anyway.
@@ -385,25 +375,26 @@ fn size_i32(len: usize) -> Result<i32, StoreError> {
         .map_err(|_| StoreError::Query(format!("append: update of {len} bytes is too large")))
 }
 
-fn snapshot_from_row(r: &PgRow) -> Result<Snapshot, sqlx::Error> {
-    Ok(Snapshot {
-        seq: r.try_get("seq")?,
-        state: r.try_get("state")?,
-        state_vector: r.try_get("state_vector")?,
-        created_at: r.try_get::<DateTime<Utc>, _>("created_at")?.into(),
-    })
-}
+impl StoredRow for PgRow {
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        // `size` is int4; ids, seqs and counts are int8.
+        if self.try_get_raw(col)?.type_info().name() == "INT4" {
+            return Ok(self.try_get::<Option<i32>, _>(col)?.map(i64::from));
+        }
+        self.try_get(col)
+    }
 
-fn log_row_from_row(r: &PgRow, with_data: bool) -> Result<LogRow, sqlx::Error> {
-    Ok(LogRow {
-        seq: r.try_get("seq")?,
-        created_at: r.try_get::<DateTime<Utc>, _>("created_at")?.into(),
-        size: i64::from(r.try_get::<i32, _>("size")?),
-        author: r.try_get("author")?,
-        data: if with_data {
-            r.try_get("data")?
-        } else {
-            Vec::new()
-        },
-    })
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(col)
+    }
+
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, sqlx::Error> {
+        self.try_get(col)
+    }
+
+    fn opt_time(&self, col: &str) -> Result<Option<SystemTime>, sqlx::Error> {
+        Ok(self
+            .try_get::<Option<DateTime<Utc>>, _>(col)?
+            .map(Into::into))
+    }
 }

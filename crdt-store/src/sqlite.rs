@@ -13,12 +13,34 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 
-use crate::error::{StoreError, db_err};
+use crate::common::Dialect;
+use crate::error::{StoreError, db_err, vanished, written_unless_deleted};
 use crate::model::{
-    LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind, Snapshot, from_unix_millis,
-    to_unix_millis,
+    DocumentInfo, Label, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind, Snapshot,
+    from_unix_millis, to_unix_millis,
 };
+use crate::queries;
+use crate::rows::{self, StoredRow, decode_all, decode_opt};
 use crate::{MIGRATE_SQLITE, StoreOptions};
+
+/// The dialect-specific parts of the methods shared with Postgres.
+const DIALECT: Dialect = Dialect {
+    // SQLite's default (BINARY) collation already orders names bytewise.
+    name_bytewise: "d.name",
+    // Writes are serialized: the check for a live document cannot race a delete.
+    put_label: "INSERT INTO labels (doc_id, seq, name, created_at) \
+                SELECT id, $2, $3, $4 FROM documents WHERE id = $1 AND deleted_at IS NULL \
+                ON CONFLICT (doc_id, name) DO NOTHING RETURNING name, seq, created_at",
+    // Takes the write lock up front (a deferred transaction could fail with SQLITE_BUSY
+    // when upgrading from a read lock).
+    begin_write: "BEGIN IMMEDIATE",
+    lock_live_doc: queries::LIVE_DOC_ID,
+};
+
+/// How this backend stores a time.
+fn db_time(t: SystemTime) -> i64 {
+    to_unix_millis(t)
+}
 
 /// How long a statement waits for another connection's write lock before
 /// failing with SQLITE_BUSY (mapped to `Unavailable`).
@@ -111,15 +133,10 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Id of the document called `name`, creating its row if absent.
+    /// Id of the document called `name`, creating its row if absent;
+    /// [`StoreError::Deleted`] if it was deleted.
     async fn doc_id(&self, name: &str) -> Result<i64, StoreError> {
-        const SELECT: &str = "SELECT id FROM documents WHERE name = ?";
-        if let Some(id) = sqlx::query_scalar::<_, i64>(SELECT)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err("load"))?
-        {
+        if let Some(id) = self.existing_doc_id(name).await? {
             return Ok(id);
         }
         let inserted = sqlx::query_scalar::<_, i64>(
@@ -133,11 +150,10 @@ impl SqliteStore {
         .map_err(db_err("load"))?;
         match inserted {
             Some(id) => Ok(id),
-            None => sqlx::query_scalar::<_, i64>(SELECT)
-                .bind(name)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_err("load")),
+            None => self
+                .existing_doc_id(name)
+                .await?
+                .ok_or_else(|| vanished(name)),
         }
     }
 
@@ -152,10 +168,8 @@ impl SqliteStore {
         .bind(doc_id)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(db_err("load"))?
-        .map(|r| snapshot_from_row(&r))
-        .transpose()
         .map_err(db_err("load"))?;
+        let snapshot = decode_opt(snapshot, "load", rows::snapshot)?;
         let after = snapshot.as_ref().map_or(0, |s| s.seq);
         let updates = sqlx::query(
             "SELECT seq, created_at, size, author, data FROM updates \
@@ -165,11 +179,8 @@ impl SqliteStore {
         .bind(after)
         .fetch_all(&mut *tx)
         .await
-        .map_err(db_err("load"))?
-        .iter()
-        .map(|r| log_row_from_row(r, true))
-        .collect::<Result<Vec<_>, _>>()
         .map_err(db_err("load"))?;
+        let updates = decode_all(&updates, "load", |r| rows::log_row(r, true))?;
         tx.commit().await.map_err(db_err("load"))?;
         let last_seq = updates.last().map_or(after, |u| u.seq.max(after));
         Ok(LoadedDoc {
@@ -224,9 +235,10 @@ impl SqliteStore {
         state: &[u8],
         state_vector: &[u8],
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        // Only for a live document (writes are serialized: no race with a delete).
+        let done = sqlx::query(
             "INSERT INTO snapshots (doc_id, seq, state, state_vector, created_at) \
-             VALUES (?, ?, ?, ?, ?) \
+             SELECT id, $2, $3, $4, $5 FROM documents WHERE id = $1 AND deleted_at IS NULL \
              ON CONFLICT (doc_id, seq) DO UPDATE SET state = excluded.state, \
                  state_vector = excluded.state_vector, created_at = excluded.created_at",
         )
@@ -238,7 +250,7 @@ impl SqliteStore {
         .execute(&self.pool)
         .await
         .map_err(db_err("write_snapshot"))?;
-        Ok(())
+        written_unless_deleted(done.rows_affected(), doc_id)
     }
 
     pub(crate) async fn prune_log(
@@ -311,40 +323,13 @@ impl SqliteStore {
             .collect())
     }
 
-    pub(crate) async fn log_page(
-        &self,
-        doc_id: i64,
-        after_seq: i64,
-        limit: u32,
-        with_data: bool,
-    ) -> Result<Vec<LogRow>, StoreError> {
-        let sql = if with_data {
-            "SELECT seq, created_at, size, author, data FROM updates \
-             WHERE doc_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-        } else {
-            "SELECT seq, created_at, size, author FROM updates \
-             WHERE doc_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-        };
-        sqlx::query(sql)
-            .bind(doc_id)
-            .bind(after_seq)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("log_page"))?
-            .iter()
-            .map(|r| log_row_from_row(r, with_data))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db_err("log_page"))
-    }
-
     pub(crate) async fn log_range(
         &self,
         doc_id: i64,
         from_seq: i64,
         to_seq: i64,
     ) -> Result<Vec<LogRow>, StoreError> {
-        sqlx::query(
+        let found = sqlx::query(
             "SELECT seq, created_at, size, author, data FROM updates \
              WHERE doc_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
         )
@@ -353,11 +338,8 @@ impl SqliteStore {
         .bind(to_seq)
         .fetch_all(&self.pool)
         .await
-        .map_err(db_err("log_range"))?
-        .iter()
-        .map(|r| log_row_from_row(r, true))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(db_err("log_range"))
+        .map_err(db_err("log_range"))?;
+        decode_all(&found, "log_range", |r| rows::log_row(r, true))
     }
 
     pub(crate) async fn snapshot_at_or_before(
@@ -365,7 +347,7 @@ impl SqliteStore {
         doc_id: i64,
         at_seq: i64,
     ) -> Result<Option<Snapshot>, StoreError> {
-        sqlx::query(
+        let found = sqlx::query(
             "SELECT seq, state, state_vector, created_at FROM snapshots \
              WHERE doc_id = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
         )
@@ -373,11 +355,11 @@ impl SqliteStore {
         .bind(at_seq)
         .fetch_optional(&self.pool)
         .await
-        .map_err(db_err("snapshot_at_or_before"))?
-        .map(|r| snapshot_from_row(&r))
-        .transpose()
-        .map_err(db_err("snapshot_at_or_before"))
+        .map_err(db_err("snapshot_at_or_before"))?;
+        decode_opt(found, "snapshot_at_or_before", rows::snapshot)
     }
+
+    crate::common::shared_methods!();
 }
 
 /// Largest `k <= MAX_CHUNK_LOG2` with `2^k <= n` (n > 0).
@@ -397,27 +379,22 @@ async fn create_parent_dir(file: &Path) -> Result<(), StoreError> {
     }
 }
 
-fn snapshot_from_row(r: &SqliteRow) -> Result<Snapshot, sqlx::Error> {
-    Ok(Snapshot {
-        seq: r.try_get("seq")?,
-        state: r.try_get("state")?,
-        state_vector: r.try_get("state_vector")?,
-        created_at: from_unix_millis(r.try_get("created_at")?),
-    })
-}
+impl StoredRow for SqliteRow {
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(col)
+    }
 
-fn log_row_from_row(r: &SqliteRow, with_data: bool) -> Result<LogRow, sqlx::Error> {
-    Ok(LogRow {
-        seq: r.try_get("seq")?,
-        created_at: from_unix_millis(r.try_get("created_at")?),
-        size: r.try_get("size")?,
-        author: r.try_get("author")?,
-        data: if with_data {
-            r.try_get("data")?
-        } else {
-            Vec::new()
-        },
-    })
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(col)
+    }
+
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, sqlx::Error> {
+        self.try_get(col)
+    }
+
+    fn opt_time(&self, col: &str) -> Result<Option<SystemTime>, sqlx::Error> {
+        Ok(self.try_get::<Option<i64>, _>(col)?.map(from_unix_millis))
+    }
 }
 
 /// Binds the columns of `rows` to a multi-row insert from `INSERT_SQL`.

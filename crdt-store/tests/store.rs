@@ -3,25 +3,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
+use common::{ms, row};
 use crdt_store::{Backend, NewUpdate, Store, StoreError, StoreOptions};
-
-fn row(doc_id: i64, seq: i64, data: &[u8], author: Option<&str>, at: SystemTime) -> NewUpdate {
-    NewUpdate {
-        doc_id,
-        seq,
-        data: Bytes::copy_from_slice(data),
-        author: author.map(str::to_owned),
-        created_at: at,
-    }
-}
-
-/// SQLite keeps milliseconds, Postgres microseconds: compare at ms.
-fn ms(t: SystemTime) -> u128 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
-}
 
 #[tokio::test]
 async fn open_and_migrate_twice_is_idempotent() {

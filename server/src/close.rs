@@ -17,6 +17,8 @@ pub const MESSAGE_TOO_BIG: u16 = 1009;
 pub const INTERNAL_ERROR: u16 = 1011;
 /// A temporary condition (e.g. storage backlog full); retry later.
 pub const TRY_AGAIN_LATER: u16 = 1013;
+/// An administrator closed the connection (it may reconnect; revoke a token to keep it out).
+pub const DISCONNECTED: u16 = 4000;
 /// The client did not read its frames fast enough; its queue overflowed. Reconnect and resync.
 pub const SLOW_CONSUMER: u16 = 4001;
 /// No frame (not even a pong) arrived within the ping timeout.
@@ -27,6 +29,9 @@ pub const LOAD_FAILED: u16 = 4003;
 pub const TOKEN_EXPIRED: u16 = 4401;
 /// The connection's token (or its user) was revoked.
 pub const REVOKED: u16 = 4403;
+/// The document was deleted by an administrator. Permanent: the name is refused from now on, so
+/// do not reconnect (and do not resend the old content elsewhere under this name).
+pub const DOCUMENT_DELETED: u16 = 4410;
 /// No message arrived within the handshake timeout after the upgrade.
 pub const HANDSHAKE_TIMEOUT: u16 = 4408;
 /// No message (pongs aside) arrived within the idle timeout.

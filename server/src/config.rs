@@ -177,6 +177,10 @@ pub struct Config {
     #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Largest request body the admin API accepts (a document import); larger ones get 413.
+    #[arg(long, env = "TANDEM_MAX_IMPORT_SIZE", default_value = "64MiB", value_parser = size)]
+    pub max_import_size: usize,
+
     /// Whether awareness (cursors, names) from read-only connections is relayed.
     #[arg(long, env = "TANDEM_READONLY_AWARENESS", value_enum, default_value_t = ReadOnlyAwareness::Relay)]
     pub readonly_awareness: ReadOnlyAwareness,

@@ -19,7 +19,7 @@ use crate::close;
 use crate::limits::RateLimiter;
 use crate::peer::{CloseReason, Outbox, Peer};
 use crate::protocol;
-use crate::registry::Registry;
+use crate::registry::{JoinError, Registry};
 use crate::room::RoomMsg;
 use crate::state::Shared;
 
@@ -143,7 +143,10 @@ where
             }
             Err(e) => {
                 debug!(error = %e, "join failed");
-                peer.close(UNAVAILABLE);
+                peer.close(match e {
+                    JoinError::Deleted => CloseReason::DELETED,
+                    JoinError::Unavailable | JoinError::LoadFailed => UNAVAILABLE,
+                });
             }
         }
         Box::pin(finish(&mut socket, &mut outbox, &peer, &shared.metrics)).await;

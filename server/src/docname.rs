@@ -35,6 +35,14 @@ pub fn from_path(path: &str, max_len: usize) -> Result<String, NameError> {
         .decode_utf8()
         .map_err(|_| NameError::NotUtf8)?
         .into_owned();
+    validate(name, max_len)
+}
+
+/// Checks an already decoded document name (from the admin API's path) by the same rules.
+pub fn validate(name: String, max_len: usize) -> Result<String, NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
     if name.len() > max_len {
         return Err(NameError::TooLong(max_len));
     }

@@ -45,7 +45,9 @@ pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(crate::admin::openapi_json))
         .nest("/api/v1/admin", crate::admin::routes(state.clone()))
+        .merge(crate::demo::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -103,6 +105,10 @@ pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -
         Ok(name) => name,
         Err(e) => return refuse(&state, StatusCode::BAD_REQUEST, e.to_string(), "bad_name"),
     };
+    if state.shared.is_deleted(&name) {
+        let reason = "document deleted".to_string();
+        return refuse(&state, StatusCode::GONE, reason, "deleted");
+    }
     if !config.allowed_origins.is_empty() {
         let origin = req
             .headers()

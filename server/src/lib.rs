@@ -8,8 +8,10 @@ pub mod auth;
 pub mod close;
 pub mod config;
 pub mod connection;
+pub mod demo;
 pub mod docname;
 pub mod error;
+pub mod history;
 pub mod http;
 pub mod limits;
 pub mod listener;
@@ -84,7 +86,14 @@ pub async fn serve(
             }
         }
     }
+    let deleted = match storage.store() {
+        Some(store) => store.deleted_documents().await?,
+        None => Vec::new(),
+    };
     let shared = Shared::new(config, storage, auth);
+    for name in &deleted {
+        shared.mark_deleted(name);
+    }
     let registry = Registry::new(shared.clone());
     let state = AppState {
         shared: shared.clone(),

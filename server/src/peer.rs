@@ -39,6 +39,12 @@ impl CloseReason {
         reason: "server shutting down",
         label: "shutdown",
     };
+    /// An administrator deleted the document (permanent: do not reconnect).
+    pub const DELETED: CloseReason = CloseReason {
+        code: close::DOCUMENT_DELETED,
+        reason: "document deleted",
+        label: "document_deleted",
+    };
     /// The document failed in a way that needs a reload.
     pub const INTERNAL: CloseReason = CloseReason {
         code: close::INTERNAL_ERROR,

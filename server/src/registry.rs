@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::peer::Peer;
-use crate::room::{self, RoomHandle, RoomMsg};
+use crate::room::{self, Command, CommandError, RoomHandle, RoomMsg};
 use crate::state::Shared;
 
 /// How often a join retries when it meets a room that is unloading at that moment.
@@ -32,6 +32,9 @@ pub enum JoinError {
     /// The document could not be loaded from storage; it was not created empty instead.
     #[error("document could not be loaded")]
     LoadFailed,
+    /// An administrator deleted the document; its name stays unusable.
+    #[error("document deleted")]
+    Deleted,
 }
 
 impl Registry {
@@ -83,6 +86,10 @@ impl Registry {
             if self.shared.shutdown.is_cancelled() {
                 break;
             }
+            // Checked on every attempt: a deletion may have happened while this join waited.
+            if self.shared.is_deleted(name) {
+                return Err(JoinError::Deleted);
+            }
             let Some(handle) = self.get_or_spawn(name) else {
                 break;
             };
@@ -102,6 +109,78 @@ impl Registry {
             }
         }
         Err(JoinError::Unavailable)
+    }
+
+    /// Carries out an administrator's command in the room of `name`, loading the document if
+    /// it is not open and `load` is set (otherwise a closed document is `Unavailable`). `make`
+    /// builds the command around its reply channel; it is called again if the room it reached
+    /// was unloading at that moment.
+    pub async fn command<T>(
+        &self,
+        name: &str,
+        load: bool,
+        make: impl Fn(oneshot::Sender<Result<T, CommandError>>) -> Command,
+    ) -> Result<T, CommandError> {
+        for _ in 0..JOIN_ATTEMPTS {
+            if self.shared.shutdown.is_cancelled() {
+                break;
+            }
+            if self.shared.is_deleted(name) {
+                return Err(CommandError::Deleted);
+            }
+            let handle = if load {
+                self.get_or_spawn(name)
+            } else {
+                self.rooms().get(name).cloned()
+            };
+            let Some(handle) = handle else {
+                break;
+            };
+            let (reply, answer) = oneshot::channel();
+            if handle
+                .tx
+                .send(RoomMsg::Command(make(reply)))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            match answer.await {
+                Ok(result) => return result,
+                // The room closed before answering (it was unloading): try a fresh one.
+                Err(_) => continue,
+            }
+        }
+        Err(CommandError::Unavailable(
+            "the document is not available (server shutting down?)".into(),
+        ))
+    }
+
+    /// Closes the open room of a document being deleted (its clients get 4410); returns how
+    /// many connections it closed, once everything it accepted is durable. Nothing to do when
+    /// the document is not open.
+    pub async fn delete(&self, name: &str) -> usize {
+        for _ in 0..JOIN_ATTEMPTS {
+            let Some(handle) = self.rooms().get(name).cloned() else {
+                return 0;
+            };
+            let (reply, answer) = oneshot::channel();
+            if handle
+                .tx
+                .send(RoomMsg::Command(Command::Delete { reply }))
+                .await
+                .is_ok()
+                && let Ok(Ok(closed)) = answer.await
+            {
+                return closed;
+            }
+        }
+        0
+    }
+
+    /// Whether the document `name` is open on this server.
+    pub fn is_open(&self, name: &str) -> bool {
+        self.rooms().contains_key(name)
     }
 
     /// Called by an idle room: removes it if it is still the registered generation and nothing

@@ -54,6 +54,11 @@ const BACKLOG_FULL: CloseReason = CloseReason {
     reason: "storage backlog full, retry later",
     label: "backlog_full",
 };
+const DISCONNECTED: CloseReason = CloseReason {
+    code: close::DISCONNECTED,
+    reason: "disconnected by an administrator",
+    label: "admin_disconnect",
+};
 
 /// A message to a room.
 #[derive(Debug)]
@@ -80,6 +85,130 @@ pub enum RoomMsg {
     },
     /// The server is shutting down: flush, close every connection with 1001 and stop.
     Shutdown,
+    /// A request from the admin API.
+    Command(Command),
+}
+
+/// What an administrator asks of a room (through the admin API). Each carries its reply.
+pub enum Command {
+    /// Makes the content equal to `target`'s, as one new forward change (restore, or import
+    /// with `mode=replace`).
+    Replace {
+        /// The wanted content.
+        target: Doc,
+        /// Recorded as the change's author.
+        author: String,
+        /// The change, once accepted.
+        reply: oneshot::Sender<Result<Applied, CommandError>>,
+    },
+    /// Applies a Yjs update as a change, like a client's (import with `mode=merge`).
+    Merge {
+        /// The update (v1).
+        update: Vec<u8>,
+        /// Recorded as the change's author.
+        author: String,
+        /// The change, once accepted.
+        reply: oneshot::Sender<Result<Applied, CommandError>>,
+    },
+    /// Writes a snapshot covering every change so far; replies with its seq once stored.
+    Snapshot {
+        /// The snapshot's sequence number.
+        reply: oneshot::Sender<Result<i64, CommandError>>,
+    },
+    /// The current state as one update (v1), with the sequence number it covers.
+    Export {
+        /// `(seq, state)`.
+        reply: oneshot::Sender<Result<(i64, Vec<u8>), CommandError>>,
+    },
+    /// Closes the connections of `user` (all when `None`) with 4000.
+    Disconnect {
+        /// Only this token subject's connections.
+        user: Option<String>,
+        /// How many were closed.
+        reply: oneshot::Sender<Result<usize, CommandError>>,
+    },
+    /// Closes every connection with 4410 and stops the room; replies (with how many were
+    /// closed) once every accepted change is durable, so the caller can then delete the
+    /// stored document without a late log row reappearing.
+    Delete {
+        /// How many connections were closed.
+        reply: oneshot::Sender<Result<usize, CommandError>>,
+    },
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Replace { .. } => "Replace",
+            Command::Merge { .. } => "Merge",
+            Command::Snapshot { .. } => "Snapshot",
+            Command::Export { .. } => "Export",
+            Command::Disconnect { .. } => "Disconnect",
+            Command::Delete { .. } => "Delete",
+        })
+    }
+}
+
+impl Command {
+    /// Answers the command with `err` without carrying it out.
+    pub fn refuse(self, err: CommandError) {
+        match self {
+            Command::Replace { reply, .. } | Command::Merge { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Command::Snapshot { reply } => {
+                let _ = reply.send(Err(err));
+            }
+            Command::Export { reply } => {
+                let _ = reply.send(Err(err));
+            }
+            Command::Disconnect { reply, .. } | Command::Delete { reply } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+/// Why a room could not carry out a [`Command`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommandError {
+    /// The document could not be loaded, or the server is shutting down.
+    #[error("document unavailable: {0}")]
+    Unavailable(String),
+    /// The document was deleted.
+    #[error("document deleted")]
+    Deleted,
+    /// The given update or content is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// Needs durable storage (the server runs with `--database-url memory`).
+    #[error("needs durable storage; the server runs with --database-url memory")]
+    NoStorage,
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// A change an administrator made, as accepted by the room.
+#[derive(Debug)]
+pub struct Applied {
+    /// Its sequence number in the log; `None` when it changed nothing.
+    pub seq: Option<i64>,
+    /// The room's durability watermark (`None` for memory storage).
+    durable: Option<watch::Receiver<i64>>,
+}
+
+impl Applied {
+    /// Waits (at most `timeout`) until the change is durable; false if it is not by then.
+    pub async fn wait_durable(&mut self, timeout: Duration) -> bool {
+        let (Some(seq), Some(w)) = (self.seq, self.durable.as_mut()) else {
+            return true;
+        };
+        matches!(
+            tokio::time::timeout(timeout, w.wait_for(|d| *d >= seq)).await,
+            Ok(Ok(_))
+        )
+    }
 }
 
 /// A cheap handle to a running room.
@@ -125,6 +254,8 @@ enum Exit {
     Shutdown,
     /// The in-memory document can no longer be trusted.
     Poisoned,
+    /// An administrator deleted the document.
+    Deleted,
 }
 
 /// State owned by the room task.
@@ -142,6 +273,8 @@ struct Room {
     pending: VecDeque<(i64, Release)>,
     durable: Option<Durable>,
     poisoned: bool,
+    /// Set by [`Command::Delete`]: the room stops, and answers once changes are durable.
+    deleting: Option<(usize, oneshot::Sender<Result<usize, CommandError>>)>,
 }
 
 /// Starts the task for document `name` and returns its handle.
@@ -164,6 +297,7 @@ pub fn spawn(
         pending: VecDeque::new(),
         durable: None,
         poisoned: false,
+        deleting: None,
         shared: shared.clone(),
     };
     shared.rooms.spawn(room.run(rx).instrument(span));
@@ -202,12 +336,23 @@ impl Room {
         let mut watermark = match self.load().await {
             Ok(watermark) => watermark,
             Err(e) => {
-                error!(error = %e, "load failed; refusing joins");
+                if matches!(e, CommandError::Deleted) {
+                    debug!("document is deleted; refusing joins");
+                } else {
+                    error!(error = %e, "load failed; refusing joins");
+                }
                 self.registry.remove(&self.name, self.generation);
                 rx.close();
                 while let Some(msg) = rx.recv().await {
-                    if let RoomMsg::Join { reply, .. } = msg {
-                        let _ = reply.send(Err(JoinError::LoadFailed));
+                    match msg {
+                        RoomMsg::Join { reply, .. } => {
+                            let _ = reply.send(Err(match e {
+                                CommandError::Deleted => JoinError::Deleted,
+                                _ => JoinError::LoadFailed,
+                            }));
+                        }
+                        RoomMsg::Command(cmd) => cmd.refuse(e.clone()),
+                        _ => {}
                     }
                 }
                 return;
@@ -223,6 +368,9 @@ impl Room {
         let exit = loop {
             if self.poisoned {
                 break Exit::Poisoned;
+            }
+            if self.deleting.is_some() {
+                break Exit::Deleted;
             }
             if snapshot.is_none() {
                 snapshot = self.start_snapshot_if_due();
@@ -286,17 +434,20 @@ impl Room {
 
     /// Loads the document: newest snapshot plus the log after it. Returns the durability
     /// watermark receiver (none for memory storage).
-    async fn load(&mut self) -> Result<Option<watch::Receiver<i64>>, String> {
+    async fn load(&mut self) -> Result<Option<watch::Receiver<i64>>, CommandError> {
         let Storage::Durable { store, writer } = &self.shared.storage else {
             return Ok(None);
         };
-        let loaded = store.load(&self.name).await.map_err(|e| e.to_string())?;
+        let loaded = store.load(&self.name).await.map_err(|e| match e {
+            StoreError::Deleted(_) => CommandError::Deleted,
+            e => CommandError::Unavailable(e.to_string()),
+        })?;
         let snapshot = loaded.snapshot.as_ref();
         let stored = snapshot
             .map(|s| s.state.as_slice())
             .into_iter()
             .chain(loaded.updates.iter().map(|row| row.data.as_slice()));
-        apply_stored(&self.doc, stored)?;
+        apply_stored(&self.doc, stored).map_err(CommandError::Unavailable)?;
         self.seq = loaded.last_seq;
         let snapshot_seq = snapshot.map_or(0, |s| s.seq);
         let bytes_since: u64 = loaded.updates.iter().map(|r| r.size.max(0) as u64).sum();
@@ -327,6 +478,113 @@ impl Room {
             }
             RoomMsg::Leave { conn } => self.leave(conn),
             RoomMsg::Shutdown => {}
+            RoomMsg::Command(cmd) => self.command(cmd),
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Replace {
+                target,
+                author,
+                reply,
+            } => {
+                let doc = &self.doc;
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    crate::history::restore::restore_into(doc, &target)
+                }));
+                let result = match outcome {
+                    Ok(Ok(changed)) => Ok(self.accept_admin(author, changed)),
+                    Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
+                    Err(_) => {
+                        error!("restore made yrs panic; reloading the document");
+                        self.poisoned = true;
+                        Err(CommandError::Unavailable("restore failed".into()))
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Merge {
+                update,
+                author,
+                reply,
+            } => {
+                let result = match protocol::decode_update(&update) {
+                    Ok(update) => match self.integrate(update) {
+                        Ok(changed) => Ok(self.accept_admin(author, changed)),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(CommandError::Invalid(format!("not a Yjs update: {e}"))),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Snapshot { reply } => match self.snapshot_write() {
+                Some((seq, write)) => {
+                    self.shared.rooms.spawn(
+                        async move {
+                            let result = write
+                                .await
+                                .map(|()| seq)
+                                .map_err(|e| CommandError::Storage(e.to_string()));
+                            let _ = reply.send(result);
+                        }
+                        .in_current_span(),
+                    );
+                }
+                None => {
+                    let _ = reply.send(Err(if self.durable.is_none() {
+                        CommandError::NoStorage
+                    } else {
+                        CommandError::Unavailable("could not encode the document".into())
+                    }));
+                }
+            },
+            Command::Export { reply } => {
+                let result = self
+                    .encode_state()
+                    .map(|(state, _)| (self.seq, state))
+                    .ok_or_else(|| {
+                        CommandError::Unavailable("could not encode the document".into())
+                    });
+                let _ = reply.send(result);
+            }
+            Command::Disconnect { user, reply } => {
+                let chosen: Vec<ConnId> = self
+                    .peers
+                    .values()
+                    .filter(|p| user.is_none() || p.user == user)
+                    .map(|p| p.id)
+                    .collect();
+                for conn in &chosen {
+                    self.kick(*conn, DISCONNECTED);
+                }
+                let _ = reply.send(Ok(chosen.len()));
+            }
+            Command::Delete { reply } => {
+                let closed = self.peers.len();
+                for peer in self.peers.values() {
+                    peer.close(CloseReason::DELETED);
+                }
+                self.peers.clear();
+                self.deleting = Some((closed, reply));
+            }
+        }
+    }
+
+    /// Logs and relays an administrator's change (if it changed anything).
+    fn accept_admin(&mut self, author: String, changed: Option<Vec<u8>>) -> Applied {
+        let durable = self.durable.as_ref().map(|d| d.watermark.subscribe());
+        let Some(changed) = changed else {
+            return Applied {
+                seq: None,
+                durable,
+            };
+        };
+        self.shared.metrics.updates_applied.inc();
+        self.accept(Some(author), changed);
+        Applied {
+            seq: Some(self.seq),
+            durable,
         }
     }
 
@@ -408,8 +666,8 @@ impl Room {
         }
     }
 
-    /// Applies one update; logs what it changed and relays it (once durable) to everyone,
-    /// sender included.
+    /// Applies one update from a client; logs what it changed and relays it (once durable) to
+    /// everyone, sender included.
     fn apply(&mut self, conn: ConnId, update: Update) {
         let max_backlog = self.shared.config.max_backlog_bytes as u64;
         if self.durable.is_some() && self.shared.storage.backlog().bytes > max_backlog {
@@ -417,53 +675,70 @@ impl Room {
             self.kick(conn, BACKLOG_FULL);
             return;
         }
+        match self.integrate(update) {
+            Ok(Some(changed)) => {
+                self.shared.metrics.updates_applied.inc();
+                let author = self.peers.get(&conn).and_then(|p| p.user.clone());
+                self.accept(author, changed);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if self.poisoned {
+                    error!(
+                        conn,
+                        "update made yrs panic; closing the sender and reloading the document"
+                    );
+                } else {
+                    warn!(conn, error = %e, "rejected update");
+                }
+                self.kick(conn, INVALID_UPDATE);
+            }
+        }
+    }
+
+    /// Applies an update to the document and returns what it changed, encoded as one update
+    /// (`None`: nothing new). yrs must not take the server down on a hostile update: a panic
+    /// is caught and the room marked poisoned, so it retires and the document reloads.
+    fn integrate(&mut self, update: Update) -> Result<Option<Vec<u8>>, CommandError> {
         let started = Instant::now();
         let doc = &self.doc;
-        // yrs must not take the server down on a hostile update: a panic is caught, the
-        // sender closed, and the room retired so the document reloads from storage.
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
             txn.apply_update(update)?;
             Ok::<_, yrs::error::UpdateError>(txn.has_changes().then(|| txn.encode_update_v1()))
         }));
-        let metrics = &self.shared.metrics;
-        metrics
+        self.shared
+            .metrics
             .update_apply_seconds
             .observe(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(Ok(Some(changed))) => {
-                metrics.updates_applied.inc();
-                let frame = protocol::encode_update(&changed);
-                self.log(conn, changed);
-                match self.durable {
-                    Some(_) => self.pending.push_back((self.seq, Release::All(frame))),
-                    None => self.broadcast(frame),
-                }
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                warn!(conn, error = %e, "rejected update");
-                self.kick(conn, INVALID_UPDATE);
-            }
+            Ok(Ok(changed)) => Ok(changed),
+            Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
             Err(_) => {
-                error!(
-                    conn,
-                    "update made yrs panic; closing the sender and reloading the document"
-                );
-                self.kick(conn, INVALID_UPDATE);
                 self.poisoned = true;
+                Err(CommandError::Unavailable("update made yrs panic".into()))
             }
         }
     }
 
+    /// Logs an applied change and relays it: at once with memory storage, otherwise when
+    /// durable.
+    fn accept(&mut self, author: Option<String>, changed: Vec<u8>) {
+        let frame = protocol::encode_update(&changed);
+        self.log(author, changed);
+        match self.durable {
+            Some(_) => self.pending.push_back((self.seq, Release::All(frame))),
+            None => self.broadcast(frame),
+        }
+    }
+
     /// Gives an accepted update the next sequence number and queues it for the log.
-    fn log(&mut self, conn: ConnId, changed: Vec<u8>) {
+    fn log(&mut self, author: Option<String>, changed: Vec<u8>) {
         self.seq += 1;
         let Some(durable) = &mut self.durable else {
             return;
         };
         durable.bytes_logged += changed.len() as u64;
-        let author = self.peers.get(&conn).and_then(|p| p.user.clone());
         durable.writer.append(
             NewUpdate {
                 doc_id: durable.doc_id,
@@ -557,14 +832,8 @@ impl Room {
         if self.seq == durable.snapshot_seq || self.poisoned {
             return None;
         }
-        let (state, sv) = self.encode_state()?;
-        let (store, doc_id, seq) = (durable.store.clone(), durable.doc_id, self.seq);
-        let mut watermark = durable.watermark.subscribe();
+        let (seq, write) = self.snapshot_write()?;
         let timeout = self.shared.config.shutdown_timeout;
-        let write = async move {
-            let _ = watermark.wait_for(|w| *w >= seq).await;
-            store.write_snapshot(doc_id, seq, &state, &sv).await
-        };
         Some(
             async move {
                 match tokio::time::timeout(timeout, write).await {
@@ -575,6 +844,22 @@ impl Room {
             }
             .in_current_span(),
         )
+    }
+
+    /// The current state, and the write that stores it as a snapshot at the current sequence
+    /// number once every change it covers is durable (a snapshot never claims a sequence
+    /// number the log does not have). `None` without durable storage or if encoding failed.
+    fn snapshot_write(
+        &self,
+    ) -> Option<(i64, impl Future<Output = Result<(), StoreError>> + Send + 'static)> {
+        let durable = self.durable.as_ref()?;
+        let (state, sv) = self.encode_state()?;
+        let (store, doc_id, seq) = (durable.store.clone(), durable.doc_id, self.seq);
+        let mut watermark = durable.watermark.subscribe();
+        Some((seq, async move {
+            let _ = watermark.wait_for(|w| *w >= seq).await;
+            store.write_snapshot(doc_id, seq, &state, &sv).await
+        }))
     }
 
     fn encode_state(&self) -> Option<(Vec<u8>, Vec<u8>)> {
@@ -614,8 +899,12 @@ impl Room {
         } else {
             self.release(self.seq);
         }
+        if let Some((closed, reply)) = self.deleting.take() {
+            let _ = reply.send(Ok(closed));
+        }
         let reason = match exit {
             Exit::Poisoned => CloseReason::INTERNAL,
+            Exit::Deleted => CloseReason::DELETED,
             Exit::Shutdown | Exit::Unloaded => CloseReason::SHUTDOWN,
         };
         let write = matches!(exit, Exit::Shutdown)

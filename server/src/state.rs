@@ -1,9 +1,9 @@
 //! What every part of the running server shares: configuration, metrics, shutdown signal.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +33,9 @@ pub struct Shared {
     pub per_doc: Arc<Counter<Arc<str>>>,
     /// Every live connection, so a revocation can close them wherever they are.
     live: Mutex<HashMap<ConnId, Arc<Peer>>>,
+    /// Names of deleted documents: joins and imports are refused (HTTP 410) so old content
+    /// held by a client cannot bring a deleted document back. Loaded from storage at start.
+    deleted: RwLock<HashSet<Arc<str>>>,
     /// Cancelled when the server starts shutting down; connections close with 1001.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for their close handshakes.
@@ -50,6 +53,7 @@ impl Shared {
             per_addr: Counter::new(config.max_conns_per_ip),
             per_doc: Counter::new(config.max_conns_per_doc),
             live: Mutex::new(HashMap::new()),
+            deleted: RwLock::new(HashSet::new()),
             config,
             metrics: Metrics::new(),
             storage,
@@ -83,6 +87,22 @@ impl Shared {
             closed += 1;
         }
         closed
+    }
+
+    /// Whether the document `name` was deleted.
+    pub fn is_deleted(&self, name: &str) -> bool {
+        self.deleted
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+    }
+
+    /// Marks the document `name` deleted (refused from now on).
+    pub fn mark_deleted(&self, name: &str) {
+        self.deleted
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(Arc::from(name));
     }
 
     /// A fresh connection id.

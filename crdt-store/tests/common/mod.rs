@@ -5,10 +5,27 @@
 #![allow(dead_code)] // each test binary uses a different subset
 #![allow(unused_imports)]
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crdt_store::{Store, StoreOptions};
+use bytes::Bytes;
+use crdt_store::{NewUpdate, Store, StoreOptions};
 pub use testkit::{PgSchema, Proxy, eventually, pg_url, upstream_addr, with_host_port};
+
+/// A log row to append.
+pub fn row(doc_id: i64, seq: i64, data: &[u8], author: Option<&str>, at: SystemTime) -> NewUpdate {
+    NewUpdate {
+        doc_id,
+        seq,
+        data: Bytes::copy_from_slice(data),
+        author: author.map(str::to_owned),
+        created_at: at,
+    }
+}
+
+/// SQLite keeps milliseconds, Postgres microseconds: compare at ms.
+pub fn ms(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
 
 /// A migrated store plus what keeps it isolated. Call [`TestDb::finish`] at the
 /// end of a test to drop the Postgres schema.

@@ -748,3 +748,72 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> HttpResponse {
     response.body = raw.buf[..len].to_vec();
     response
 }
+
+// ---------------------------------------------------------------------------------------------
+// Added for tests/admin.rs: HTTP requests with any method, headers and a binary body.
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `method path` with `headers` and `body` (its `Content-Length` is added) on a fresh
+/// connection (`Connection: close`) and reads the whole response; a chunked body is de-chunked.
+pub async fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    s.write_all(&request).await.expect("write request");
+    let mut buf = Vec::new();
+    timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("no complete HTTP response in time")
+        .expect("read response");
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&buf)));
+    let mut response = HttpResponse::from_head(&buf[..end], Vec::new());
+    let rest = &buf[end + 4..];
+    response.body = if response
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        dechunk(rest)
+    } else if let Some(len) = response
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        rest[..len.min(rest.len())].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    response
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size_line = String::from_utf8_lossy(&data[..eol]);
+        let size_hex = size_line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_hex, 16).expect("chunk size");
+        data = &data[eol + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}

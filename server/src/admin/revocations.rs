@@ -1,102 +1,17 @@
-//! The admin HTTP API under `/api/v1/admin`, protected by `--admin-token` (off without it).
-//!
-//! Errors are JSON `{"status": <code>, "reason": "..."}`; internals never leak.
+//! Revocations: `POST`/`DELETE /api/v1/admin/revocations` close and refuse a token or user.
 
 use std::time::SystemTime;
 
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
 use crdt_store::RevocationKind;
 use serde::Deserialize;
 
+use super::AdminError;
 use crate::http::AppState;
 use crate::peer::CloseReason;
-
-/// An admin API failure, rendered as JSON with its status.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    /// No admin token configured: the admin API is off.
-    #[error("the admin API is disabled: start tandem with --admin-token")]
-    Disabled,
-    /// Missing or wrong bearer token.
-    #[error("missing or invalid admin token")]
-    Unauthorized,
-    /// The request body or parameters are invalid.
-    #[error("{0}")]
-    BadRequest(String),
-    /// Nothing matched.
-    #[error("{0}")]
-    NotFound(String),
-    /// The change took effect on this server but could not be stored.
-    #[error("{0}")]
-    Storage(String),
-}
-
-impl AdminError {
-    fn status(&self) -> StatusCode {
-        match self {
-            AdminError::Disabled => StatusCode::NOT_FOUND,
-            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
-            AdminError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-}
-
-impl IntoResponse for AdminError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let body = serde_json::json!({ "status": status.as_u16(), "reason": self.to_string() });
-        let mut response = (status, Json(body)).into_response();
-        if matches!(self, AdminError::Unauthorized) {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-        }
-        response
-    }
-}
-
-/// Compares without an early exit, so response timing does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
-}
-
-/// Middleware: requires `Authorization: Bearer <admin token>`.
-pub async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.shared.config.admin_token.as_deref() else {
-        return AdminError::Disabled.into_response();
-    };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
-            next.run(req).await
-        }
-        _ => AdminError::Unauthorized.into_response(),
-    }
-}
-
-/// Admin routes, to be nested under `/api/v1/admin`.
-pub fn routes(state: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/revocations", post(revoke).delete(lift))
-        .layer(axum::middleware::from_fn_with_state(state, require_admin))
-}
 
 /// Body of a revocation request: a token id, a user id, or both.
 #[derive(Debug, Deserialize)]
@@ -116,7 +31,7 @@ const REVOKED: CloseReason = CloseReason {
 };
 
 /// `POST /api/v1/admin/revocations`: revoke, and close matching live connections at once.
-async fn revoke(
+pub(super) async fn revoke(
     State(state): State<AppState>,
     body: Result<Json<RevocationRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, AdminError> {
@@ -174,7 +89,7 @@ async fn revoke(
 }
 
 /// `DELETE /api/v1/admin/revocations`: lift a revocation.
-async fn lift(
+pub(super) async fn lift(
     State(state): State<AppState>,
     body: Result<Json<RevocationRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, AdminError> {
@@ -205,17 +120,4 @@ async fn lift(
         return Err(AdminError::NotFound("no such revocation".into()));
     }
     Ok((StatusCode::OK, Json(serde_json::json!({ "lifted": true }))).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-    }
 }

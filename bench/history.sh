@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# History API benchmark (issue 5, point 8), printed as a markdown section for BENCHMARKS.md.
+#
+# Targets: a timeline page of a document with one million log rows in ≤ 50 ms; the state at an
+# arbitrary point of the automerge-paper trace document in ≤ 200 ms.
+#
+# Per backend (sqlite, postgres) and per snapshot setting (SNAPSHOT_EVERY; 1000 = the server's
+# default), on a fresh database, with a release server started with --admin-token:
+#   load     trace-load writes the trace through the WebSocket protocol, one update per trace
+#            transaction: once into document "$TRACE" (state and diff requests), and PASSES times
+#            into document "$TRACE-xPASSES" (each pass into its own Y.Text: PASSES × the trace's
+#            transactions = log rows; 4 × 259,778 = 1,039,112 for automerge-paper), for timeline
+#            pages. Server `--max-messages-per-sec 0` (the default rate limit would close the
+#            loader), `--snapshot-every-updates N`.
+#   size     the server is stopped (final snapshots written); database size on disk
+#   history  the server is restarted; `tandem-bench history` times timeline pages (asc from a
+#            random `after`, desc from a random `before`, the newest page, group=session), state
+#            reads (json and binary) at random points, diffs ~DIFF_SPAN changes apart and the
+#            documents list, SAMPLES requests each, and checks every answer against the trace
+#
+# Editing traces: the public "editing-traces" collection by Joseph Gentle, CC BY 4.0
+# (https://creativecommons.org/licenses/by/4.0/), in $TRACE_DIR.
+#
+# Knobs (environment):
+#   BACKENDS="sqlite postgres"
+#   SNAPSHOT_EVERY="1000 10000"   server --snapshot-every-updates, one full run each
+#   TRACE=automerge-paper  TRACE_DIR=/work/shared/data/editing-traces
+#   PASSES=4  SAMPLES=50  DIFF_SPAN=1000  SEED=1
+#   PG_URL=postgres://postgres@127.0.0.1:5432  PG_ADMIN_DB=test (where create/drop database
+#   run)  PG_DB=tandem_history_bench (dropped and recreated per case, dropped at exit)
+#   PERF=1            record the server with `perf record -g` during the history requests and
+#                     keep a report of the hottest symbols in $OUT (where the time goes)
+#   KEEP_DATA=1       keep the SQLite directory / Postgres database of the last case
+#   CARGO_TARGET_DIR  where the release binaries are (default: target/ of the workspace)
+#   SKIP_BUILD=1, QUIET_PCT=15, QUIET_WAIT=900, SERVER_ARGS=...   as in run.sh
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BACKENDS=${BACKENDS:-sqlite postgres}
+SNAPSHOT_EVERY=${SNAPSHOT_EVERY:-1000 10000}
+TRACE=${TRACE:-automerge-paper}
+TRACE_DIR=${TRACE_DIR:-/work/shared/data/editing-traces}
+PASSES=${PASSES:-4}
+SAMPLES=${SAMPLES:-50}
+DIFF_SPAN=${DIFF_SPAN:-1000}
+SEED=${SEED:-1}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+PG_ADMIN_DB=${PG_ADMIN_DB:-test}
+PG_DB=${PG_DB:-tandem_history_bench}
+SERVER_ARGS=${SERVER_ARGS:-}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+SERVER="$TARGET_DIR/release/tandem"
+BENCH="$TARGET_DIR/release/tandem-bench"
+OUT=$(mktemp -d /tmp/tandem-history.XXXXXX)
+TRACE_FILE="$TRACE_DIR/$TRACE.json.gz"
+BIG="$TRACE-x$PASSES"
+# Only this script and the server it starts see it.
+ADMIN_TOKEN="bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+export TANDEM_ADMIN_TOKEN=$ADMIN_TOKEN
+
+command -v jq >/dev/null || { echo "history.sh needs jq" >&2; exit 1; }
+if [[ " $BACKENDS " == *" postgres "* ]]; then
+    command -v psql >/dev/null || { echo "history.sh needs psql for the postgres backend" >&2; exit 1; }
+fi
+[[ -r "$TRACE_FILE" ]] || { echo "no trace $TRACE_FILE" >&2; exit 1; }
+if [[ -z "${SKIP_BUILD:-}" ]]; then
+    echo "building release binaries..." >&2
+    (cd "$ROOT" && cargo build --release -p tandem-server -p tandem-bench) >&2
+fi
+[[ -x "$SERVER" && -x "$BENCH" ]] || { echo "missing $SERVER or $BENCH" >&2; exit 1; }
+if [[ -n "${PERF:-}" ]]; then
+    command -v perf >/dev/null || { echo "PERF=1 needs perf" >&2; exit 1; }
+fi
+# shellcheck source=bench/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SERVER_PID=""
+PORT=""
+SERVER_DIR=""
+DATA_DIR=""
+PG_USED=""
+
+db_url() {
+    case $1 in
+        sqlite) echo "sqlite://$DATA_DIR/tandem.db" ;;
+        postgres) echo "$PG_URL/$PG_DB" ;;
+    esac
+}
+
+pg_admin() { psql "$PG_URL/$PG_ADMIN_DB" -qAt -v ON_ERROR_STOP=1 -c "$1"; }
+
+# Empty database for a case.
+fresh_db() {
+    drop_data
+    DATA_DIR=$(mktemp -d /tmp/tandem-history-data.XXXXXX)
+    if [[ $1 == postgres ]]; then
+        PG_USED=1
+        pg_admin "drop database if exists $PG_DB" >/dev/null
+        pg_admin "create database $PG_DB" >/dev/null
+    fi
+}
+
+drop_data() {
+    [[ -n "$DATA_DIR" ]] && rm -rf "$DATA_DIR"
+    DATA_DIR=""
+    if [[ -n "$PG_USED" ]]; then
+        pg_admin "drop database if exists $PG_DB" >/dev/null || true
+    fi
+}
+
+# start_server LOGNAME BACKEND EXTRA-ARGS...
+start_server() {
+    local name=$1 backend=$2 i
+    shift 2
+    PORT=$(free_port)
+    SERVER_DIR=$(mktemp -d /tmp/tandem-server.XXXXXX)
+    # shellcheck disable=SC2086 # SERVER_ARGS is a list of words
+    (cd "$SERVER_DIR" && exec "$SERVER" --addr "127.0.0.1:$PORT" --database-url "$(db_url "$backend")" \
+        $SERVER_ARGS "$@") >>"$OUT/$name.server.log" 2>&1 &
+    SERVER_PID=$!
+    for i in $(seq 1 300); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "server exited at start; log:" >&2
+            tail -20 "$OUT/$name.server.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "server did not listen on $PORT within 30 s" >&2
+    return 1
+}
+
+stop_server() {
+    local i
+    [[ -n "$SERVER_PID" ]] || return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for i in $(seq 1 600); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "server $SERVER_PID ignored SIGTERM for 60 s; killing it" >&2
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+    [[ -n "$SERVER_DIR" ]] && rm -rf "$SERVER_DIR"
+    SERVER_DIR=""
+}
+
+cleanup() {
+    stop_server
+    if [[ -z "${KEEP_DATA:-}" ]]; then
+        drop_data
+    else
+        echo "kept: ${DATA_DIR:-} ${PG_USED:+postgres database $PG_DB}" >&2
+    fi
+    return 0
+}
+trap cleanup EXIT
+
+# bench NAME ARGS...: one tandem-bench run against the running server; JSON in $OUT/NAME.json.
+bench() {
+    local name=$1 rc=0
+    shift
+    echo "== $name: tandem-bench $*" >&2
+    echo "tandem-bench $*" >"$OUT/$name.cmd"
+    "$BENCH" "$@" --url "ws://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
+        >"$OUT/$name.txt" 2>"$OUT/$name.err" || rc=$?
+    ((rc == 0)) || echo "   $name failed (exit $rc): $(tail -3 "$OUT/$name.err")" >&2
+    grep -v '^{' "$OUT/$name.txt" >&2 || true
+    grep '^{' "$OUT/$name.txt" | tail -1 >"$OUT/$name.json" || true
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "   WARNING: the server died during $name; log tail:" >&2
+        tail -5 "$OUT/$name.server.log" >&2
+    fi
+}
+
+# Bytes the case's database takes on disk (server stopped).
+db_size() {
+    case $1 in
+        sqlite) du -cb "$DATA_DIR"/tandem.db* | tail -1 | cut -f1 ;;
+        postgres) pg_admin "select pg_database_size('$PG_DB')" ;;
+    esac
+}
+# Per table (with indexes and TOAST) for Postgres; "table bytes" lines.
+table_sizes() {
+    case $1 in
+        sqlite)
+            if command -v sqlite3 >/dev/null; then
+                sqlite3 "$DATA_DIR/tandem.db" "select name, sum(pgsize) from dbstat group by name order by 2 desc limit 6" 2>/dev/null |
+                    tr '|' ' ' || true
+            fi
+            ;;
+        postgres)
+            psql "$PG_URL/$PG_DB" -qAt -F ' ' -c "select relname, pg_total_relation_size(oid) from pg_class
+                where relkind = 'r' and relnamespace = 'public'::regnamespace order by 2 desc limit 6"
+            ;;
+    esac
+}
+
+for b in $BACKENDS; do
+    for every in $SNAPSHOT_EVERY; do
+        c="$b-$every"
+        args=(--admin-token "$ADMIN_TOKEN" --max-messages-per-sec 0 --snapshot-every-updates "$every")
+        fresh_db "$b"
+        echo "tandem --database-url $(db_url "$b" | sed "s|$DATA_DIR|DIR|") --admin-token TOKEN --max-messages-per-sec 0 --snapshot-every-updates $every $SERVER_ARGS" |
+            xargs >"$OUT/$c.server-cmd"
+        start_server "load-$c" "$b" "${args[@]}"
+        wait_quiet
+        bench "load1-$c" trace-load --trace "$TRACE_FILE" --room "$TRACE"
+        wait_quiet
+        bench "loadn-$c" trace-load --trace "$TRACE_FILE" --room "$BIG" --passes "$PASSES"
+        stop_server # writes the final snapshots
+        db_size "$b" >"$OUT/$c.dbsize"
+        table_sizes "$b" >"$OUT/$c.tables" || true
+        wait_quiet
+        start_server "history-$c" "$b" "${args[@]}"
+        perf_pid=""
+        if [[ -n "${PERF:-}" ]]; then
+            perf record -F 997 -g -p "$SERVER_PID" -o "$OUT/perf-$c.data" >"$OUT/perf-$c.log" 2>&1 &
+            perf_pid=$!
+            sleep 1
+        fi
+        bench "history-$c" history --timeline-doc "$BIG" --timeline-passes "$PASSES" --state-doc "$TRACE" \
+            --trace "$TRACE_FILE" --samples "$SAMPLES" --diff-span "$DIFF_SPAN" --seed "$SEED" \
+            --state-of-timeline-doc
+        if [[ -n "$perf_pid" ]]; then
+            kill -INT "$perf_pid" 2>/dev/null || true
+            wait "$perf_pid" 2>/dev/null || true
+            perf report -i "$OUT/perf-$c.data" --no-children --sort dso,symbol --stdio --percent-limit 1 \
+                2>/dev/null | grep -v '^$' | grep -E '^ +[0-9]' | head -40 >"$OUT/perf-$c.top" || true
+        fi
+        stop_server
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Report
+j() { jq -r "$1" "$OUT/$2.json"; }
+have() { [[ -s "$OUT/$1.json" ]]; }
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
+ms() { awk -v u="$1" 'BEGIN { printf "%.2f", u / 1000 }'; }
+
+echo
+echo "## History API (issue 5, point 8)"
+echo
+echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), release build; load generator, server"
+echo "and Postgres $(pg_admin 'show server_version' 2>/dev/null | cut -d' ' -f1 || echo '?') on the same machine; one keep-alive HTTP/1.1 connection, requests one at a time."
+echo "Documents written through the WebSocket protocol by \`trace-load\` (one update = one log row per trace"
+echo "transaction): \`$TRACE\` once, \`$BIG\` $PASSES times into $PASSES texts. Random points (seed $SEED), $SAMPLES timed"
+echo "requests per kind after one untimed warm-up; every answer checked against a local replay of the trace"
+echo "(timeline seqs and per-change inserted/deleted counts, state text, diff spans)."
+echo
+echo "### Documents and storage"
+echo
+echo "| storage | snapshot every | document | log rows | log bytes | snapshots | snapshot bytes | written at | database on disk |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for b in $BACKENDS; do
+    for every in $SNAPSHOT_EVERY; do
+        c="$b-$every"
+        have "history-$c" || continue
+        for d in "$TRACE" "$BIG"; do
+            load=load1
+            [[ $d == "$BIG" ]] && load=loadn
+            rate="?"
+            have "$load-$c" && rate="$(j .updates_per_s "$load-$c") updates/s"
+            size=""
+            [[ $d == "$TRACE" ]] && size="$(mib "$(cat "$OUT/$c.dbsize")") (both)"
+            jq -r --arg d "$d" --arg b "$b" --arg e "$every" --arg r "$rate" --arg s "$size" \
+                '.documents[] | select(.name == $d) | "| \($b) | \($e) | \(.name) | \(.log_rows) | \(.log_bytes / 1048576 * 10 | round / 10) MiB | \(.snapshots) | \(.snapshot_bytes / 1048576 * 10 | round / 10) MiB | \($r) | \($s) |"' \
+                "$OUT/history-$c.json"
+        done
+    done
+done
+echo
+echo "### Request times (client-side: request written → whole body read)"
+echo
+echo "| storage | snapshot every | request | document | p50 | p95 | max | body (p50) | checked |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for b in $BACKENDS; do
+    for every in $SNAPSHOT_EVERY; do
+        c="$b-$every"
+        have "history-$c" || continue
+        jq -r --arg b "$b" --arg e "$every" '.kinds[] |
+            "| \($b) | \($e) | \(.kind) | \(.document) | \(.p50_us / 10 | round / 100) ms | \(.p95_us / 10 | round / 100) ms | \(.max_us / 10 | round / 100) ms | \(.body_bytes_p50) B | \(.verified)/\(.count + 1)\(if .failed > 0 then " (**\(.failed) failed**)" else "" end) |"' \
+            "$OUT/history-$c.json"
+    done
+done
+echo
+echo "Targets (worst p95 / worst max over the timeline kinds; over state json + binary):"
+echo
+for b in $BACKENDS; do
+    for every in $SNAPSHOT_EVERY; do
+        c="$b-$every"
+        have "history-$c" || continue
+        verdict() { if [[ $1 == true ]]; then echo "met"; else echo "**missed**"; fi; }
+        echo "- $b, snapshot every $every: timeline page ≤ 50 ms: $(verdict "$(j .timeline_target_met "history-$c")")" \
+            "(p95 $(ms "$(j .timeline_p95_us "history-$c")") ms, max $(ms "$(j .timeline_max_us "history-$c")") ms);" \
+            "state ≤ 200 ms: $(verdict "$(j .state_target_met "history-$c")")" \
+            "(p95 $(ms "$(j .state_p95_us "history-$c")") ms, max $(ms "$(j .state_max_us "history-$c")") ms);" \
+            "newest state = endContent: $(j .end_content_verified "history-$c")"
+    done
+done
+problems=$(cd "$OUT" && for f in *.json; do
+    [[ -s "$f" ]] || continue
+    jq -r --arg c "${f%.json}" 'select(((.errors // []) | length) > 0 or .verified == false)
+        | "- \($c): \((.errors // []) | join("; "))"' "$f"
+done)
+missing=$(cd "$OUT" && for f in *.cmd; do [[ -s "${f%.cmd}.json" ]] || echo "- ${f%.cmd}: no result ($(tail -1 "${f%.cmd}.err" 2>/dev/null))"; done)
+if [[ -n "$problems$missing" ]]; then
+    echo
+    echo "Problems seen:"
+    [[ -n "$problems" ]] && echo "$problems"
+    [[ -n "$missing" ]] && echo "$missing"
+fi
+echo
+echo "Commands (\`bench/history.sh\` runs them all; DIR = a fresh directory, the Postgres database is"
+echo "created fresh per case and dropped afterwards; the server is restarted between load and requests):"
+echo
+echo '```'
+for b in $BACKENDS; do
+    for every in $SNAPSHOT_EVERY; do
+        c="$b-$every"
+        [[ -s "$OUT/$c.server-cmd" ]] || continue
+        echo "# server: $(cat "$OUT/$c.server-cmd") --addr 127.0.0.1:PORT"
+        for n in "load1-$c" "loadn-$c" "history-$c"; do
+            [[ -s "$OUT/$n.cmd" ]] && echo "$(sed "s|$TRACE_DIR|TRACES|g" "$OUT/$n.cmd") --url ws://127.0.0.1:PORT"
+        done
+    done
+done
+echo '```'
+echo "(history reads the token from TANDEM_ADMIN_TOKEN; TRACES = $TRACE_DIR)"
+echo
+echo "Raw output: $OUT" >&2

@@ -1,0 +1,98 @@
+// "Saved": knowing when this tab's edits are durable on the server.
+//
+// y-websocket's own `synced` flag only says that the initial exchange with the server is done.
+// Tandem answers a SyncStep1 only after every update the same connection sent before it is
+// committed to its database (persist before relay, see the README), so a SyncStep1 sent after
+// some edits works as a receipt: when its SyncStep2 answer arrives, those edits are saved.
+//
+// The tracker counts local changes, sends one such probe at a time while the connection is
+// up, and reports:
+//   'loading'  not yet synced with the server since the page opened
+//   'saved'    every local change is durable on the server
+//   'saving'   connected, some changes not yet confirmed
+//   'offline'  not connected, some changes exist only in this tab (they are sent on reconnect)
+
+import * as decoding from 'lib0/decoding'
+import * as encoding from 'lib0/encoding'
+import * as syncProtocol from 'y-protocols/sync'
+
+const MESSAGE_SYNC = 0
+
+/**
+ * @param {import('y-websocket').WebsocketProvider} provider
+ * @param {(state: 'loading'|'saved'|'saving'|'offline') => void} onChange
+ * @returns {{ state: () => string, pending: () => number }}
+ */
+export function trackSaved (provider, onChange) {
+  let local = 0 // local changes made so far
+  let confirmed = 0 // how many of them the server has confirmed durable
+  let inflight = null // `local` at the time the outstanding probe was sent
+  let everSynced = false
+  // Per connection: the server's SyncStep1 was answered (our SyncStep2 carries the edits made
+  // while offline), and the provider finished its initial sync. Probes wait for both, so that
+  // they travel behind those edits.
+  let answeredServer = false
+  let last = null
+
+  const state = () => {
+    if (!everSynced) return 'loading'
+    if (confirmed >= local) return 'saved'
+    return provider.wsconnected ? 'saving' : 'offline'
+  }
+  const report = () => {
+    const s = state()
+    if (s !== last) {
+      last = s
+      onChange(s)
+    }
+  }
+  const probe = () => {
+    const ws = provider.ws
+    if (inflight !== null || confirmed >= local || !provider.synced || !answeredServer) return
+    if (!ws || ws.readyState !== WebSocket.OPEN) return
+    const encoder = encoding.createEncoder()
+    encoding.writeVarUint(encoder, MESSAGE_SYNC)
+    syncProtocol.writeSyncStep1(encoder, provider.doc)
+    inflight = local
+    ws.send(encoding.toUint8Array(encoder))
+  }
+
+  provider.doc.on('update', (_update, origin) => {
+    if (origin === provider) return // came from the server
+    local++
+    // Let the provider send the update first (it listens to the same event).
+    queueMicrotask(() => { probe(); report() })
+  })
+
+  const handleSync = provider.messageHandlers[MESSAGE_SYNC]
+  provider.messageHandlers[MESSAGE_SYNC] = (encoder, decoder, p, emitSynced, type) => {
+    const kind = decoding.peekVarUint(decoder)
+    const waiting = inflight
+    handleSync(encoder, decoder, p, emitSynced, type)
+    if (kind === syncProtocol.messageYjsSyncStep1) {
+      // The reply (our SyncStep2) is sent right after this handler returns.
+      queueMicrotask(() => { answeredServer = true; probe(); report() })
+    } else if (kind === syncProtocol.messageYjsSyncStep2 && waiting !== null && inflight === waiting) {
+      confirmed = Math.max(confirmed, waiting)
+      inflight = null
+      probe()
+      report()
+    }
+  }
+
+  provider.on('sync', (synced) => {
+    if (synced) everSynced = true
+    probe()
+    report()
+  })
+  provider.on('status', ({ status }) => {
+    if (status !== 'connected') {
+      inflight = null
+      answeredServer = false
+    }
+    report()
+  })
+
+  report()
+  return { state, pending: () => local - confirmed }
+}

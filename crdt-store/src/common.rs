@@ -1,0 +1,210 @@
+//! Methods both backends share word for word: [`shared_methods!`] expands them inside each
+//! backend's `impl`, where they use that backend's `pool`, its [`Dialect`] (`DIALECT`) and
+//! its `db_time` (how it stores a time). Everything that differs between the dialects is in
+//! those two, so the SQL that is the same is written once.
+
+/// The dialect-specific parts of the shared methods.
+pub(crate) struct Dialect {
+    /// Expression ordering `d.name` bytewise (see
+    /// [`DocumentList::sql`](crate::queries::DocumentList::sql)).
+    pub(crate) name_bytewise: &'static str,
+    /// Inserts label `$3` at seq `$2` created at `$4` on document `$1` if it is live;
+    /// returns `name, seq, created_at`, or nothing when the name is taken.
+    pub(crate) put_label: &'static str,
+    /// Starts the write transaction of a document delete.
+    pub(crate) begin_write: &'static str,
+    /// Inside that transaction: the id of live document `$1`, held until commit so that no
+    /// concurrent write to the document slips past the purge.
+    pub(crate) lock_live_doc: &'static str,
+}
+
+/// Expands the shared methods inside a backend's `impl` (see the module docs).
+macro_rules! shared_methods {
+    () => {
+        /// Id of the document called `name` if it exists; [`StoreError::Deleted`] if deleted.
+        async fn existing_doc_id(&self, name: &str) -> Result<Option<i64>, StoreError> {
+            let found = sqlx::query_as::<_, (i64, bool)>(crate::queries::LOOKUP_DOCUMENT)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err("load"))?;
+            crate::error::unless_deleted(name, found)
+        }
+
+        /// A page of the log in either direction.
+        pub(crate) async fn log_page(
+            &self,
+            doc_id: i64,
+            direction: crate::queries::Direction,
+            from_seq: i64,
+            limit: u32,
+            with_data: bool,
+        ) -> Result<Vec<LogRow>, StoreError> {
+            let found = sqlx::query(crate::queries::log_page_sql(direction, with_data))
+                .bind(doc_id)
+                .bind(from_seq)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err("log_page"))?;
+            decode_all(&found, "log_page", |r| crate::rows::log_row(r, with_data))
+        }
+
+        /// One document by name, deleted or not.
+        pub(crate) async fn document(
+            &self,
+            name: &str,
+        ) -> Result<Option<DocumentInfo>, StoreError> {
+            let found = sqlx::query(crate::queries::DOCUMENT)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err("document"))?;
+            decode_opt(found, "document", crate::rows::document_info)
+        }
+
+        /// A page of live documents; see [`DocumentList`](crate::queries::DocumentList).
+        pub(crate) async fn list_documents(
+            &self,
+            list: &crate::queries::DocumentList<'_>,
+            limit: u32,
+        ) -> Result<Vec<DocumentInfo>, StoreError> {
+            let sql = list.sql(DIALECT.name_bytewise);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for bound in list.bounds() {
+                query = query.bind(bound);
+            }
+            let found = query
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err("list_documents"))?;
+            decode_all(&found, "list_documents", crate::rows::document_info)
+        }
+
+        /// Id of a live document, never creating one.
+        pub(crate) async fn find_doc_id(&self, name: &str) -> Result<Option<i64>, StoreError> {
+            sqlx::query_scalar(crate::queries::LIVE_DOC_ID)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err("find_doc_id"))
+        }
+
+        /// See [`SEQ_AT_TIME`](crate::queries::SEQ_AT_TIME).
+        pub(crate) async fn seq_at_time(
+            &self,
+            doc_id: i64,
+            t: SystemTime,
+        ) -> Result<i64, StoreError> {
+            sqlx::query_scalar(crate::queries::SEQ_AT_TIME)
+                .bind(doc_id)
+                .bind(db_time(t))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err("seq_at_time"))
+        }
+
+        /// Inserts a label on a live document; `None` when the name is taken or the document
+        /// is not live (the caller tells which).
+        pub(crate) async fn put_label(
+            &self,
+            doc_id: i64,
+            name: &str,
+            seq: i64,
+        ) -> Result<Option<Label>, StoreError> {
+            let found = sqlx::query(DIALECT.put_label)
+                .bind(doc_id)
+                .bind(seq)
+                .bind(name)
+                .bind(db_time(SystemTime::now()))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err("put_label"))?;
+            decode_opt(found, "put_label", crate::rows::label)
+        }
+
+        /// All labels of a document, unordered.
+        pub(crate) async fn labels(&self, doc_id: i64) -> Result<Vec<Label>, StoreError> {
+            let found = sqlx::query(crate::queries::LABELS)
+                .bind(doc_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err("labels"))?;
+            decode_all(&found, "labels", crate::rows::label)
+        }
+
+        /// One label.
+        pub(crate) async fn label(
+            &self,
+            doc_id: i64,
+            name: &str,
+        ) -> Result<Option<Label>, StoreError> {
+            let found = sqlx::query(crate::queries::LABEL)
+                .bind(doc_id)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err("label"))?;
+            decode_opt(found, "label", crate::rows::label)
+        }
+
+        /// Removes a label; whether there was one.
+        pub(crate) async fn delete_label(
+            &self,
+            doc_id: i64,
+            name: &str,
+        ) -> Result<bool, StoreError> {
+            let done = sqlx::query(crate::queries::DELETE_LABEL)
+                .bind(doc_id)
+                .bind(name)
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("delete_label"))?;
+            Ok(done.rows_affected() > 0)
+        }
+
+        /// Tombstones a live document and purges its rows in one transaction (see
+        /// `Dialect::lock_live_doc` for why no concurrent write slips past the purge).
+        pub(crate) async fn delete_document(&self, name: &str) -> Result<bool, StoreError> {
+            let mut tx = self
+                .pool
+                .begin_with(DIALECT.begin_write)
+                .await
+                .map_err(db_err("delete_document"))?;
+            let Some(id) = sqlx::query_scalar::<_, i64>(DIALECT.lock_live_doc)
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err("delete_document"))?
+            else {
+                return Ok(false);
+            };
+            for purge in crate::queries::PURGE_DOCUMENT {
+                sqlx::query(purge)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err("delete_document"))?;
+            }
+            sqlx::query(crate::queries::MARK_DELETED)
+                .bind(id)
+                .bind(db_time(SystemTime::now()))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("delete_document"))?;
+            tx.commit().await.map_err(db_err("delete_document"))?;
+            Ok(true)
+        }
+
+        /// Names of the deleted documents.
+        pub(crate) async fn deleted_documents(&self) -> Result<Vec<String>, StoreError> {
+            sqlx::query_scalar(crate::queries::DELETED_DOCUMENTS)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err("deleted_documents"))
+        }
+    };
+}
+
+pub(crate) use shared_methods;

@@ -1,0 +1,705 @@
+//! The difference between two points of a document's history, with who inserted and who
+//! deleted each piece.
+//!
+//! The document at the earlier point A (built keeping deleted content) gets the log rows
+//! A+1..=B applied. Every item remembers its id, so:
+//! - which row inserted an item is known from the rows' own insertions (client, clock range);
+//! - which row deleted it, from the rows' delete sets (the first row that deletes an id wins;
+//!   later ones re-send it);
+//! - whether an item was visible at A and at B, from yrs snapshots taken at both points.
+//!
+//! Each text (a text root, or each `XmlText` inside an XML root) is walked once with yrs'
+//! snapshot-aware walk, which yields kept runs and, per inserted or deleted item, its text and
+//! id. An item may span several rows (yrs merges consecutive keystrokes of one client into one
+//! item), so its text is cut at the rows' clock boundaries. Adjacent spans with the same op
+//! and author are then merged; a merged span keeps the sequence number of its first part.
+//!
+//! XML roots are reported per block: a node whose children include text (a paragraph, a
+//! heading) or that has no children at all (an empty paragraph, a horizontal rule). A block's
+//! `path` is its child indexes from the fragment, counted over the children that exist at A
+//! or at B, in document order — so deleted and inserted blocks both have a place. Inline nodes
+//! (a hard break, a mention) appear in a block's spans as U+FFFC.
+//!
+//! Not shown: formatting and attribute changes (a word made bold is "keep"), embeds in
+//! texts (always "keep": the walk gives them no id), and map or array roots.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+
+use crdt_store::LogRow;
+use serde::Serialize;
+use yrs::branch::{BranchID, BranchPtr};
+use yrs::types::text::{ChangeKind, YChange};
+use yrs::types::text::Diff;
+use yrs::{Any, ClientID, Doc, ID, Out, ReadTxn, Snapshot, Text, TextRef, Transact, TransactionMut};
+
+use super::json::MAX_DEPTH;
+use super::kinds::{RootKind, root_kinds};
+use super::{HistoryError, decode, guard};
+
+/// What happened to a span of text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Present at both points.
+    Keep,
+    /// Inserted between the points (present at the later one only).
+    Insert,
+    /// Deleted between the points (present at the earlier one only).
+    Delete,
+}
+
+/// A run of text with one op and one author.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Span {
+    /// What happened to it.
+    pub op: Op,
+    /// The characters.
+    pub text: String,
+    /// For insert: who inserted it; for delete: who deleted it; null for keep or unknown.
+    pub author: Option<String>,
+    /// The change that inserted (deleted) it; for a merged span, the first such change.
+    pub seq: Option<i64>,
+}
+
+/// One block of an XML root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Block {
+    /// Child indexes from the fragment, counting children present at either point.
+    pub path: Vec<u32>,
+    /// The node type (element name; "text" for text directly inside a container).
+    #[serde(rename = "type")]
+    pub node_type: String,
+    /// Whether the block itself was kept, inserted or deleted.
+    pub op: Op,
+    /// Its content.
+    pub spans: Vec<Span>,
+}
+
+/// The changes of one root type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RootDiff {
+    /// A `Y.Text`.
+    Text {
+        /// The whole text, in order.
+        spans: Vec<Span>,
+    },
+    /// A `Y.XmlFragment`.
+    Xml {
+        /// Every block, in document order.
+        blocks: Vec<Block>,
+    },
+}
+
+/// The difference between two points of a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DocDiff {
+    /// The earlier point.
+    pub from: i64,
+    /// The later point.
+    pub to: i64,
+    /// Everyone who inserted or deleted something shown, sorted.
+    pub authors: Vec<String>,
+    /// Per changed text or XML root, by name; unchanged roots are left out.
+    pub content: BTreeMap<String, RootDiff>,
+}
+
+/// The difference between `base` — the document at `from`, built with `skip_gc = true` so
+/// deletions keep their text — and `base` with `rows` (the log rows right after `from`, in
+/// order) applied. `base` is consumed: it ends at the later point with split items.
+pub fn diff(base: Doc, from: i64, rows: &[LogRow]) -> Result<DocDiff, HistoryError> {
+    let to = rows.last().map_or(from, |r| r.seq);
+    let kinds_a = root_kinds(&base);
+    let snap_a = base.transact().snapshot();
+    let mut inserted = Attribution::default();
+    let mut deleted = Attribution::default();
+    let mut updates = Vec::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate() {
+        let update = decode(&row.data, index)?;
+        for (client, ranges) in update.insertions(true).iter() {
+            // Items the document already had at A are re-sent, not inserted.
+            let known = snap_a.state_map.get(client);
+            for r in ranges.iter() {
+                if r.end > known {
+                    inserted.claim(*client, r.start.max(known)..r.end, index);
+                }
+            }
+        }
+        for (client, ranges) in update.delete_set().iter() {
+            for r in ranges.iter() {
+                deleted.claim(*client, r.clone(), index);
+            }
+        }
+        updates.push(update);
+    }
+    guard("applying the changes to diff", || {
+        let mut txn = base.transact_mut();
+        for (index, update) in updates.into_iter().enumerate() {
+            txn.apply_update(update)
+                .map_err(|e| HistoryError::Apply {
+                    index,
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
+    })?;
+    let snap_b = base.transact().snapshot();
+    let mut kinds: BTreeMap<String, RootKind> = kinds_a
+        .into_iter()
+        .map(|(n, k)| (n.to_string(), k))
+        .collect();
+    for (name, kind) in root_kinds(&base) {
+        kinds.insert(name.to_string(), kind);
+    }
+    let walker = Walker {
+        a: &snap_a,
+        b: &snap_b,
+        inserted: &inserted,
+        deleted: &deleted,
+        rows,
+    };
+    let content = guard("walking the diff", || {
+        let mut txn = base.transact_mut();
+        let mut content = BTreeMap::new();
+        for (name, kind) in &kinds {
+            let Some(branch) = root_branch(&txn, name) else {
+                continue;
+            };
+            let root = match kind {
+                RootKind::Text => RootDiff::Text {
+                    spans: walker.text_spans(&mut txn, branch),
+                },
+                RootKind::Xml => {
+                    let mut blocks = Vec::new();
+                    walker.container(&mut txn, branch, &mut Vec::new(), 0, &mut blocks);
+                    RootDiff::Xml { blocks }
+                }
+                RootKind::Map | RootKind::Array => continue,
+            };
+            if changed(&root) {
+                content.insert(name.clone(), root);
+            }
+        }
+        Ok(content)
+    })?;
+    let authors: BTreeSet<String> = content
+        .values()
+        .flat_map(|root| -> Box<dyn Iterator<Item = &Span>> {
+            match root {
+                RootDiff::Text { spans } => Box::new(spans.iter()),
+                RootDiff::Xml { blocks } => Box::new(blocks.iter().flat_map(|b| b.spans.iter())),
+            }
+        })
+        .filter(|s| s.op != Op::Keep)
+        .filter_map(|s| s.author.clone())
+        .collect();
+    Ok(DocDiff {
+        from,
+        to,
+        authors: authors.into_iter().collect(),
+        content,
+    })
+}
+
+/// Whether a root diff shows any insertion or deletion.
+fn changed(root: &RootDiff) -> bool {
+    match root {
+        RootDiff::Text { spans } => spans.iter().any(|s| s.op != Op::Keep),
+        RootDiff::Xml { blocks } => blocks
+            .iter()
+            .any(|b| b.op != Op::Keep || b.spans.iter().any(|s| s.op != Op::Keep)),
+    }
+}
+
+fn root_branch<T: ReadTxn>(txn: &T, name: &str) -> Option<BranchPtr> {
+    txn.root_refs()
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, out)| out.try_branch().map(BranchPtr::from))
+}
+
+/// Which row first inserted (or deleted) each id: per client, disjoint clock ranges.
+#[derive(Default)]
+struct Attribution {
+    clients: HashMap<ClientID, BTreeMap<u32, (u32, usize)>>,
+}
+
+impl Attribution {
+    /// Records `range` of `client` as `row`'s, except parts an earlier row already has.
+    fn claim(&mut self, client: ClientID, range: Range<u32>, row: usize) {
+        if range.is_empty() {
+            return;
+        }
+        let map = self.clients.entry(client).or_default();
+        let mut cursor = range.start;
+        let mut gaps = Vec::new();
+        // The interval starting at or before `range.start`, then those starting inside it.
+        let before = map.range(..=range.start).next_back().map(|(s, v)| (*s, v.0));
+        let inside = map.range(range.start..range.end).map(|(s, v)| (*s, v.0));
+        for (start, end) in before.into_iter().chain(inside) {
+            if end <= cursor {
+                continue;
+            }
+            if start > cursor {
+                gaps.push(cursor..start.min(range.end));
+            }
+            cursor = cursor.max(end);
+            if cursor >= range.end {
+                break;
+            }
+        }
+        if cursor < range.end {
+            gaps.push(cursor..range.end);
+        }
+        for gap in gaps {
+            if !gap.is_empty() {
+                map.insert(gap.start, (gap.end, row));
+            }
+        }
+    }
+
+    /// The row owning `clock` of `client`, and where its range ends.
+    fn find(&self, client: ClientID, clock: u32) -> Option<(usize, u32)> {
+        let (_, (end, row)) = self.clients.get(&client)?.range(..=clock).next_back()?;
+        (clock < *end).then_some((*row, *end))
+    }
+}
+
+/// Whether `id` is visible in `snapshot` (present and not deleted).
+fn visible(snapshot: &Snapshot, id: &ID) -> bool {
+    id.clock < snapshot.state_map.get(&id.client) && !snapshot.delete_set.contains(id)
+}
+
+/// Walks the document at B with the snapshots of A and B.
+struct Walker<'a> {
+    a: &'a Snapshot,
+    b: &'a Snapshot,
+    inserted: &'a Attribution,
+    deleted: &'a Attribution,
+    rows: &'a [LogRow],
+}
+
+impl Walker<'_> {
+    fn op_of(&self, id: &ID) -> Op {
+        match (visible(self.a, id), visible(self.b, id)) {
+            (true, false) => Op::Delete,
+            (false, true) => Op::Insert,
+            _ => Op::Keep,
+        }
+    }
+
+    /// Author and seq of row `index`.
+    fn row(&self, index: Option<usize>) -> (Option<String>, Option<i64>) {
+        match index.and_then(|i| self.rows.get(i)) {
+            Some(row) => (row.author.clone(), Some(row.seq)),
+            None => (None, None),
+        }
+    }
+
+    /// The spans of one text (a `Y.Text` root or an `XmlText`), merged.
+    fn text_spans(&self, txn: &mut TransactionMut, branch: BranchPtr) -> Vec<Span> {
+        let mut spans = Vec::new();
+        self.push_text(txn, branch, &mut spans);
+        spans
+    }
+
+    /// Appends the spans of one text to `spans`.
+    fn push_text(&self, txn: &mut TransactionMut, branch: BranchPtr, spans: &mut Vec<Span>) {
+        let chunks = TextRef::from(branch).diff_range(txn, Some(self.b), Some(self.a), YChange::identity);
+        for chunk in chunks {
+            match (chunk.insert, chunk.ychange) {
+                (Out::Any(Any::String(s)), None) => push(spans, Op::Keep, &s, (None, None)),
+                (Out::Any(Any::String(s)), Some(change)) => {
+                    let (op, owners) = match change.kind {
+                        ChangeKind::Added => (Op::Insert, self.inserted),
+                        ChangeKind::Removed => (Op::Delete, self.deleted),
+                    };
+                    self.push_attributed(spans, op, &s, change.id, owners);
+                }
+                // An embed, or a nested type inside a text: one object, state unknown.
+                _ => push(spans, Op::Keep, "\u{FFFC}", (None, None)),
+            }
+        }
+    }
+
+    /// Appends `text`, the content of the item starting at `id`, cut where the owning row
+    /// changes (clocks advance by UTF-16 unit).
+    fn push_attributed(&self, spans: &mut Vec<Span>, op: Op, text: &str, id: ID, owners: &Attribution) {
+        let mut clock = id.clock;
+        let mut run_start = 0usize;
+        let mut current: Option<(Option<usize>, u32)> = None;
+        for (at, ch) in text.char_indices() {
+            let owner = match current {
+                Some((row, end)) if clock < end => (row, end),
+                _ => match owners.find(id.client, clock) {
+                    Some((row, end)) => (Some(row), end),
+                    // Unknown owner: one clock at a time until a known range starts.
+                    None => (None, clock.saturating_add(1)),
+                },
+            };
+            if let Some((row, _)) = current {
+                if row != owner.0 {
+                    push(spans, op, &text[run_start..at], self.row(row));
+                    run_start = at;
+                }
+            }
+            current = Some(owner);
+            clock = clock.saturating_add(ch.len_utf16() as u32);
+        }
+        if let Some((row, _)) = current {
+            push(spans, op, &text[run_start..], self.row(row));
+        }
+    }
+
+    /// The children of an XML node present at A or at B, in order (with text runs for any
+    /// characters stored directly in it).
+    fn children(&self, txn: &mut TransactionMut, branch: BranchPtr) -> Vec<Diff<YChange>> {
+        TextRef::from(branch).diff_range(txn, Some(self.b), Some(self.a), YChange::identity)
+    }
+
+    /// Walks the children of an XML fragment or container element, emitting blocks.
+    fn container(
+        &self,
+        txn: &mut TransactionMut,
+        branch: BranchPtr,
+        path: &mut Vec<u32>,
+        depth: usize,
+        blocks: &mut Vec<Block>,
+    ) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        let children = self.children(txn, branch);
+        self.container_children(txn, children, path, depth, blocks);
+    }
+
+    fn container_children(
+        &self,
+        txn: &mut TransactionMut,
+        children: Vec<Diff<YChange>>,
+        path: &mut Vec<u32>,
+        depth: usize,
+        blocks: &mut Vec<Block>,
+    ) {
+        for (index, chunk) in children.into_iter().enumerate() {
+            path.push(index as u32);
+            match &chunk.insert {
+                Out::YXmlElement(el) => {
+                    let child = super::branch_of(el);
+                    let name = el.try_tag().map_or("", |t| &**t).to_string();
+                    self.element(txn, child, name, path, depth + 1, blocks);
+                }
+                Out::YXmlText(t) => {
+                    let child = super::branch_of(t);
+                    let spans = self.text_spans(txn, child);
+                    blocks.push(Block {
+                        path: path.clone(),
+                        node_type: "text".into(),
+                        op: self.branch_op(child),
+                        spans,
+                    });
+                }
+                _ => {}
+            }
+            path.pop();
+        }
+    }
+
+    fn branch_op(&self, branch: BranchPtr) -> Op {
+        match branch.id() {
+            BranchID::Nested(id) => self.op_of(&id),
+            BranchID::Root(_) => Op::Keep,
+        }
+    }
+
+    /// An element: a block when it holds text or nothing, otherwise a container.
+    fn element(
+        &self,
+        txn: &mut TransactionMut,
+        branch: BranchPtr,
+        name: String,
+        path: &mut Vec<u32>,
+        depth: usize,
+        blocks: &mut Vec<Block>,
+    ) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        let children = self.children(txn, branch);
+        let has_text = children.iter().any(|c| matches!(c.insert, Out::YXmlText(_)));
+        let op = self.branch_op(branch);
+        if has_text || children.is_empty() {
+            let mut spans = Vec::new();
+            for chunk in children {
+                match chunk.insert {
+                    Out::YXmlText(t) => self.push_text(txn, super::branch_of(&t), &mut spans),
+                    Out::YXmlElement(el) => {
+                        // An inline node (hard break, mention, inline image).
+                        let child = super::branch_of(&el);
+                        let child_op = self.branch_op(child);
+                        let owner = match (child_op, child.id()) {
+                            (Op::Insert, BranchID::Nested(id)) => {
+                                self.inserted.find(id.client, id.clock).map(|o| o.0)
+                            }
+                            (Op::Delete, BranchID::Nested(id)) => {
+                                self.deleted.find(id.client, id.clock).map(|o| o.0)
+                            }
+                            _ => None,
+                        };
+                        push(&mut spans, child_op, "\u{FFFC}", self.row(owner));
+                    }
+                    _ => {}
+                }
+            }
+            blocks.push(Block {
+                path: path.clone(),
+                node_type: name,
+                op,
+                spans,
+            });
+        } else {
+            // A container (list, list item, blockquote): its children are the blocks. Its own
+            // insertion or deletion shows in theirs.
+            self.container_children(txn, children, path, depth, blocks);
+        }
+    }
+}
+
+/// Appends a span, merging it into the previous one when op and author match.
+fn push(spans: &mut Vec<Span>, op: Op, text: &str, (author, seq): (Option<String>, Option<i64>)) {
+    if text.is_empty() {
+        return;
+    }
+    if let Some(last) = spans.last_mut() {
+        if last.op == op && last.author == author {
+            last.text.push_str(text);
+            return;
+        }
+    }
+    spans.push(Span {
+        op,
+        text: text.to_string(),
+        author,
+        seq,
+    });
+}
+
+/// The text of a span list at the earlier (`Op::Delete` kept) or later (`Op::Insert` kept)
+/// point.
+pub fn text_at(spans: &[Span], later: bool) -> String {
+    spans
+        .iter()
+        .filter(|s| match s.op {
+            Op::Keep => true,
+            Op::Insert => later,
+            Op::Delete => !later,
+        })
+        .map(|s| s.text.as_str())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::fixture::{generate, replay};
+    use crate::history::reconstruct;
+    use yrs::updates::encoder::Encode;
+    use yrs::{Text, Xml, XmlElementPrelim, XmlFragment, XmlTextPrelim};
+
+    /// The document at `seq` with deleted content kept, from the nearest snapshot.
+    fn base_at(r: &crate::history::fixture::Replay, seq: usize) -> Doc {
+        let snap = r.snapshots.iter().rev().find(|(s, _)| *s as usize <= seq);
+        let from = snap.map_or(0, |(s, _)| *s as usize);
+        reconstruct(
+            snap.map(|(_, s)| s.as_slice()),
+            r.rows[from..seq].iter().map(|x| x.data.as_slice()),
+            true,
+        )
+        .unwrap()
+    }
+
+    fn spans_of(d: &DocDiff, root: &str) -> Vec<Span> {
+        match d.content.get(root) {
+            Some(RootDiff::Text { spans }) => spans.clone(),
+            None => Vec::new(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn text_diff_reproduces_both_ends() {
+        let edits = generate(2000, 3, 21);
+        let r = replay(&edits, "body", 700);
+        for (a, b) in [(0, 1), (0, 2000), (1, 40), (650, 760), (700, 1400), (1399, 1400), (1000, 1999), (37, 1800)] {
+            let d = diff(base_at(&r, a), a as i64, &r.rows[a..b]).unwrap();
+            assert_eq!((d.from, d.to), (a as i64, b as i64));
+            let spans = spans_of(&d, "body");
+            if r.texts[a] == r.texts[b] && spans.is_empty() {
+                continue;
+            }
+            assert_eq!(text_at(&spans, false), r.texts[a], "text at {a} from diff {a}..{b}");
+            assert_eq!(text_at(&spans, true), r.texts[b], "text at {b} from diff {a}..{b}");
+            for s in &spans {
+                match s.op {
+                    Op::Keep => assert_eq!((s.author.as_deref(), s.seq), (None, None)),
+                    Op::Insert | Op::Delete => {
+                        let seq = s.seq.expect("attributed span");
+                        assert!(seq > a as i64 && seq <= b as i64, "{s:?}");
+                        // The span's author is its first change's author.
+                        assert_eq!(s.author, r.rows[seq as usize - 1].author, "{s:?}");
+                        assert!(d.authors.contains(s.author.as_ref().unwrap()));
+                    }
+                }
+            }
+            // Merged: no two neighbours share op and author.
+            for w in spans.windows(2) {
+                assert!(w[0].op != w[1].op || w[0].author != w[1].author, "{w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn attribution_follows_the_rows() {
+        // alice types "hello", bob deletes "ell", alice types " world": exact spans.
+        let doc = Doc::with_options(yrs::Options {
+            client_id: yrs::ClientID::new(5),
+            offset_kind: yrs::OffsetKind::Utf16,
+            ..yrs::Options::default()
+        });
+        let text = doc.get_or_insert_text("t");
+        let mut rows = Vec::new();
+        let mut row = |author: &str, f: &dyn Fn(&mut yrs::TransactionMut)| {
+            let mut txn = doc.transact_mut();
+            f(&mut txn);
+            let data = txn.encode_update_v1();
+            let seq = rows.len() as i64 + 1;
+            rows.push(LogRow {
+                seq,
+                created_at: std::time::UNIX_EPOCH,
+                size: data.len() as i64,
+                author: Some(author.to_string()),
+                data,
+            });
+        };
+        row("alice", &|t| text.insert(t, 0, "h"));
+        // Same client, another author (a shared device): yrs merges "h" and "ello" into one
+        // item, which the diff must cut where the rows change.
+        row("dave", &|t| text.insert(t, 1, "ello"));
+        row("bob", &|t| text.remove_range(t, 1, 3));
+        row("alice", &|t| text.insert(t, 2, " w😀rld"));
+        row("carol", &|t| text.remove_range(t, 0, 1));
+        let plain = |spans: Vec<Span>| -> Vec<(Op, String, Option<String>, Option<i64>)> {
+            spans.into_iter().map(|s| (s.op, s.text, s.author, s.seq)).collect()
+        };
+        let s = |op, t: &str, a: Option<&str>, q: Option<i64>| {
+            (op, t.to_string(), a.map(str::to_string), q)
+        };
+        // From the empty document. Text inserted and deleted in between is in neither state,
+        // so it is not shown.
+        let base = reconstruct(None, std::iter::empty(), true).unwrap();
+        let d = diff(base, 0, &rows).unwrap();
+        assert_eq!(
+            plain(spans_of(&d, "t")),
+            vec![
+                s(Op::Insert, "o", Some("dave"), Some(2)),
+                s(Op::Insert, " w😀rld", Some("alice"), Some(4)),
+            ]
+        );
+        assert_eq!(d.authors, vec!["alice", "dave"]);
+        // From after the first two rows: the deletions are attributed to their authors.
+        let base = reconstruct(None, rows[..2].iter().map(|r| r.data.as_slice()), true).unwrap();
+        let d = diff(base, 2, &rows[2..]).unwrap();
+        assert_eq!(
+            plain(spans_of(&d, "t")),
+            vec![
+                s(Op::Delete, "h", Some("carol"), Some(5)),
+                s(Op::Delete, "ell", Some("bob"), Some(3)),
+                s(Op::Keep, "o", None, None),
+                s(Op::Insert, " w😀rld", Some("alice"), Some(4)),
+            ]
+        );
+        assert_eq!(d.authors, vec!["alice", "bob", "carol"]);
+        // No change: nothing to show.
+        let base = reconstruct(None, rows.iter().map(|r| r.data.as_slice()), true).unwrap();
+        let d = diff(base, 5, &[]).unwrap();
+        assert!(d.content.is_empty() && d.authors.is_empty());
+    }
+
+    #[test]
+    fn xml_diff_by_block() {
+        let editor = Doc::with_options(yrs::Options {
+            client_id: yrs::ClientID::new(9),
+            offset_kind: yrs::OffsetKind::Utf16,
+            ..yrs::Options::default()
+        });
+        let frag = editor.get_or_insert_xml_fragment("default");
+        let mut rows = Vec::new();
+        let mut row = |author: &str, f: &dyn Fn(&mut yrs::TransactionMut)| {
+            let mut txn = editor.transact_mut();
+            f(&mut txn);
+            let data = txn.encode_update_v1();
+            let seq = rows.len() as i64 + 1;
+            rows.push(LogRow {
+                seq,
+                created_at: std::time::UNIX_EPOCH,
+                size: data.len() as i64,
+                author: Some(author.to_string()),
+                data,
+            });
+        };
+        let para = |t: &mut yrs::TransactionMut, tag: &str, text: &str| {
+            let p = frag.push_back(t, XmlElementPrelim::empty(tag));
+            p.push_back(t, XmlTextPrelim::new(text));
+        };
+        row("alice", &|t| {
+            para(t, "heading", "Title");
+            para(t, "paragraph", "First");
+            para(t, "paragraph", "Second");
+        });
+        row("bob", &|t| {
+            // Edit the first paragraph, delete the second, add a third with a hard break.
+            let p = frag.get(t, 1).and_then(|x| x.into_xml_element()).unwrap();
+            let text = p.get(t, 0).and_then(|x| x.into_xml_text()).unwrap();
+            text.insert(t, 5, "!");
+            frag.remove_range(t, 2, 1);
+            let p = frag.push_back(t, XmlElementPrelim::empty("paragraph"));
+            p.push_back(t, XmlTextPrelim::new("a"));
+            p.push_back(t, XmlElementPrelim::empty("hardBreak"));
+            p.push_back(t, XmlTextPrelim::new("b"));
+            let h = frag.get(t, 0).and_then(|x| x.into_xml_element()).unwrap();
+            h.insert_attribute(t, "level", 2);
+        });
+        let base = reconstruct(None, rows[..1].iter().map(|r| r.data.as_slice()), true).unwrap();
+        let d = diff(base, 1, &rows[1..]).unwrap();
+        let Some(RootDiff::Xml { blocks }) = d.content.get("default") else {
+            panic!("no xml diff: {d:?}");
+        };
+        let shape: Vec<(Vec<u32>, &str, Op, Vec<(Op, &str)>)> = blocks
+            .iter()
+            .map(|b| {
+                (
+                    b.path.clone(),
+                    b.node_type.as_str(),
+                    b.op,
+                    b.spans.iter().map(|s| (s.op, s.text.as_str())).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (vec![0], "heading", Op::Keep, vec![(Op::Keep, "Title")]),
+                (vec![1], "paragraph", Op::Keep, vec![(Op::Keep, "First"), (Op::Insert, "!")]),
+                // push_back puts the new paragraph right after the last visible one, so before
+                // the deleted one in document order.
+                (vec![2], "paragraph", Op::Insert, vec![(Op::Insert, "a\u{FFFC}b")]),
+                (vec![3], "paragraph", Op::Delete, vec![(Op::Delete, "Second")]),
+            ]
+        );
+        assert!(blocks.iter().flat_map(|b| &b.spans).filter(|s| s.op != Op::Keep).all(|s| s.author.as_deref() == Some("bob") && s.seq == Some(2)));
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["content"]["default"]["kind"], "xml");
+        assert_eq!(json["content"]["default"]["blocks"][3]["type"], "paragraph");
+        assert_eq!(json["content"]["default"]["blocks"][3]["spans"][0]["op"], "delete");
+    }
+}
