@@ -200,7 +200,9 @@ addEventListener('beforeunload', (e) => {
 function renderPeople () {
   const states = [...provider.awareness.getStates()]
     .filter(([, s]) => s?.user?.name)
-    .sort(([a], [b]) => (a === ydoc.clientID ? -1 : b === ydoc.clientID ? 1 : a - b))
+    // You first, then the others by name.
+    .sort(([a, sa], [b, sb]) => (a === ydoc.clientID ? -1 : b === ydoc.clientID ? 1
+      : String(sa.user.name).localeCompare(String(sb.user.name)) || a - b))
   $('people').replaceChildren(...states.map(([id, s]) => {
     const you = id === ydoc.clientID
     const el = avatar(s.user.name, safeColor(s.user.color),

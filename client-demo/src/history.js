@@ -195,29 +195,41 @@ async function showDocument (name) {
     editable: false,
     extensions: [StarterKit.configure({ undoRedo: false, trailingNode: false })]
   })
-  await Promise.all([reloadTimeline(), loadPeople()])
+  await reloadTimeline()
+  await loadPeople()
+  renderTimeline()
   await renderViewer()
   setInterval(() => { if (document.visibilityState === 'visible') poll().catch(() => {}) }, POLL_MS)
 }
 
-/** Names the demo editor recorded for its Yjs client ids (open mode has no token names). */
+/**
+ * Names the demo editor recorded for its Yjs client ids (open mode has no token names). A
+ * restore puts that map back too, so the states just before the latest restores are read as well.
+ */
 async function loadPeople () {
-  try {
-    const state = await api(`${docPath(docName)}/state`)
-    const recorded = state.content?.[AUTHORS_MAP]
-    if (recorded?.kind === 'map' && recorded.value && typeof recorded.value === 'object') {
-      view.people = new Map(Object.entries(recorded.value)
-        .filter(([, v]) => v && typeof v.name === 'string')
-        .map(([id, v]) => [Number(id), { name: v.name, color: COLORS.includes(v.color) ? v.color : colorFor(v.name) }]))
+  const restores = view.entries.filter((e) => e.author?.startsWith('admin') && e.from > 1).slice(0, 5)
+  const points = ['', ...restores.map((e) => `?seq=${e.from - 1}`)]
+  const states = await Promise.all(points.map((q) => api(`${docPath(docName)}/state${q}`).catch(() => null)))
+  const people = new Map()
+  for (const state of states.reverse()) { // oldest first: newer names win
+    const recorded = state?.content?.[AUTHORS_MAP]
+    if (recorded?.kind !== 'map' || !recorded.value || typeof recorded.value !== 'object') continue
+    for (const [id, v] of Object.entries(recorded.value)) {
+      if (v && typeof v.name === 'string') {
+        people.set(Number(id), { name: v.name, color: COLORS.includes(v.color) ? v.color : colorFor(v.name) })
+      }
     }
-  } catch {}
+  }
+  view.people = people
 }
 
 async function poll () {
   const info = await api(docPath(docName))
   if (info.last_seq === view.info.last_seq) return
   view.info = info
-  await Promise.all([reloadTimeline(), loadPeople()])
+  await reloadTimeline()
+  await loadPeople()
+  renderTimeline()
   if (view.selected === null || view.mode === 'diff') await renderViewer()
 }
 
@@ -495,6 +507,7 @@ function askRestore (bar, seq) {
             toast(r.changed ? `Restored to version #${r.restored_to}` : `Already identical to version #${r.restored_to}`)
             view.info = await api(docPath(docName))
             await reloadTimeline()
+            await loadPeople()
             select(null)
           } catch (err) {
             bar.hidden = true

@@ -97,12 +97,13 @@ macro_rules! shared_methods {
             doc_id: i64,
             t: SystemTime,
         ) -> Result<i64, StoreError> {
-            sqlx::query_scalar(crate::queries::SEQ_AT_TIME)
+            let found: Option<i64> = sqlx::query_scalar(crate::queries::SEQ_AT_TIME)
                 .bind(doc_id)
                 .bind(db_time(t))
-                .fetch_one(&self.pool)
+                .fetch_optional(&self.pool)
                 .await
-                .map_err(db_err("seq_at_time"))
+                .map_err(db_err("seq_at_time"))?;
+            Ok(found.unwrap_or(0))
         }
 
         /// Inserts a label on a live document; `None` when the name is taken or the document

@@ -294,7 +294,7 @@ impl Store {
     /// changes accepted in the same millisecond, the highest seq); 0 if the log holds none.
     /// Only rows still in the log count: a result below
     /// [`DocumentInfo::first_logged_seq`] means `t` lies in history pruned by retention.
-    /// Two probes of the `(doc_id, created_at)` index, whatever the log's length.
+    /// One backward probe of the `(doc_id, created_at)` index, whatever the log's length.
     pub async fn seq_at_time(&self, doc_id: i64, t: SystemTime) -> Result<i64, StoreError> {
         dispatch!(self, b => b.seq_at_time(doc_id, t).await)
     }

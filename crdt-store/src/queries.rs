@@ -66,12 +66,14 @@ pub(crate) const PURGE_DOCUMENT: [&str; 3] = [
 /// Marks document `$1` deleted at `$2` (after [`PURGE_DOCUMENT`]).
 pub(crate) const MARK_DELETED: &str = "UPDATE documents SET deleted_at = $2 WHERE id = $1";
 
-/// The newest logged change of document `$1` accepted at or before `$2`; ties on the time
-/// go to the highest seq; 0 if none. The inner `max` is one probe of the
-/// `(doc_id, created_at)` index; the outer reads only the rows sharing that time.
-pub(crate) const SEQ_AT_TIME: &str = "SELECT COALESCE(max(seq), 0) AS seq FROM updates \
-     WHERE doc_id = $1 AND created_at = \
-         (SELECT max(created_at) FROM updates WHERE doc_id = $1 AND created_at <= $2)";
+/// The newest logged change of document `$1` accepted at or before `$2` (ties on the time go
+/// to the highest seq); no row if none. A backward range scan of the `(doc_id, created_at)`
+/// index that stops at the first time found, sorting only the rows sharing it (Postgres:
+/// incremental sort; SQLite: "temp b-tree for right part of ORDER BY"). Chosen over
+/// `max(seq) ... WHERE created_at = (SELECT max(created_at) ...)`, which SQLite without
+/// ANALYZE statistics answers by scanning the document's whole log.
+pub(crate) const SEQ_AT_TIME: &str = "SELECT seq FROM updates \
+     WHERE doc_id = $1 AND created_at <= $2 ORDER BY created_at DESC, seq DESC LIMIT 1";
 
 /// All labels of document `$1` (ordered by the caller).
 pub(crate) const LABELS: &str = "SELECT name, seq, created_at FROM labels WHERE doc_id = $1";

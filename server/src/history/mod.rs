@@ -40,6 +40,10 @@ pub enum HistoryError {
         /// What yrs said.
         reason: String,
     },
+    /// The document given has a transaction open elsewhere (a caller bug: history
+    /// documents are owned by one computation).
+    #[error("the document is in use by another transaction")]
+    Busy,
     /// yrs panicked on stored data; the document it was working on is unusable.
     #[error("yrs panicked while {0}")]
     Panicked(&'static str),

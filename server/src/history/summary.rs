@@ -261,7 +261,7 @@ impl<'d> Tracker<'d> {
                 }
             }
         })
-        .map_err(|_| HistoryError::Panicked("registering an observer (document busy)"))?;
+        .map_err(|_| HistoryError::Busy)?;
         Ok(tracker)
     }
 
@@ -448,6 +448,13 @@ fn count_transaction(
     let view = Views::new(before, txn.after_state().clone(), deleted);
     let mut counts: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
     for (branch, root) in direct {
+        // A type deleted in this transaction (with its parent, or on its own) is counted
+        // through its parent, which lists it as removed; counting it here too would count its
+        // characters twice.
+        if branch.is_deleted() {
+            counts.entry(root).or_default();
+            continue;
+        }
         match kinds.get(&root) {
             Some(RootKind::Text) | Some(RootKind::Xml) => {
                 let (ins, del) = view.count(txn, branch, 0);
