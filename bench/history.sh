@@ -28,6 +28,8 @@
 #   PASSES=4  SAMPLES=50  DIFF_SPAN=1000  SEED=1
 #   PG_URL=postgres://postgres@127.0.0.1:5432  PG_ADMIN_DB=test (where create/drop database
 #   run)  PG_DB=tandem_history_bench (dropped and recreated per case, dropped at exit)
+#   REPLAY_CACHE=/tmp/tandem-bench-replays   where trace-load and history cache the trace's
+#                     replay (replaying automerge-paper through yrs costs minutes per pass)
 #   PERF=1            record the server with `perf record -g` during the history requests and
 #                     keep a report of the hottest symbols in $OUT (where the time goes)
 #   KEEP_DATA=1       keep the SQLite directory / Postgres database of the last case
@@ -48,6 +50,7 @@ PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 PG_ADMIN_DB=${PG_ADMIN_DB:-test}
 PG_DB=${PG_DB:-tandem_history_bench}
 SERVER_ARGS=${SERVER_ARGS:-}
+REPLAY_CACHE=${REPLAY_CACHE:-/tmp/tandem-bench-replays}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 SERVER="$TARGET_DIR/release/tandem"
 BENCH="$TARGET_DIR/release/tandem-bench"
@@ -211,9 +214,9 @@ for b in $BACKENDS; do
             xargs >"$OUT/$c.server-cmd"
         start_server "load-$c" "$b" "${args[@]}"
         wait_quiet
-        bench "load1-$c" trace-load --trace "$TRACE_FILE" --room "$TRACE"
+        bench "load1-$c" trace-load --trace "$TRACE_FILE" --room "$TRACE" --cache-dir "$REPLAY_CACHE"
         wait_quiet
-        bench "loadn-$c" trace-load --trace "$TRACE_FILE" --room "$BIG" --passes "$PASSES"
+        bench "loadn-$c" trace-load --trace "$TRACE_FILE" --room "$BIG" --passes "$PASSES" --cache-dir "$REPLAY_CACHE"
         stop_server # writes the final snapshots
         db_size "$b" >"$OUT/$c.dbsize"
         table_sizes "$b" >"$OUT/$c.tables" || true
@@ -227,7 +230,7 @@ for b in $BACKENDS; do
         fi
         bench "history-$c" history --timeline-doc "$BIG" --timeline-passes "$PASSES" --state-doc "$TRACE" \
             --trace "$TRACE_FILE" --samples "$SAMPLES" --diff-span "$DIFF_SPAN" --seed "$SEED" \
-            --state-of-timeline-doc
+            --state-of-timeline-doc --cache-dir "$REPLAY_CACHE"
         if [[ -n "$perf_pid" ]]; then
             kill -INT "$perf_pid" 2>/dev/null || true
             wait "$perf_pid" 2>/dev/null || true

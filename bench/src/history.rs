@@ -43,6 +43,9 @@ pub struct HistoryArgs {
     /// (without it only statuses and seqs are checked).
     #[arg(long)]
     pub trace: Option<PathBuf>,
+    /// Replay cache shared with `trace-load --cache-dir` (replaying a long trace costs minutes).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
     /// Shared text the trace was typed into (`trace-load --text-name`).
     #[arg(long, default_value = TEXT_NAME)]
     pub text_name: String,
@@ -651,7 +654,11 @@ pub async fn run(common: &Common, args: &HistoryArgs) -> Result<(), Error> {
         Some(path) => {
             let t0 = Instant::now();
             let tr = trace::read_trace(path)?;
-            let replayed = trace::replay(&tr, &args.text_name, 1)?;
+            let cache = args.cache_dir.as_deref().map(|dir| trace::ReplayCache {
+                dir,
+                trace_path: path,
+            });
+            let replayed = trace::replay_cached(&tr, &args.text_name, 1, cache)?;
             let per_pass = replayed.updates.len() as u64;
             let mut want = BTreeSet::new();
             if let Some((name, last)) = &state {

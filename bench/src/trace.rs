@@ -291,6 +291,10 @@ pub struct TraceLoadArgs {
     /// document with `passes` × the trace's transactions in its log.
     #[arg(long, default_value_t = 1)]
     pub passes: usize,
+    /// Directory where replays of the trace are cached for later runs (replaying a long trace
+    /// costs minutes; the cache is keyed by the trace file's name, size and modification time).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
     /// Most updates in flight (sent, echo not yet seen).
     #[arg(long, default_value_t = 256)]
     pub window: usize,
@@ -343,7 +347,11 @@ pub async fn trace_load(common: &Common, args: &TraceLoadArgs) -> Result<(), Err
     let roots: Vec<String> = (0..args.passes)
         .map(|k| pass_root(&args.text_name, k))
         .collect();
-    let replayed = replay_passes(&trace, &roots)?;
+    let cache = args.cache_dir.as_deref().map(|dir| ReplayCache {
+        dir,
+        trace_path: &args.trace,
+    });
+    let replayed = replay_passes(&trace, &roots, cache)?;
     let replay_s = t0.elapsed().as_secs_f64();
     println!(
         "trace-load: {} transactions × {} pass(es) replayed into {} updates ({} bytes of state) \
@@ -510,14 +518,184 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-/// Replays the trace once per root (pass `k` into `roots[k]`, with its own client ids) and
-/// concatenates the passes.
-fn replay_passes(trace: &TraceFile, roots: &[String]) -> Result<Replayed, Error> {
+/// Where replays are cached between runs (replaying a long trace through yrs's index-based text
+/// API costs minutes: every insert walks the text's item list from its start).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplayCache<'a> {
+    /// Directory of cache files (created if missing).
+    pub(crate) dir: &'a Path,
+    /// The trace file replayed (its name, size and modification time key the cache).
+    pub(crate) trace_path: &'a Path,
+}
+
+impl ReplayCache<'_> {
+    /// File of the replay into `root` with first client id `first_client`, or `None` when the
+    /// trace file cannot be described.
+    fn file(&self, root: &str, first_client: u64) -> Option<PathBuf> {
+        let meta = std::fs::metadata(self.trace_path).ok()?;
+        let mtime = meta
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        let name = format!(
+            "{}.{root}.{first_client}.{}.{mtime}.replay",
+            self.trace_path.file_name()?.to_string_lossy(),
+            meta.len()
+        );
+        let name: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Some(self.dir.join(name))
+    }
+}
+
+/// First bytes of a cache file (bump the digit when the format or the replay changes).
+const CACHE_MAGIC: &[u8] = b"tandem-bench replay 1\n";
+
+fn encode_replay(r: &Replayed) -> Vec<u8> {
+    let total: usize = r.updates.iter().map(|u| u.len() + 24).sum();
+    let mut out = Vec::with_capacity(CACHE_MAGIC.len() + total + r.state_vector.len() + 32);
+    out.extend_from_slice(CACHE_MAGIC);
+    let put = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
+    put(&mut out, r.state_bytes as u64);
+    put(&mut out, r.state_vector.len() as u64);
+    out.extend_from_slice(&r.state_vector);
+    put(&mut out, r.updates.len() as u64);
+    for (u, (client, clock)) in r.updates.iter().zip(&r.acks) {
+        put(&mut out, u.len() as u64);
+        out.extend_from_slice(u);
+        put(&mut out, *client);
+        put(&mut out, u64::from(*clock));
+    }
+    out
+}
+
+/// Reads a cache file's fields.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = self.0.split_at_checked(n)?;
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn usize(&mut self) -> Option<usize> {
+        usize::try_from(self.u64()?).ok()
+    }
+}
+
+/// Parses a cache file; `None` if it is not a complete one (it is then rebuilt).
+fn decode_replay(bytes: &[u8], end_content: &str) -> Option<Replayed> {
+    let mut c = Cursor(bytes.strip_prefix(CACHE_MAGIC)?);
+    let state_bytes = c.usize()?;
+    let sv_len = c.usize()?;
+    let state_vector = c.take(sv_len)?.to_vec();
+    let count = c.usize()?;
+    // Every update takes at least 24 bytes of the file: a lying count allocates nothing big.
+    let cap = count.min(bytes.len() / 24);
+    let mut updates = Vec::with_capacity(cap);
+    let mut acks = Vec::with_capacity(cap);
+    for _ in 0..count {
+        let len = c.usize()?;
+        updates.push(c.take(len)?.to_vec());
+        let client = c.u64()?;
+        let clock = u32::try_from(c.u64()?).ok()?;
+        acks.push((client, clock));
+    }
+    if !c.0.is_empty() {
+        return None;
+    }
+    Some(Replayed {
+        updates,
+        acks,
+        end_content: end_content.to_owned(),
+        state_bytes,
+        state_vector,
+    })
+}
+
+/// [`replay`], read from `cache` when a replay of the same trace file is there (and written
+/// there when not; failing to write is only a warning).
+pub(crate) fn replay_cached(
+    trace: &TraceFile,
+    root: &str,
+    first_client: u64,
+    cache: Option<ReplayCache<'_>>,
+) -> Result<Replayed, Error> {
+    let file = cache.and_then(|c| c.file(root, first_client));
+    if let Some(f) = &file
+        && let Ok(bytes) = std::fs::read(f)
+        && let Some(r) = decode_replay(&bytes, &trace.end_content)
+    {
+        return Ok(r);
+    }
+    let r = replay(trace, root, first_client)?;
+    if let (Some(f), Some(c)) = (&file, cache) {
+        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
+        let written = std::fs::create_dir_all(c.dir)
+            .and_then(|()| std::fs::write(&tmp, encode_replay(&r)))
+            .and_then(|()| std::fs::rename(&tmp, f));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("warning: cannot cache the replay in {}: {e}", f.display());
+        }
+    }
+    Ok(r)
+}
+
+/// Replays the trace once per root (pass `k` into `roots[k]`, with its own client ids), the
+/// passes on parallel threads, and concatenates them in pass order.
+fn replay_passes(
+    trace: &TraceFile,
+    roots: &[String],
+    cache: Option<ReplayCache<'_>>,
+) -> Result<Replayed, Error> {
     let authors = trace.authors();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, roots.len().max(1));
+    let mut passes: Vec<Option<Result<Replayed, Error>>> = (0..roots.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..roots.len())
+                        .step_by(threads)
+                        .map(|k| {
+                            let client = FIRST_CLIENT + k as u64 * authors;
+                            (k, replay_cached(trace, &roots[k], client, cache))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            // A panicking thread leaves its passes at `None`, reported below.
+            if let Ok(done) = h.join() {
+                for (k, r) in done {
+                    passes[k] = Some(r);
+                }
+            }
+        }
+    });
     let mut all: Option<Replayed> = None;
     let mut sv = yrs::StateVector::default();
-    for (k, root) in roots.iter().enumerate() {
-        let r = replay(trace, root, FIRST_CLIENT + k as u64 * authors)?;
+    for pass in passes {
+        let r = pass.ok_or("a replay thread panicked")??;
         sv.merge(
             yrs::StateVector::decode_v1(&r.state_vector)
                 .map_err(|e| format!("re-decoding a state vector: {e}"))?,
@@ -748,7 +926,7 @@ mod tests {
         // Two passes: disjoint client ids, two texts, both ending at endContent.
         let roots = vec![pass_root("t", 0), pass_root("t", 1)];
         assert_eq!(roots, ["t", "t-2"]);
-        let both = replay_passes(&conc, &roots).expect("two passes");
+        let both = replay_passes(&conc, &roots, None).expect("two passes");
         assert_eq!(both.updates.len(), 10);
         assert_eq!(both.acks[5].0, FIRST_CLIENT + 2);
         let doc = Doc::new();
@@ -765,5 +943,12 @@ mod tests {
             conc.update_counts(),
             [(2, 0), (1, 0), (1, 0), (1, 0), (0, 1)]
         );
+        // The cache format round-trips; a truncated file is not accepted.
+        let bytes = encode_replay(&both);
+        let back = decode_replay(&bytes, "ab12").expect("decodes");
+        assert_eq!(back.updates, both.updates);
+        assert_eq!(back.acks, both.acks);
+        assert_eq!(back.state_vector, both.state_vector);
+        assert!(decode_replay(&bytes[..bytes.len() - 1], "ab12").is_none());
     }
 }

@@ -137,12 +137,7 @@ impl Registry {
                 break;
             };
             let (reply, answer) = oneshot::channel();
-            if handle
-                .tx
-                .send(RoomMsg::Command(make(reply)))
-                .await
-                .is_err()
-            {
+            if handle.tx.send(RoomMsg::Command(make(reply))).await.is_err() {
                 continue;
             }
             match answer.await {

@@ -575,10 +575,7 @@ impl Room {
     fn accept_admin(&mut self, author: String, changed: Option<Vec<u8>>) -> Applied {
         let durable = self.durable.as_ref().map(|d| d.watermark.subscribe());
         let Some(changed) = changed else {
-            return Applied {
-                seq: None,
-                durable,
-            };
+            return Applied { seq: None, durable };
         };
         self.shared.metrics.updates_applied.inc();
         self.accept(Some(author), changed);
@@ -851,7 +848,10 @@ impl Room {
     /// number the log does not have). `None` without durable storage or if encoding failed.
     fn snapshot_write(
         &self,
-    ) -> Option<(i64, impl Future<Output = Result<(), StoreError>> + Send + 'static)> {
+    ) -> Option<(
+        i64,
+        impl Future<Output = Result<(), StoreError>> + Send + 'static,
+    )> {
         let durable = self.durable.as_ref()?;
         let (state, sv) = self.encode_state()?;
         let (store, doc_id, seq) = (durable.store.clone(), durable.doc_id, self.seq);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -139,9 +139,10 @@ struct DisconnectRequest {
 pub(super) async fn disconnect(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AdminError> {
     let name = doc_name(&state, name?.0)?;
+    let body = body?;
     let req: DisconnectRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DisconnectRequest::default()
     } else {
@@ -201,10 +202,11 @@ pub(super) async fn import(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
     query: Result<Query<ImportQuery>, QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AdminError> {
     let name = doc_name(&state, name?.0)?;
     let Query(q) = query?;
+    let body = body?;
     let replace = match q.mode.as_deref() {
         None | Some("merge") => false,
         Some("replace") => true,

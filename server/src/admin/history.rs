@@ -146,10 +146,11 @@ pub(super) async fn timeline(
     };
     let start = rows.first().map_or(0, |r| r.seq - 1);
     let base = doc_at(store, info.doc_id, start, true).await?;
-    let changes = tokio::task::spawn_blocking(move || history::summary::summarize_rows(&base, &rows))
-        .await
-        .map_err(|_| AdminError::Internal)?
-        .map_err(stored_data_error)?;
+    let changes =
+        tokio::task::spawn_blocking(move || history::summary::summarize_rows(&base, &rows))
+            .await
+            .map_err(|_| AdminError::Internal)?
+            .map_err(stored_data_error)?;
     let mut changes = changes;
     if descending {
         changes.reverse();
@@ -193,7 +194,10 @@ pub(super) async fn state(
         at: q.at,
         label: q.label,
     };
-    let seq = point.resolve(store, &info, "").await?.unwrap_or(info.last_seq);
+    let seq = point
+        .resolve(store, &info, "")
+        .await?
+        .unwrap_or(info.last_seq);
     let doc = doc_at(store, info.doc_id, seq, false).await?;
     if binary {
         let update = tokio::task::spawn_blocking(move || {
@@ -334,7 +338,12 @@ pub(super) async fn labels(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, AdminError> {
     let (_, store, info) = stored_doc(&state, name).await?;
-    let labels: Vec<_> = store.labels(info.doc_id).await?.iter().map(label_json).collect();
+    let labels: Vec<_> = store
+        .labels(info.doc_id)
+        .await?
+        .iter()
+        .map(label_json)
+        .collect();
     Ok(ok(json!({ "labels": labels })))
 }
 

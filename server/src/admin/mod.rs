@@ -11,7 +11,7 @@ mod revocations;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -51,6 +51,12 @@ pub enum AdminError {
     /// The document was deleted.
     #[error("document deleted")]
     Gone,
+    /// The path exists but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The body is larger than `--max-import-size`.
+    #[error("request body too large (limit: --max-import-size)")]
+    TooLarge,
     /// Storage is unreachable or failed; retry later.
     #[error("{0}")]
     Storage(String),
@@ -67,6 +73,8 @@ impl AdminError {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::Conflict(_) => StatusCode::CONFLICT,
             AdminError::Gone => StatusCode::GONE,
+            AdminError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AdminError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             AdminError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -121,7 +129,22 @@ impl From<CommandError> for AdminError {
 
 impl From<JsonRejection> for AdminError {
     fn from(e: JsonRejection) -> Self {
-        AdminError::BadRequest(e.body_text())
+        body_error(e.status(), e.body_text())
+    }
+}
+
+impl From<BytesRejection> for AdminError {
+    fn from(e: BytesRejection) -> Self {
+        body_error(e.status(), e.body_text())
+    }
+}
+
+/// A body that could not be read: too large (413) or otherwise bad (400).
+fn body_error(status: StatusCode, text: String) -> AdminError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        AdminError::TooLarge
+    } else {
+        AdminError::BadRequest(text)
     }
 }
 
@@ -195,6 +218,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             delete(history::delete_label),
         )
         .fallback(|| async { AdminError::NotFound("no such admin endpoint".into()) })
+        .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
@@ -278,7 +302,10 @@ impl Point {
             }
             seq
         } else if let Some(at) = &self.at {
-            store.seq_at_time(doc.doc_id, parse_time(at)?).await?
+            // API times have millisecond precision but Postgres stores microseconds: "at
+            // 12:00:00.842" must include a change made at 12:00:00.842384.
+            let end_of_ms = parse_time(at)? + Duration::from_micros(999);
+            store.seq_at_time(doc.doc_id, end_of_ms).await?
         } else if let Some(label) = &self.label {
             store
                 .label(doc.doc_id, label)
@@ -313,7 +340,10 @@ mod tests {
     fn times() {
         let t = parse_time("2026-11-25T18:49:10.123Z").unwrap();
         assert_eq!(time_str(t), "2026-11-25T18:49:10.123Z");
-        assert_eq!(parse_time("1000").unwrap(), UNIX_EPOCH + Duration::from_secs(1));
+        assert_eq!(
+            parse_time("1000").unwrap(),
+            UNIX_EPOCH + Duration::from_secs(1)
+        );
         assert!(parse_time("yesterday").is_err());
     }
 }

@@ -23,6 +23,18 @@ pub struct RevocationRequest {
     pub user: Option<String>,
 }
 
+impl RevocationRequest {
+    /// At least one of the two must be given.
+    fn check(&self) -> Result<(), AdminError> {
+        if self.token_id.is_none() && self.user.is_none() {
+            return Err(AdminError::BadRequest(
+                "give token_id, user, or both".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Live connections of a revoked token or user are closed with this.
 const REVOKED: CloseReason = CloseReason {
     code: crate::close::REVOKED,
@@ -35,12 +47,8 @@ pub(super) async fn revoke(
     State(state): State<AppState>,
     body: Result<Json<RevocationRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, AdminError> {
-    let Json(req) = body.map_err(|e| AdminError::BadRequest(e.body_text()))?;
-    if req.token_id.is_none() && req.user.is_none() {
-        return Err(AdminError::BadRequest(
-            "give token_id, user, or both".into(),
-        ));
-    }
+    let Json(req) = body?;
+    req.check()?;
     let now = SystemTime::now();
     {
         let mut revocations = state
@@ -93,7 +101,8 @@ pub(super) async fn lift(
     State(state): State<AppState>,
     body: Result<Json<RevocationRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, AdminError> {
-    let Json(req) = body.map_err(|e| AdminError::BadRequest(e.body_text()))?;
+    let Json(req) = body?;
+    req.check()?;
     let lifted = state
         .shared
         .auth

@@ -29,9 +29,11 @@ use std::ops::Range;
 use crdt_store::LogRow;
 use serde::Serialize;
 use yrs::branch::{BranchID, BranchPtr};
-use yrs::types::text::{ChangeKind, YChange};
 use yrs::types::text::Diff;
-use yrs::{Any, ClientID, Doc, ID, Out, ReadTxn, Snapshot, Text, TextRef, Transact, TransactionMut};
+use yrs::types::text::{ChangeKind, YChange};
+use yrs::{
+    Any, ClientID, Doc, ID, Out, ReadTxn, Snapshot, Text, TextRef, Transact, TransactionMut,
+};
 
 use super::json::MAX_DEPTH;
 use super::kinds::{RootKind, root_kinds};
@@ -136,11 +138,10 @@ pub fn diff(base: Doc, from: i64, rows: &[LogRow]) -> Result<DocDiff, HistoryErr
     guard("applying the changes to diff", || {
         let mut txn = base.transact_mut();
         for (index, update) in updates.into_iter().enumerate() {
-            txn.apply_update(update)
-                .map_err(|e| HistoryError::Apply {
-                    index,
-                    reason: e.to_string(),
-                })?;
+            txn.apply_update(update).map_err(|e| HistoryError::Apply {
+                index,
+                reason: e.to_string(),
+            })?;
         }
         Ok(())
     })?;
@@ -234,7 +235,10 @@ impl Attribution {
         let mut cursor = range.start;
         let mut gaps = Vec::new();
         // The interval starting at or before `range.start`, then those starting inside it.
-        let before = map.range(..=range.start).next_back().map(|(s, v)| (*s, v.0));
+        let before = map
+            .range(..=range.start)
+            .next_back()
+            .map(|(s, v)| (*s, v.0));
         let inside = map.range(range.start..range.end).map(|(s, v)| (*s, v.0));
         for (start, end) in before.into_iter().chain(inside) {
             if end <= cursor {
@@ -305,7 +309,8 @@ impl Walker<'_> {
 
     /// Appends the spans of one text to `spans`.
     fn push_text(&self, txn: &mut TransactionMut, branch: BranchPtr, spans: &mut Vec<Span>) {
-        let chunks = TextRef::from(branch).diff_range(txn, Some(self.b), Some(self.a), YChange::identity);
+        let chunks =
+            TextRef::from(branch).diff_range(txn, Some(self.b), Some(self.a), YChange::identity);
         for chunk in chunks {
             match (chunk.insert, chunk.ychange) {
                 (Out::Any(Any::String(s)), None) => push(spans, Op::Keep, &s, (None, None)),
@@ -324,7 +329,14 @@ impl Walker<'_> {
 
     /// Appends `text`, the content of the item starting at `id`, cut where the owning row
     /// changes (clocks advance by UTF-16 unit).
-    fn push_attributed(&self, spans: &mut Vec<Span>, op: Op, text: &str, id: ID, owners: &Attribution) {
+    fn push_attributed(
+        &self,
+        spans: &mut Vec<Span>,
+        op: Op,
+        text: &str,
+        id: ID,
+        owners: &Attribution,
+    ) {
         let mut clock = id.clock;
         let mut run_start = 0usize;
         let mut current: Option<(Option<usize>, u32)> = None;
@@ -426,7 +438,9 @@ impl Walker<'_> {
             return;
         }
         let children = self.children(txn, branch);
-        let has_text = children.iter().any(|c| matches!(c.insert, Out::YXmlText(_)));
+        let has_text = children
+            .iter()
+            .any(|c| matches!(c.insert, Out::YXmlText(_)));
         let op = self.branch_op(branch);
         if has_text || children.is_empty() {
             let mut spans = Vec::new();
@@ -530,15 +544,32 @@ mod tests {
     fn text_diff_reproduces_both_ends() {
         let edits = generate(2000, 3, 21);
         let r = replay(&edits, "body", 700);
-        for (a, b) in [(0, 1), (0, 2000), (1, 40), (650, 760), (700, 1400), (1399, 1400), (1000, 1999), (37, 1800)] {
+        for (a, b) in [
+            (0, 1),
+            (0, 2000),
+            (1, 40),
+            (650, 760),
+            (700, 1400),
+            (1399, 1400),
+            (1000, 1999),
+            (37, 1800),
+        ] {
             let d = diff(base_at(&r, a), a as i64, &r.rows[a..b]).unwrap();
             assert_eq!((d.from, d.to), (a as i64, b as i64));
             let spans = spans_of(&d, "body");
             if r.texts[a] == r.texts[b] && spans.is_empty() {
                 continue;
             }
-            assert_eq!(text_at(&spans, false), r.texts[a], "text at {a} from diff {a}..{b}");
-            assert_eq!(text_at(&spans, true), r.texts[b], "text at {b} from diff {a}..{b}");
+            assert_eq!(
+                text_at(&spans, false),
+                r.texts[a],
+                "text at {a} from diff {a}..{b}"
+            );
+            assert_eq!(
+                text_at(&spans, true),
+                r.texts[b],
+                "text at {b} from diff {a}..{b}"
+            );
             for s in &spans {
                 match s.op {
                     Op::Keep => assert_eq!((s.author.as_deref(), s.seq), (None, None)),
@@ -589,7 +620,10 @@ mod tests {
         row("alice", &|t| text.insert(t, 2, " w😀rld"));
         row("carol", &|t| text.remove_range(t, 0, 1));
         let plain = |spans: Vec<Span>| -> Vec<(Op, String, Option<String>, Option<i64>)> {
-            spans.into_iter().map(|s| (s.op, s.text, s.author, s.seq)).collect()
+            spans
+                .into_iter()
+                .map(|s| (s.op, s.text, s.author, s.seq))
+                .collect()
         };
         let s = |op, t: &str, a: Option<&str>, q: Option<i64>| {
             (op, t.to_string(), a.map(str::to_string), q)
@@ -689,17 +723,41 @@ mod tests {
             shape,
             vec![
                 (vec![0], "heading", Op::Keep, vec![(Op::Keep, "Title")]),
-                (vec![1], "paragraph", Op::Keep, vec![(Op::Keep, "First"), (Op::Insert, "!")]),
+                (
+                    vec![1],
+                    "paragraph",
+                    Op::Keep,
+                    vec![(Op::Keep, "First"), (Op::Insert, "!")]
+                ),
                 // push_back puts the new paragraph right after the last visible one, so before
                 // the deleted one in document order.
-                (vec![2], "paragraph", Op::Insert, vec![(Op::Insert, "a\u{FFFC}b")]),
-                (vec![3], "paragraph", Op::Delete, vec![(Op::Delete, "Second")]),
+                (
+                    vec![2],
+                    "paragraph",
+                    Op::Insert,
+                    vec![(Op::Insert, "a\u{FFFC}b")]
+                ),
+                (
+                    vec![3],
+                    "paragraph",
+                    Op::Delete,
+                    vec![(Op::Delete, "Second")]
+                ),
             ]
         );
-        assert!(blocks.iter().flat_map(|b| &b.spans).filter(|s| s.op != Op::Keep).all(|s| s.author.as_deref() == Some("bob") && s.seq == Some(2)));
+        assert!(
+            blocks
+                .iter()
+                .flat_map(|b| &b.spans)
+                .filter(|s| s.op != Op::Keep)
+                .all(|s| s.author.as_deref() == Some("bob") && s.seq == Some(2))
+        );
         let json = serde_json::to_value(&d).unwrap();
         assert_eq!(json["content"]["default"]["kind"], "xml");
         assert_eq!(json["content"]["default"]["blocks"][3]["type"], "paragraph");
-        assert_eq!(json["content"]["default"]["blocks"][3]["spans"][0]["op"], "delete");
+        assert_eq!(
+            json["content"]["default"]["blocks"][3]["spans"][0]["op"],
+            "delete"
+        );
     }
 }

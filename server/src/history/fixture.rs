@@ -43,13 +43,35 @@ impl Rng {
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
     }
 }
 
 const WORDS: &[&str] = &[
-    "the", "CRDT", "merges", "edits", "of", "every", "peer", "café", "naïve", "über", "☃",
-    "emoji😀", "text", "history", "διαφορά", "日本語", "and", "a", "document", "\n",
+    "the",
+    "CRDT",
+    "merges",
+    "edits",
+    "of",
+    "every",
+    "peer",
+    "café",
+    "naïve",
+    "über",
+    "☃",
+    "emoji😀",
+    "text",
+    "history",
+    "διαφορά",
+    "日本語",
+    "and",
+    "a",
+    "document",
+    "\n",
 ];
 
 /// A generated editing session of `n` edits by `authors` authors taking turns in bursts.
@@ -71,13 +93,23 @@ pub fn generate(n: usize, authors: usize, seed: u64) -> Vec<Edit> {
         } else if roll < 20 && cursor > 0 {
             // Backspace.
             cursor -= 1;
-            Edit { pos: cursor, del: 1, ins: String::new(), author }
+            Edit {
+                pos: cursor,
+                del: 1,
+                ins: String::new(),
+                author,
+            }
         } else if roll < 23 && len > 0 {
             // Delete a selection.
             let pos = rng.below(len);
             let del = 1 + rng.below((len - pos).min(30));
             cursor = pos;
-            Edit { pos, del, ins: String::new(), author }
+            Edit {
+                pos,
+                del,
+                ins: String::new(),
+                author,
+            }
         } else if roll < 26 {
             // Paste a phrase (or replace a selection with it).
             let words = 2 + rng.below(6);
@@ -88,13 +120,30 @@ pub fn generate(n: usize, authors: usize, seed: u64) -> Vec<Edit> {
             } else {
                 0
             };
-            Edit { pos: cursor, del, ins, author }
+            Edit {
+                pos: cursor,
+                del,
+                ins,
+                author,
+            }
         } else {
             // Type one character of a word.
             let word = WORDS[rng.below(WORDS.len())];
-            let ch = word.chars().nth(rng.below(word.chars().count())).unwrap_or('x');
-            let ins = if rng.below(6) == 0 { " ".to_string() } else { ch.to_string() };
-            Edit { pos: cursor, del: 0, ins, author }
+            let ch = word
+                .chars()
+                .nth(rng.below(word.chars().count()))
+                .unwrap_or('x');
+            let ins = if rng.below(6) == 0 {
+                " ".to_string()
+            } else {
+                ch.to_string()
+            };
+            Edit {
+                pos: cursor,
+                del: 0,
+                ins,
+                author,
+            }
         };
         len = len - edit.del + edit.ins.chars().count();
         cursor = edit.pos + edit.ins.chars().count();
@@ -185,7 +234,11 @@ pub fn replay(edits: &[Edit], name: &str, snapshot_every: usize) -> Replay {
             snapshots.push((seq, state));
         }
     }
-    Replay { rows, texts, snapshots }
+    Replay {
+        rows,
+        texts,
+        snapshots,
+    }
 }
 
 /// A trace file of the public editing-traces collection (see ../shared/data/editing-traces).
@@ -239,7 +292,11 @@ pub fn trace_edits(trace: &TraceFile) -> Vec<Vec<Edit>> {
 
 /// Replays a trace (one update per trace transaction) and returns its rows, the snapshots a
 /// server would write every `snapshot_every` rows, and the final text.
-pub fn replay_trace(txns: &[Vec<Edit>], name: &str, snapshot_every: usize) -> (Vec<LogRow>, Vec<(i64, Vec<u8>)>, Doc) {
+pub fn replay_trace(
+    txns: &[Vec<Edit>],
+    name: &str,
+    snapshot_every: usize,
+) -> (Vec<LogRow>, Vec<(i64, Vec<u8>)>, Doc) {
     let doc = Doc::with_options(Options {
         client_id: yrs::ClientID::new(42),
         ..Options::default()
@@ -270,7 +327,11 @@ pub fn replay_trace(txns: &[Vec<Edit>], name: &str, snapshot_every: usize) -> (V
             data: update,
         });
         if snapshot_every > 0 && (i + 1) % snapshot_every == 0 {
-            snapshots.push((seq, doc.transact().encode_state_as_update_v1(&StateVector::default())));
+            snapshots.push((
+                seq,
+                doc.transact()
+                    .encode_state_as_update_v1(&StateVector::default()),
+            ));
         }
     }
     (rows, snapshots, doc)
@@ -309,7 +370,10 @@ pub fn tiptap_history(paragraphs: usize, chars_each: usize) -> (Vec<LogRow>, Doc
         for c in 0..chars_each {
             let update = {
                 let mut txn = doc.transact_mut();
-                let el = frag.get(&txn, p as u32).and_then(|x| x.into_xml_element()).unwrap();
+                let el = frag
+                    .get(&txn, p as u32)
+                    .and_then(|x| x.into_xml_element())
+                    .unwrap();
                 let t = el.get(&txn, 0).and_then(|x| x.into_xml_text()).unwrap();
                 let ch = (b'a' + rng.below(26) as u8) as char;
                 t.insert(&mut txn, c as u32, &ch.to_string());
@@ -325,5 +389,7 @@ pub fn tiptap_history(paragraphs: usize, chars_each: usize) -> (Vec<LogRow>, Doc
 pub fn text_of(doc: &Doc, name: &str) -> String {
     use yrs::GetString;
     let txn = doc.transact();
-    txn.get_text(name).map(|t| t.get_string(&txn)).unwrap_or_default()
+    txn.get_text(name)
+        .map(|t| t.get_string(&txn))
+        .unwrap_or_default()
 }

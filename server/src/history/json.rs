@@ -16,8 +16,8 @@
 //! marks are listed in name order (ProseMirror orders them by schema rank).
 
 use serde_json::{Map as JsonMap, Value, json};
-use yrs::branch::{Branch, BranchPtr};
 use yrs::any::Number;
+use yrs::branch::{Branch, BranchPtr};
 use yrs::types::Attrs;
 use yrs::types::text::YChange;
 use yrs::{
@@ -182,8 +182,10 @@ fn mark_name(key: &str) -> &str {
     let Some(at) = key.len().checked_sub(10) else {
         return key;
     };
-    let (Some(base), Some(hash)) = (key.get(..at), key.get(at..).and_then(|s| s.strip_prefix("--")))
-    else {
+    let (Some(base), Some(hash)) = (
+        key.get(..at),
+        key.get(at..).and_then(|s| s.strip_prefix("--")),
+    ) else {
         return key;
     };
     let is_hash = hash
@@ -303,7 +305,10 @@ mod tests {
             let p = frag.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
             let t = p.push_back(&mut txn, XmlTextPrelim::new(""));
             t.insert(&mut txn, 0, "Hello ");
-            let bold = attrs(&[("bold", Any::from(std::collections::HashMap::<String, Any>::new()))]);
+            let bold = attrs(&[(
+                "bold",
+                Any::from(std::collections::HashMap::<String, Any>::new()),
+            )]);
             t.insert_with_attributes(&mut txn, 6, "bold", bold);
             let link_attrs: std::collections::HashMap<String, Any> = [
                 ("href".to_string(), Any::from("https://example.com")),

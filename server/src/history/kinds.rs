@@ -12,8 +12,8 @@ use yrs::branch::BranchPtr;
 use yrs::types::TypeRef;
 use yrs::types::text::YChange;
 use yrs::{
-    Array, ArrayRef, Doc, GetString, Map, MapRef, Out, ReadTxn, Text, TextRef, Transact, XmlFragment,
-    XmlFragmentRef,
+    Array, ArrayRef, Doc, GetString, Map, MapRef, Out, ReadTxn, Text, TextRef, Transact,
+    XmlFragment, XmlFragmentRef,
 };
 
 /// What a root (top-level) shared type of a document holds. Yjs updates do not record a root's
@@ -267,7 +267,9 @@ mod tests {
             offset_kind: yrs::OffsetKind::Bytes,
             ..yrs::Options::default()
         });
-        let state = copy.transact().encode_state_as_update_v1(&yrs::StateVector::default());
+        let state = copy
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
         bytes_doc
             .transact_mut()
             .apply_update(Update::decode_v1(&state).unwrap())

@@ -109,11 +109,10 @@ pub fn reconstruct<'a>(
         let all = snapshot.into_iter().chain(rows);
         for (index, bytes) in all.enumerate() {
             let update = decode(bytes, index)?;
-            txn.apply_update(update)
-                .map_err(|e| HistoryError::Apply {
-                    index,
-                    reason: e.to_string(),
-                })?;
+            txn.apply_update(update).map_err(|e| HistoryError::Apply {
+                index,
+                reason: e.to_string(),
+            })?;
         }
         Ok(())
     })?;
@@ -131,7 +130,11 @@ mod tests {
         let r = replay(&edits, "body", 500);
         for point in [0usize, 1, 2, 17, 499, 500, 501, 999, 1234, 1500] {
             // From the nearest snapshot at or before the point, as the server loads.
-            let snap = r.snapshots.iter().rev().find(|(seq, _)| *seq as usize <= point);
+            let snap = r
+                .snapshots
+                .iter()
+                .rev()
+                .find(|(seq, _)| *seq as usize <= point);
             let from = snap.map_or(0, |(seq, _)| *seq as usize);
             let rows = r.rows[from..point].iter().map(|row| row.data.as_slice());
             let doc = reconstruct(snap.map(|(_, s)| s.as_slice()), rows, false).unwrap();
@@ -141,7 +144,11 @@ mod tests {
                 assert!(json.get("body").is_none(), "empty root left out at {point}");
             } else {
                 assert_eq!(json["body"]["kind"], "text");
-                assert_eq!(json["body"]["value"], r.texts[point].as_str(), "json at {point}");
+                assert_eq!(
+                    json["body"]["value"],
+                    r.texts[point].as_str(),
+                    "json at {point}"
+                );
             }
             // Without the snapshot: the whole log.
             let all = r.rows[..point].iter().map(|row| row.data.as_slice());
@@ -164,7 +171,10 @@ mod tests {
         }
         match reconstruct(Some(garbage), good.into_iter(), false) {
             Err(HistoryError::Undecodable { index: 0, .. }) => {}
-            other => panic!("expected an undecodable snapshot, got {:?}", other.map(|_| ())),
+            other => panic!(
+                "expected an undecodable snapshot, got {:?}",
+                other.map(|_| ())
+            ),
         }
         // Truncations of a real update never panic.
         let data = &r.rows[5].data;
@@ -277,12 +287,22 @@ mod tests {
         use std::time::Instant;
         let (rows, editor) = super::fixture::tiptap_history(300, 50);
         let n = rows.len();
-        let base = reconstruct(None, rows[..n - 100].iter().map(|r| r.data.as_slice()), true).unwrap();
+        let base = reconstruct(
+            None,
+            rows[..n - 100].iter().map(|r| r.data.as_slice()),
+            true,
+        )
+        .unwrap();
         let t = Instant::now();
         let changes = summary::summarize_rows(&base, &rows[n - 100..]).unwrap();
         println!("tiptap: summarize 100 keystrokes: {:?}", t.elapsed());
         assert!(changes.iter().all(|c| c.summary["default"].inserted == 1));
-        let base = reconstruct(None, rows[..n - 1000].iter().map(|r| r.data.as_slice()), true).unwrap();
+        let base = reconstruct(
+            None,
+            rows[..n - 1000].iter().map(|r| r.data.as_slice()),
+            true,
+        )
+        .unwrap();
         let t = Instant::now();
         let d = diff::diff(base, (n - 1000) as i64, &rows[n - 1000..]).unwrap();
         println!("tiptap: diff over 1000 updates: {:?}", t.elapsed());

@@ -29,8 +29,8 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use yrs::branch::BranchPtr;
 use yrs::types::text::YChange;
@@ -40,6 +40,8 @@ use yrs::{
     OffsetKind, Options, Out, ReadTxn, Root, Text, TextPrelim, TextRef, Transact, TransactionMut,
     Xml, XmlElementPrelim, XmlFragmentPrelim, XmlFragmentRef, XmlTextPrelim,
 };
+
+use tracing::error;
 
 use super::kinds::{RootKind, root_kinds_in};
 use super::{HistoryError, guard};
@@ -55,22 +57,34 @@ use super::{HistoryError, guard};
 /// The update must be logged and relayed like any client update: the transaction is already
 /// applied to `current` when this returns.
 ///
-/// Errors: `current` or `target` has a transaction open (or they are the same document), or
-/// yrs panicked. After an error `current` may hold part of the restore (a transaction
-/// interrupted by a panic still commits what it did), so the caller must stop trusting its
-/// in-memory document (poison the room and reload it from storage).
+/// Errors, and what they mean for `current`:
+/// - [`HistoryError::Apply`]: nothing was done — `current` or `target` has a transaction open
+///   (or they are the same document), or `target` holds content yrs cannot read safely (see
+///   [`items`]). Every such check runs before the first change.
+/// - [`HistoryError::Panicked`]: yrs panicked part-way. A transaction interrupted by a panic
+///   still commits what it did, so `current` may hold part of the restore that no update
+///   describes: the caller must stop trusting its in-memory document (poison the room, reload
+///   it from storage).
 pub fn restore_into(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, HistoryError> {
     guard("restoring a document", || {
         // Both transactions are taken with `try_`: restoring a document into itself (or while
         // someone holds a transaction) must fail, not deadlock.
         let target_txn = target
             .try_transact()
-            .map_err(|_| busy("the target document has a transaction open"))?;
+            .map_err(|_| refuse("the target document has a transaction open"))?;
+        let mut restorer = Restorer::new(&target_txn, current.offset_kind());
+        let target_roots = root_kinds_in(&target_txn);
+        if !restorer.target_readable(&target_roots) {
+            return Err(refuse(
+                "the target holds a list with text items, which yrs cannot read safely",
+            ));
+        }
         let mut txn = current
             .try_transact_mut()
-            .map_err(|_| busy("the live document has a transaction open"))?;
-        let mut restorer = Restorer::new(&target_txn, current.offset_kind());
-        restorer.restore_roots(&mut txn)?;
+            .map_err(|_| refuse("the live document has a transaction open"))?;
+        // From here on nothing returns an error: changes made in `txn` are committed whatever
+        // happens, so they must reach the caller as an update.
+        restorer.restore_roots(&mut txn, target_roots);
         // Commit before encoding: committing may delete redundant formatting marks, and those
         // deletions belong in the update.
         txn.commit();
@@ -82,8 +96,8 @@ pub fn restore_into(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, Hist
     })
 }
 
-/// The error for a document that cannot be locked for a restore.
-fn busy(what: &'static str) -> HistoryError {
+/// The error for a restore refused before any change.
+fn refuse(what: &'static str) -> HistoryError {
     HistoryError::Apply {
         index: 0,
         reason: format!("cannot restore: {what}"),
@@ -169,8 +183,6 @@ struct Restorer<'t, T: ReadTxn> {
     embed_ids: HashMap<u64, u32>,
     /// Myers work left (see [`DIFF_BUDGET`]).
     budget: u64,
-    /// Set when a target list could not be read (see [`items`]): the restore fails.
-    unreadable: bool,
 }
 
 impl<'t, T: ReadTxn> Restorer<'t, T> {
@@ -183,18 +195,25 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
             attr_ids: HashMap::new(),
             embed_ids: HashMap::new(),
             budget: DIFF_BUDGET,
-            unreadable: false,
         }
     }
 
-    /// Brings every root of the live document (`txn`) to the target, then checks the result.
-    fn restore_roots(&mut self, txn: &mut TransactionMut) -> Result<(), HistoryError> {
+    /// Whether every list in the target's roots can be read (see [`items`]).
+    fn target_readable(&self, roots: &[(Arc<str>, RootKind)]) -> bool {
+        roots.iter().all(|(name, kind)| {
+            root_as(self.target, name, *kind).is_none_or(|root| readable(self.target, &root))
+        })
+    }
+
+    /// Brings every root of the live document (`txn`) to the target (`target_roots`: its
+    /// roots' kinds), then checks the result.
+    fn restore_roots(&mut self, txn: &mut TransactionMut, target_roots: Vec<(Arc<str>, RootKind)>) {
         // Kinds come from content: a document rebuilt from updates has untyped roots.
         let mut roots: BTreeMap<Arc<str>, (Option<RootKind>, Option<RootKind>)> = BTreeMap::new();
         for (name, kind) in root_kinds_in(&*txn) {
             roots.entry(name).or_default().0 = Some(kind);
         }
-        for (name, kind) in root_kinds_in(self.target) {
+        for (name, kind) in target_roots {
             roots.entry(name).or_default().1 = Some(kind);
         }
         for (name, (cur_kind, tgt_kind)) in &roots {
@@ -207,12 +226,6 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
                 }
             }
         }
-        if self.unreadable {
-            return Err(HistoryError::Apply {
-                index: 0,
-                reason: "cannot restore: the target holds a list yrs cannot read safely".into(),
-            });
-        }
         // Check every root; one that still differs is rebuilt from scratch, the plainest path.
         for (name, (_, tgt_kind)) in &roots {
             if self.root_matches(txn, name, *tgt_kind) {
@@ -223,13 +236,11 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
                 self.restore_root(txn, name, *tgt_kind, *kind);
             }
             if !self.root_matches(txn, name, *tgt_kind) {
-                return Err(HistoryError::Apply {
-                    index: 0,
-                    reason: format!("restore left root {name:?} different from the target"),
-                });
+                // Not an error: the changes are made and must travel as an update all the
+                // same, or replicas would diverge from the live document.
+                error!(root = %name, "restore left a root different from the target");
             }
         }
-        Ok(())
     }
 
     /// Brings root `name` of the live document to the target's root of kind `kind`.
@@ -273,7 +284,9 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
     fn root_matches(&self, txn: &TransactionMut, name: &Arc<str>, kind: Option<RootKind>) -> bool {
         match kind {
             Some(kind) => match (root_as(txn, name, kind), root_as(self.target, name, kind)) {
-                (Some(cur), Some(tgt)) => self.fingerprint(txn, &cur) == self.fingerprint(self.target, &tgt),
+                (Some(cur), Some(tgt)) => {
+                    self.fingerprint(txn, &cur) == self.fingerprint(self.target, &tgt)
+                }
                 (None, None) => true,
                 _ => false,
             },
@@ -407,7 +420,8 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
                 if old == new {
                     push_retain(&mut delta, units);
                 } else {
-                    let change = format_change(&self.attr_sets[old as usize], &self.attr_sets[new as usize]);
+                    let change =
+                        format_change(&self.attr_sets[old as usize], &self.attr_sets[new as usize]);
                     delta.push(Delta::Retain(units, Some(Box::new(change))));
                 }
             }
@@ -462,8 +476,12 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
 
     /// Edits map `cur` into `tgt`.
     fn sync_map(&mut self, txn: &mut TransactionMut, cur: &MapRef, tgt: &MapRef) {
-        let cur_entries: Vec<(String, Out)> = cur.iter(&*txn).map(|(k, v)| (k.to_owned(), v)).collect();
-        let tgt_entries: Vec<(String, Out)> = tgt.iter(self.target).map(|(k, v)| (k.to_owned(), v)).collect();
+        let cur_entries: Vec<(String, Out)> =
+            cur.iter(&*txn).map(|(k, v)| (k.to_owned(), v)).collect();
+        let tgt_entries: Vec<(String, Out)> = tgt
+            .iter(self.target)
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let plan = self.keyed_plan(txn, cur_entries, tgt_entries);
         for key in &plan.remove {
             cur.remove(txn, key);
@@ -479,10 +497,14 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
 
     /// Edits the attributes of XML node `cur` into those of `tgt`.
     fn sync_attributes<C: Xml, G: Xml>(&mut self, txn: &mut TransactionMut, cur: &C, tgt: &G) {
-        let cur_entries: Vec<(String, Out)> =
-            cur.attributes(&*txn).map(|(k, v)| (k.to_owned(), v)).collect();
-        let tgt_entries: Vec<(String, Out)> =
-            tgt.attributes(self.target).map(|(k, v)| (k.to_owned(), v)).collect();
+        let cur_entries: Vec<(String, Out)> = cur
+            .attributes(&*txn)
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let tgt_entries: Vec<(String, Out)> = tgt
+            .attributes(self.target)
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let plan = self.keyed_plan(txn, cur_entries, tgt_entries);
         for key in &plan.remove {
             cur.remove_attribute(txn, key);
@@ -509,8 +531,12 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
         let mut plan = KeyedPlan::default();
         for (key, tgt_value) in tgt {
             match cur.remove(&key) {
-                Some(cur_value) if self.fingerprint(txn, &cur_value) == self.fingerprint(self.target, &tgt_value) => {}
-                Some(cur_value) if shape(&cur_value).is_some() && shape(&cur_value) == shape(&tgt_value) => {
+                Some(cur_value)
+                    if self.fingerprint(txn, &cur_value)
+                        == self.fingerprint(self.target, &tgt_value) => {}
+                Some(cur_value)
+                    if shape(&cur_value).is_some() && shape(&cur_value) == shape(&tgt_value) =>
+                {
                     plan.edit.push((cur_value, tgt_value));
                 }
                 _ => plan.set.push((key, tgt_value)),
@@ -525,20 +551,27 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
 
     /// Edits list `cur` (an array, or an XML node's children) into `tgt`.
     fn sync_list(&mut self, txn: &mut TransactionMut, cur: &ArrayRef, tgt: &ArrayRef) {
-        let Some(tgt_items) = items(self.target, tgt) else {
-            self.unreadable = true;
-            return;
-        };
+        // Checked readable before the restore began (`target_readable`).
+        let tgt_items = items(self.target, tgt).unwrap_or_default();
         let cur_items = match items(&*txn, cur) {
             Some(items) => items,
             None => {
                 // Unreadable here: start from an empty list.
-                clear_list(txn, BranchPtr::from(AsRef::<yrs::branch::Branch>::as_ref(cur)));
+                clear_list(
+                    txn,
+                    BranchPtr::from(AsRef::<yrs::branch::Branch>::as_ref(cur)),
+                );
                 Vec::new()
             }
         };
-        let fa: Vec<u64> = cur_items.iter().map(|v| self.fingerprint(&*txn, v)).collect();
-        let fb: Vec<u64> = tgt_items.iter().map(|v| self.fingerprint(self.target, v)).collect();
+        let fa: Vec<u64> = cur_items
+            .iter()
+            .map(|v| self.fingerprint(&*txn, v))
+            .collect();
+        let fb: Vec<u64> = tgt_items
+            .iter()
+            .map(|v| self.fingerprint(self.target, v))
+            .collect();
         let matches = myers(&fa, &fb, &mut self.budget);
         let mut steps = Vec::new();
         let (mut ia, mut ib) = (0, 0);
@@ -573,12 +606,18 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
     ) {
         let sa: Vec<Option<Shape>> = cur[ra.clone()].iter().map(shape).collect();
         let sb: Vec<Option<Shape>> = tgt[rb.clone()].iter().map(shape).collect();
-        let pairable = sa.iter().flatten().any(|s| sb.iter().flatten().any(|t| s == t));
+        let pairable = sa
+            .iter()
+            .flatten()
+            .any(|s| sb.iter().flatten().any(|t| s == t));
         let pairs: Vec<(usize, usize)> = if !pairable {
             Vec::new()
         } else if sa.len() * sb.len() <= ALIGN_CELLS {
             let ta: Vec<String> = cur[ra.clone()].iter().map(|v| plain(txn, v)).collect();
-            let tb: Vec<String> = tgt[rb.clone()].iter().map(|v| plain(self.target, v)).collect();
+            let tb: Vec<String> = tgt[rb.clone()]
+                .iter()
+                .map(|v| plain(self.target, v))
+                .collect();
             align_by_similarity(&sa, &sb, &ta, &tb)
         } else {
             // Too many to score every pair: pair same-shaped items in order (an LCS over shapes;
@@ -591,8 +630,16 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
                 }
                 None => unique,
             };
-            let ka: Vec<u64> = sa.iter().enumerate().map(|(i, s)| key(s, (1 << 40) + i as u64)).collect();
-            let kb: Vec<u64> = sb.iter().enumerate().map(|(j, s)| key(s, (1 << 41) + j as u64)).collect();
+            let ka: Vec<u64> = sa
+                .iter()
+                .enumerate()
+                .map(|(i, s)| key(s, (1 << 40) + i as u64))
+                .collect();
+            let kb: Vec<u64> = sb
+                .iter()
+                .enumerate()
+                .map(|(j, s)| key(s, (1 << 41) + j as u64))
+                .collect();
             let mut budget = u64::MAX;
             myers(&ka, &kb, &mut budget)
                 .iter()
@@ -841,7 +888,8 @@ fn align_by_similarity(
         for j in 1..=m {
             let mut best = score[(i - 1) * w + j].max(score[i * w + j - 1]);
             if sa[i - 1].is_some() && sa[i - 1] == sb[j - 1] {
-                let pair = score[(i - 1) * w + j - 1] + PAIR_BONUS + similarity(&ta[i - 1], &tb[j - 1]);
+                let pair =
+                    score[(i - 1) * w + j - 1] + PAIR_BONUS + similarity(&ta[i - 1], &tb[j - 1]);
                 best = best.max(pair);
             }
             score[i * w + j] = best;
@@ -873,7 +921,9 @@ fn make_root(txn: &mut TransactionMut, name: &Arc<str>, kind: RootKind) -> Out {
     // open a second one and deadlock).
     match kind {
         RootKind::Text => Out::YText(Root::<TextRef>::new(name.clone()).get_or_create(txn)),
-        RootKind::Xml => Out::YXmlFragment(Root::<XmlFragmentRef>::new(name.clone()).get_or_create(txn)),
+        RootKind::Xml => {
+            Out::YXmlFragment(Root::<XmlFragmentRef>::new(name.clone()).get_or_create(txn))
+        }
         RootKind::Map => Out::YMap(Root::<MapRef>::new(name.clone()).get_or_create(txn)),
         RootKind::Array => Out::YArray(Root::<ArrayRef>::new(name.clone()).get_or_create(txn)),
     }
@@ -883,9 +933,13 @@ fn make_root(txn: &mut TransactionMut, name: &Arc<str>, kind: RootKind) -> Out {
 fn root_as<R: ReadTxn>(txn: &R, name: &Arc<str>, kind: RootKind) -> Option<Out> {
     match kind {
         RootKind::Text => Root::<TextRef>::new(name.clone()).get(txn).map(Out::YText),
-        RootKind::Xml => Root::<XmlFragmentRef>::new(name.clone()).get(txn).map(Out::YXmlFragment),
+        RootKind::Xml => Root::<XmlFragmentRef>::new(name.clone())
+            .get(txn)
+            .map(Out::YXmlFragment),
         RootKind::Map => Root::<MapRef>::new(name.clone()).get(txn).map(Out::YMap),
-        RootKind::Array => Root::<ArrayRef>::new(name.clone()).get(txn).map(Out::YArray),
+        RootKind::Array => Root::<ArrayRef>::new(name.clone())
+            .get(txn)
+            .map(Out::YArray),
     }
 }
 
@@ -950,6 +1004,29 @@ fn items<R: ReadTxn>(txn: &R, list: &ArrayRef) -> Option<Vec<Out>> {
         .iter()
         .any(|chunk| matches!(chunk.insert, Out::Any(Any::String(_))));
     (!has_strings).then(|| list.iter(txn).collect())
+}
+
+/// Whether every list inside `v` (itself included) can be read by [`items`].
+fn readable<R: ReadTxn>(txn: &R, v: &Out) -> bool {
+    let all =
+        |values: Option<Vec<Out>>| values.is_some_and(|vs| vs.iter().all(|v| readable(txn, v)));
+    let texts = |chunks: Vec<yrs::types::text::Diff<YChange>>| {
+        chunks.iter().all(|c| readable(txn, &c.insert))
+    };
+    match v {
+        Out::YArray(a) => all(items(txn, a)),
+        Out::YXmlFragment(f) => all(items(txn, f.as_ref())),
+        Out::YXmlElement(e) => {
+            e.attributes(txn).all(|(_, v)| readable(txn, &v)) && all(items(txn, e.as_ref()))
+        }
+        Out::YXmlText(t) => {
+            t.attributes(txn).all(|(_, v)| readable(txn, &v))
+                && texts(t.diff(txn, YChange::identity))
+        }
+        Out::YText(t) => texts(t.diff(txn, YChange::identity)),
+        Out::YMap(m) => m.iter(txn).all(|(_, v)| readable(txn, &v)),
+        _ => true,
+    }
 }
 
 /// Deletes every key of a map (in key order, for a deterministic update).
@@ -1164,7 +1241,11 @@ fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
 
 /// Length of the common suffix of two slices.
 fn common_suffix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
-    a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count()
+    a.iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 /// Common runs of two texts (tokens), ascending and merged. Long texts are diffed in tiers:
@@ -1293,7 +1374,9 @@ fn diff_units(a: &[u32], b: &[u32], tier: Tier, budget: &mut u64) -> Vec<Match> 
     }
     let unit_matches = myers(&ka, &kb, budget);
     // Token offset of unit `i` (or the end).
-    let at = |us: &[std::ops::Range<usize>], i: usize, total: usize| us.get(i).map_or(total, |r| r.start);
+    let at = |us: &[std::ops::Range<usize>], i: usize, total: usize| {
+        us.get(i).map_or(total, |r| r.start)
+    };
     let mut out = Vec::new();
     let (mut ia, mut ib) = (0, 0);
     let end = Match {
@@ -1404,7 +1487,10 @@ impl V {
     /// Starts a search whose diagonals stay within -window..=window.
     fn reset(&mut self, window: isize) {
         self.window = window;
-        let (lo, hi) = ((self.center - window) as usize, (self.center + window) as usize);
+        let (lo, hi) = (
+            (self.center - window) as usize,
+            (self.center + window) as usize,
+        );
         self.v[lo..=hi].fill(-1);
     }
 
@@ -1447,11 +1533,12 @@ impl<X: PartialEq> Myers<'_, '_, X> {
         let suffix = common_suffix(&self.a[a0..a1], &self.b[b0..b1]);
         a1 -= suffix;
         b1 -= suffix;
-        if a0 < a1 && b0 < b1 {
-            if let Some((x, y)) = self.middle_snake(a0, a1, b0, b1) {
-                self.conquer(a0, x, b0, y);
-                self.conquer(x, a1, y, b1);
-            }
+        if a0 < a1
+            && b0 < b1
+            && let Some((x, y)) = self.middle_snake(a0, a1, b0, b1)
+        {
+            self.conquer(a0, x, b0, y);
+            self.conquer(x, a1, y, b1);
         }
         if suffix > 0 {
             self.out.push(Match {
@@ -1465,7 +1552,13 @@ impl<X: PartialEq> Myers<'_, '_, X> {
     /// A point (x, y) on an optimal edit path of `a[a0..a1]` → `b[b0..b1]`, strictly inside
     /// (neither corner, so both halves are smaller); `None` when the budget ran out. Both
     /// ranges are non-empty.
-    fn middle_snake(&mut self, a0: usize, a1: usize, b0: usize, b1: usize) -> Option<(usize, usize)> {
+    fn middle_snake(
+        &mut self,
+        a0: usize,
+        a1: usize,
+        b0: usize,
+        b1: usize,
+    ) -> Option<(usize, usize)> {
         let (n, m) = ((a1 - a0) as isize, (b1 - b0) as isize);
         let max_d = (n + m + 1) / 2;
         self.vf.reset(max_d + 1);
@@ -1495,10 +1588,9 @@ impl<X: PartialEq> Myers<'_, '_, X> {
                 };
                 let mut y1 = x1 - k1;
                 if x1 < n && y1 < m && y1 >= 0 {
-                    let run = common_prefix(
-                        &self.a[a0 + x1 as usize..a1],
-                        &self.b[b0 + y1 as usize..b1],
-                    ) as isize;
+                    let run =
+                        common_prefix(&self.a[a0 + x1 as usize..a1], &self.b[b0 + y1 as usize..b1])
+                            as isize;
                     *self.budget = self.budget.saturating_sub(run as u64);
                     x1 += run;
                     y1 += run;
@@ -1527,10 +1619,9 @@ impl<X: PartialEq> Myers<'_, '_, X> {
                 };
                 let mut y2 = x2 - k2;
                 if x2 < n && y2 < m && y2 >= 0 {
-                    let run = common_suffix(
-                        &self.a[a0..a1 - x2 as usize],
-                        &self.b[b0..b1 - y2 as usize],
-                    ) as isize;
+                    let run =
+                        common_suffix(&self.a[a0..a1 - x2 as usize], &self.b[b0..b1 - y2 as usize])
+                            as isize;
                     *self.budget = self.budget.saturating_sub(run as u64);
                     x2 += run;
                     y2 += run;
@@ -1555,7 +1646,15 @@ impl<X: PartialEq> Myers<'_, '_, X> {
 
     /// The split point in absolute indexes, refusing a corner (which would not divide the
     /// problem; it does not happen on trimmed input, and refusing keeps recursion finite).
-    fn split(&self, x: isize, y: isize, n: isize, m: isize, a0: usize, b0: usize) -> Option<(usize, usize)> {
+    fn split(
+        &self,
+        x: isize,
+        y: isize,
+        n: isize,
+        m: isize,
+        a0: usize,
+        b0: usize,
+    ) -> Option<(usize, usize)> {
         let corner = (x == 0 && y == 0) || (x == n && y == m);
         (!corner && (0..=n).contains(&x) && (0..=m).contains(&y))
             .then(|| (a0 + x as usize, b0 + y as usize))

@@ -295,8 +295,7 @@ impl<'d> Tracker<'d> {
                     RootKind::Array => drop(self.doc.get_or_insert_array(name.clone())),
                 }
             }
-            if matches!(kind, RootKind::Map | RootKind::Array) && !self.observed.contains(&name)
-            {
+            if matches!(kind, RootKind::Map | RootKind::Array) && !self.observed.contains(&name) {
                 self.observe_collection(name.clone(), kind);
                 self.observed.insert(name.clone());
             }
@@ -343,11 +342,10 @@ impl<'d> Tracker<'d> {
         let doc = self.doc;
         guard("applying an update", || {
             let mut txn = doc.transact_mut();
-            txn.apply_update(update)
-                .map_err(|e| HistoryError::Apply {
-                    index,
-                    reason: e.to_string(),
-                })
+            txn.apply_update(update).map_err(|e| HistoryError::Apply {
+                index,
+                reason: e.to_string(),
+            })
         })?;
         let tally = self
             .tally
@@ -414,7 +412,11 @@ impl<'d> Tracker<'d> {
 
 /// Client ids whose items `update` carries.
 fn clients_of(update: &Update) -> Vec<u64> {
-    let mut clients: Vec<u64> = update.insertions(true).client_ids().map(|c| c.get()).collect();
+    let mut clients: Vec<u64> = update
+        .insertions(true)
+        .client_ids()
+        .map(|c| c.get())
+        .collect();
     clients.sort_unstable();
     clients.dedup();
     clients
@@ -684,12 +686,23 @@ mod tests {
             };
             assert_eq!(change.seq, i as i64 + 1);
             assert_eq!(change.author.as_deref(), Some(AUTHORS[edit.author]));
-            assert_eq!(change.summary.get("body"), Some(&expect), "edit {i}: {edit:?}");
+            assert_eq!(
+                change.summary.get("body"),
+                Some(&expect),
+                "edit {i}: {edit:?}"
+            );
             let client = 1000 + edit.author as u64;
-            let clients: Vec<u64> = if edit.ins.is_empty() { vec![] } else { vec![client] };
+            let clients: Vec<u64> = if edit.ins.is_empty() {
+                vec![]
+            } else {
+                vec![client]
+            };
             assert_eq!(change.clients, clients, "edit {i}");
         }
-        assert_eq!(crate::history::fixture::text_of(&doc, "body"), r.texts[edits.len()]);
+        assert_eq!(
+            crate::history::fixture::text_of(&doc, "body"),
+            r.texts[edits.len()]
+        );
     }
 
     #[test]
@@ -729,14 +742,28 @@ mod tests {
             let p = frag.push_back(t, XmlElementPrelim::empty("paragraph"));
             p.push_back(t, XmlTextPrelim::new("Hello"));
         });
-        assert_eq!(add["default"], RootChange { kind: RootKind::Xml, inserted: 6, deleted: 0 });
+        assert_eq!(
+            add["default"],
+            RootChange {
+                kind: RootKind::Xml,
+                inserted: 6,
+                deleted: 0
+            }
+        );
         let typed = step(&|t| {
             let p = frag.get(t, 0).and_then(|x| x.into_xml_element()).unwrap();
             let text = p.get(t, 0).and_then(|x| x.into_xml_text()).unwrap();
             text.insert(t, 5, " 😀");
             text.remove_range(t, 0, 1);
         });
-        assert_eq!(typed["default"], RootChange { kind: RootKind::Xml, inserted: 3, deleted: 1 });
+        assert_eq!(
+            typed["default"],
+            RootChange {
+                kind: RootKind::Xml,
+                inserted: 3,
+                deleted: 1
+            }
+        );
         let second = step(&|t| {
             let p = frag.push_back(t, XmlElementPrelim::empty("heading"));
             p.insert_attribute(t, "level", 1);
@@ -747,10 +774,24 @@ mod tests {
             let p = frag.get(t, 1).and_then(|x| x.into_xml_element()).unwrap();
             p.insert_attribute(t, "level", 2);
         });
-        assert_eq!(attr["default"], RootChange { kind: RootKind::Xml, inserted: 0, deleted: 0 });
+        assert_eq!(
+            attr["default"],
+            RootChange {
+                kind: RootKind::Xml,
+                inserted: 0,
+                deleted: 0
+            }
+        );
         // Deleting the first paragraph ("ello 😀" = 7 units) counts it and its text.
         let removed = step(&|t| frag.remove_range(t, 0, 1));
-        assert_eq!(removed["default"], RootChange { kind: RootKind::Xml, inserted: 0, deleted: 8 });
+        assert_eq!(
+            removed["default"],
+            RootChange {
+                kind: RootKind::Xml,
+                inserted: 0,
+                deleted: 8
+            }
+        );
         let json = crate::history::json::content_json(&history);
         assert_eq!(json["default"]["value"]["content"][0]["attrs"]["level"], 2);
     }
@@ -769,8 +810,22 @@ mod tests {
         });
         let s = summarize(&history, &u).unwrap();
         // New roots: everything they hold counts as inserted.
-        assert_eq!(s.roots["title"], RootChange { kind: RootKind::Text, inserted: 2, deleted: 0 });
-        assert_eq!(s.roots["meta"], RootChange { kind: RootKind::Map, inserted: 5, deleted: 0 });
+        assert_eq!(
+            s.roots["title"],
+            RootChange {
+                kind: RootKind::Text,
+                inserted: 2,
+                deleted: 0
+            }
+        );
+        assert_eq!(
+            s.roots["meta"],
+            RootChange {
+                kind: RootKind::Map,
+                inserted: 5,
+                deleted: 0
+            }
+        );
         let u = edit(&editor, |t| {
             let m = t.get_or_insert_map("meta");
             m.insert(t, "a", 2);
@@ -779,8 +834,22 @@ mod tests {
             arr.push_back(t, 1);
         });
         let s = summarize(&history, &u).unwrap();
-        assert_eq!(s.roots["meta"], RootChange { kind: RootKind::Map, inserted: 1, deleted: 2 });
-        assert_eq!(s.roots["list"], RootChange { kind: RootKind::Array, inserted: 1, deleted: 0 });
+        assert_eq!(
+            s.roots["meta"],
+            RootChange {
+                kind: RootKind::Map,
+                inserted: 1,
+                deleted: 2
+            }
+        );
+        assert_eq!(
+            s.roots["list"],
+            RootChange {
+                kind: RootKind::Array,
+                inserted: 1,
+                deleted: 0
+            }
+        );
         assert!(!s.roots.contains_key("title"));
         let u = edit(&editor, |t| {
             let arr = t.get_or_insert_array("list");
@@ -788,7 +857,14 @@ mod tests {
             arr.remove(t, 0);
         });
         let s = summarize(&history, &u).unwrap();
-        assert_eq!(s.roots["list"], RootChange { kind: RootKind::Array, inserted: 1, deleted: 1 });
+        assert_eq!(
+            s.roots["list"],
+            RootChange {
+                kind: RootKind::Array,
+                inserted: 1,
+                deleted: 1
+            }
+        );
     }
 
     #[test]
@@ -828,7 +904,11 @@ mod tests {
             clients: vec![seq as u64 % 2],
             summary: BTreeMap::from([(
                 "t".to_string(),
-                RootChange { kind: RootKind::Text, inserted: ins, deleted: 0 },
+                RootChange {
+                    kind: RootKind::Text,
+                    inserted: ins,
+                    deleted: 0,
+                },
             )]),
         };
         let changes = vec![
@@ -843,7 +923,10 @@ mod tests {
             .iter()
             .map(|s| (s.from_seq, s.to_seq, s.changes, s.summary["t"].inserted))
             .collect();
-        assert_eq!(shape, vec![(1, 2, 2, 3), (3, 3, 1, 3), (4, 4, 1, 4), (5, 5, 1, 5)]);
+        assert_eq!(
+            shape,
+            vec![(1, 2, 2, 3), (3, 3, 1, 3), (4, 4, 1, 4), (5, 5, 1, 5)]
+        );
         assert_eq!(sessions[0].clients, vec![0, 1]);
         assert_eq!(sessions[0].size, 20);
         let json = serde_json::to_value(&sessions[0]).unwrap();

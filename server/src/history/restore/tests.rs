@@ -2,11 +2,11 @@
 //! identity preservation, and a real editing trace.
 
 use super::*;
+use crate::history::json::content_json;
+use crate::history::reconstruct;
 use serde_json::{Value, json};
 use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
-use crate::history::json::content_json;
-use crate::history::reconstruct;
 use yrs::{
     Assoc, IndexedSequence, StateVector, Update, WriteTxn, XmlElementRef, XmlFragment, XmlOut,
     XmlTextRef,
@@ -69,8 +69,10 @@ fn render_text<R: ReadTxn, X: Text>(txn: &R, text: &X) -> Value {
         let attrs = d
             .attributes
             .map(|a| {
-                let m: serde_json::Map<String, Value> =
-                    a.iter().map(|(k, v)| (k.to_string(), any_json(v))).collect();
+                let m: serde_json::Map<String, Value> = a
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), any_json(v)))
+                    .collect();
                 Value::Object(m)
             })
             .unwrap_or(json!({}));
@@ -79,11 +81,12 @@ fn render_text<R: ReadTxn, X: Text>(txn: &R, text: &X) -> Value {
             Out::Any(other) => json!({ "embed": any_json(&other) }),
             other => json!({ "embed": any_json(&other.to_json(txn)) }),
         };
-        if let (Some((Value::String(prev), prev_attrs)), Value::String(s)) = (ops.last_mut(), &insert) {
-            if *prev_attrs == attrs {
-                prev.push_str(s);
-                continue;
-            }
+        if let (Some((Value::String(prev), prev_attrs)), Value::String(s)) =
+            (ops.last_mut(), &insert)
+            && *prev_attrs == attrs
+        {
+            prev.push_str(s);
+            continue;
         }
         ops.push((insert, attrs));
     }
@@ -114,7 +117,8 @@ fn render_xml<R: ReadTxn>(txn: &R, node: &XmlOut) -> Value {
 
 /// The full state of `doc` as an update.
 fn state(doc: &Doc) -> Vec<u8> {
-    doc.transact().encode_state_as_update_v1(&StateVector::default())
+    doc.transact()
+        .encode_state_as_update_v1(&StateVector::default())
 }
 
 fn apply(doc: &Doc, update: &[u8]) {
@@ -143,14 +147,22 @@ fn restore_checked(current: &Doc, target: &Doc) -> Option<Vec<u8>> {
     let before = replica(current);
     let unchanged = render(current) == render(target);
     let update = restore_into(current, target).unwrap();
-    assert_eq!(render(current), render(target), "content differs from the target");
+    assert_eq!(
+        render(current),
+        render(target),
+        "content differs from the target"
+    );
     // The admin API's rendering agrees (it leaves formatting out, so it checks less).
     assert_eq!(content_json(current), content_json(target));
     match &update {
         Some(u) => {
             assert!(!unchanged, "an update for a document that already matched");
             apply(&before, u);
-            assert_eq!(render(&before), render(target), "a replica did not converge");
+            assert_eq!(
+                render(&before),
+                render(target),
+                "a replica did not converge"
+            );
         }
         None => assert!(unchanged, "no update although the content differed"),
     }
@@ -158,7 +170,10 @@ fn restore_checked(current: &Doc, target: &Doc) -> Option<Vec<u8>> {
 }
 
 fn attrs(pairs: &[(&str, Any)]) -> Attrs {
-    pairs.iter().map(|(k, v)| (Arc::from(*k), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (Arc::from(*k), v.clone()))
+        .collect()
 }
 
 fn bold() -> Attrs {
@@ -183,7 +198,10 @@ fn plain_text_insertions_deletions_and_both() {
         ("", "from nothing"),
         ("to nothing", ""),
         ("naïve café ☕ 𝄞 done", "naïve 𝄞 café ☕☕ done!"),
-        ("line one\nline two\nline three\n", "line zero\nline one\nline 2\nline three\n"),
+        (
+            "line one\nline two\nline three\n",
+            "line zero\nline one\nline 2\nline three\n",
+        ),
     ];
     for (from, to) in cases {
         let current = text_doc(from);
@@ -256,7 +274,7 @@ fn rich_text_formats() {
             attrs(&[("link", Any::from("https://b.example"))]),
         );
         text.format(&mut txn, 30, 4, bold());
-        text.insert_embed(&mut txn, 5, Any::from(json_any(r#"{"image":"x.png"}"#)));
+        text.insert_embed(&mut txn, 5, json_any(r#"{"image":"x.png"}"#));
     }
     let target = history_replica(&target);
     restore_checked(&current, &target);
@@ -294,15 +312,12 @@ fn utf16_and_byte_offset_documents() {
     // engine count UTF-16 units; characters outside the BMP differ in both.
     let from = "😀 a 𝄞 b ☕ c";
     let to = "😀 A 𝄞𝄞 b c ☕";
-    for current in [
-        text_doc(from),
-        {
-            let d = reconstruct(None, std::iter::empty(), false).unwrap();
-            let u = state(&text_doc(from));
-            apply(&d, &u);
-            d
-        },
-    ] {
+    for current in [text_doc(from), {
+        let d = reconstruct(None, std::iter::empty(), false).unwrap();
+        let u = state(&text_doc(from));
+        apply(&d, &u);
+        d
+    }] {
         let target = history_replica(&text_doc(to));
         restore_checked(&current, &target);
     }
@@ -373,11 +388,18 @@ fn list<'a>(items: Vec<Vec<Node<'a>>>) -> Node<'a> {
 fn article_v1() -> Vec<Node<'static>> {
     vec![
         heading(1, "Title"),
-        p(vec![("First paragraph, ", false), ("bold", true), (" end.", false)]),
+        p(vec![
+            ("First paragraph, ", false),
+            ("bold", true),
+            (" end.", false),
+        ]),
         p(vec![("Untouched paragraph stays the same item.", false)]),
         list(vec![
             vec![p(vec![("one", false)])],
-            vec![p(vec![("two", false)]), list(vec![vec![p(vec![("two.a", false)])]])],
+            vec![
+                p(vec![("two", false)]),
+                list(vec![vec![p(vec![("two.a", false)])]]),
+            ],
             vec![p(vec![("three", false)])],
         ]),
         p(vec![("Last words.", false)]),
@@ -387,11 +409,18 @@ fn article_v1() -> Vec<Node<'static>> {
 fn article_v2() -> Vec<Node<'static>> {
     vec![
         heading(2, "Title, revised"),
-        p(vec![("First ", false), ("paragraph", true), (", bold end.", false)]),
+        p(vec![
+            ("First ", false),
+            ("paragraph", true),
+            (", bold end.", false),
+        ]),
         p(vec![("Untouched paragraph stays the same item.", false)]),
         p(vec![("A new paragraph.", false)]),
         list(vec![
-            vec![p(vec![("two", false)]), list(vec![vec![p(vec![("two.a!", true)])]])],
+            vec![
+                p(vec![("two", false)]),
+                list(vec![vec![p(vec![("two.a!", true)])]]),
+            ],
             vec![p(vec![("three", false)])],
             vec![p(vec![("four", false)])],
         ]),
@@ -407,7 +436,10 @@ fn untouched_text<R: ReadTxn>(txn: &R, doc_frag: &XmlFragmentRef) -> XmlTextRef 
     let XmlOut::Text(text) = para.get(txn, 0).unwrap() else {
         panic!("not a text")
     };
-    assert_eq!(text.get_string(txn), "Untouched paragraph stays the same item.");
+    assert_eq!(
+        text.get_string(txn),
+        "Untouched paragraph stays the same item."
+    );
     text
 }
 
@@ -434,7 +466,10 @@ fn prosemirror_fragment_round_trip_and_identity() {
         // it) but is the same CRDT item, and a cursor inside it still resolves.
         let txn = current.transact();
         let text = untouched_text(&txn, &frag);
-        assert_eq!(AsRef::<yrs::branch::Branch>::as_ref(&text).id(), untouched_id);
+        assert_eq!(
+            AsRef::<yrs::branch::Branch>::as_ref(&text).id(),
+            untouched_id
+        );
         assert_eq!(sticky.get_offset(&txn).unwrap().index, sticky_offset);
     }
     // Restoring back gives the original content.
@@ -451,8 +486,12 @@ fn edited_paragraph_keeps_identity_and_cursor_after_the_edit() {
     let frag = current.get_or_insert_xml_fragment("default");
     let (id, sticky) = {
         let txn = current.transact();
-        let XmlOut::Element(para) = frag.get(&txn, 1).unwrap() else { panic!() };
-        let XmlOut::Text(text) = para.get(&txn, 0).unwrap() else { panic!() };
+        let XmlOut::Element(para) = frag.get(&txn, 1).unwrap() else {
+            panic!()
+        };
+        let XmlOut::Text(text) = para.get(&txn, 0).unwrap() else {
+            panic!()
+        };
         // Cursor before "mat".
         let sticky = text.sticky_index(&txn, 19, Assoc::After).unwrap();
         (AsRef::<yrs::branch::Branch>::as_ref(&text).id(), sticky)
@@ -464,8 +503,12 @@ fn edited_paragraph_keeps_identity_and_cursor_after_the_edit() {
     ]);
     restore_checked(&current, &target);
     let txn = current.transact();
-    let XmlOut::Element(para) = frag.get(&txn, 1).unwrap() else { panic!() };
-    let XmlOut::Text(text) = para.get(&txn, 0).unwrap() else { panic!() };
+    let XmlOut::Element(para) = frag.get(&txn, 1).unwrap() else {
+        panic!()
+    };
+    let XmlOut::Text(text) = para.get(&txn, 0).unwrap() else {
+        panic!()
+    };
     assert_eq!(AsRef::<yrs::branch::Branch>::as_ref(&text).id(), id);
     assert_eq!(sticky.get_offset(&txn).unwrap().index, 19);
 }
@@ -490,8 +533,13 @@ fn attribute_values_keep_their_types() {
     restore_checked(&current, &target);
     let txn = current.transact();
     let frag = Root::<XmlFragmentRef>::new("default").get(&txn).unwrap();
-    let XmlOut::Element(image) = frag.get(&txn, 1).unwrap() else { panic!() };
-    assert_eq!(image.get_attribute(&txn, "width"), Some(Out::Any(Any::from(640))));
+    let XmlOut::Element(image) = frag.get(&txn, 1).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        image.get_attribute(&txn, "width"),
+        Some(Out::Any(Any::from(640)))
+    );
 }
 
 // ------------------------------------------------------------------ maps and arrays
@@ -516,7 +564,9 @@ fn maps_with_nested_types() {
     let nested_id = {
         let txn = current.transact();
         let m = Root::<MapRef>::new("m").get(&txn).unwrap();
-        let Some(Out::YMap(nested)) = m.get(&txn, "nested") else { panic!() };
+        let Some(Out::YMap(nested)) = m.get(&txn, "nested") else {
+            panic!()
+        };
         AsRef::<yrs::branch::Branch>::as_ref(&nested).id()
     };
     let target = Doc::new();
@@ -539,8 +589,14 @@ fn maps_with_nested_types() {
     restore_checked(&current, &target);
     let txn = current.transact();
     let m = Root::<MapRef>::new("m").get(&txn).unwrap();
-    let Some(Out::YMap(nested)) = m.get(&txn, "nested") else { panic!() };
-    assert_eq!(AsRef::<yrs::branch::Branch>::as_ref(&nested).id(), nested_id, "nested map replaced");
+    let Some(Out::YMap(nested)) = m.get(&txn, "nested") else {
+        panic!()
+    };
+    assert_eq!(
+        AsRef::<yrs::branch::Branch>::as_ref(&nested).id(),
+        nested_id,
+        "nested map replaced"
+    );
 }
 
 #[test]
@@ -591,7 +647,8 @@ fn roots_present_on_one_side_only_and_kind_changes() {
     {
         let mut txn = target.transact_mut();
         txn.get_or_insert_text("only_target").push(&mut txn, "hi");
-        txn.get_or_insert_text("was_array").push(&mut txn, "now text");
+        txn.get_or_insert_text("was_array")
+            .push(&mut txn, "now text");
         txn.get_or_insert_map("shared").insert(&mut txn, "k", "w");
         let f = txn.get_or_insert_xml_fragment("xml");
         f.push_back(&mut txn, XmlElementPrelim::empty("paragraph"));
@@ -615,8 +672,12 @@ fn offline_edits_merge_deterministically() {
         let mut txn = offline.transact_mut();
         let text = untouched_text(&txn, &frag);
         text.insert(&mut txn, 0, "Offline: ");
-        let XmlOut::Element(last) = frag.get(&txn, 4).unwrap() else { panic!() };
-        let XmlOut::Text(t) = last.get(&txn, 0).unwrap() else { panic!() };
+        let XmlOut::Element(last) = frag.get(&txn, 4).unwrap() else {
+            panic!()
+        };
+        let XmlOut::Text(t) = last.get(&txn, 0).unwrap() else {
+            panic!()
+        };
         t.push(&mut txn, " (offline)");
     }
     let offline_update = state(&offline);
@@ -636,7 +697,9 @@ fn offline_edits_merge_deterministically() {
     // The offline typing in the kept paragraph survived the restore.
     let txn = current.transact();
     let frag = Root::<XmlFragmentRef>::new("default").get(&txn).unwrap();
-    let XmlOut::Element(para) = frag.get(&txn, 2).unwrap() else { panic!() };
+    let XmlOut::Element(para) = frag.get(&txn, 2).unwrap() else {
+        panic!()
+    };
     assert!(para.get_string(&txn).contains("Offline: Untouched"));
 }
 
@@ -863,4 +926,54 @@ fn trace_automerge_paper_cost() {
             applied.as_secs_f64() * 1e3,
         );
     }
+}
+
+#[test]
+fn unreadable_target_is_refused_before_any_change() {
+    // A crafted update can put text items (non-ASCII) inside an array, which yrs' array
+    // iterator cannot read (it would loop forever).
+    let target = Doc::new();
+    {
+        let mut txn = target.transact_mut();
+        let list = txn.get_or_insert_array("list");
+        let nested = list.push_back(&mut txn, ArrayPrelim::default());
+        let as_text = TextRef::from(BranchPtr::from(AsRef::<yrs::branch::Branch>::as_ref(
+            &nested,
+        )));
+        as_text.insert(&mut txn, 0, "é😀");
+    }
+    let target = history_replica(&target);
+    let current = text_doc("untouched");
+    let before = state(&current);
+    assert!(restore_into(&current, &target).is_err());
+    assert_eq!(state(&current), before);
+}
+
+#[test]
+fn unreadable_list_in_the_live_document_is_replaced() {
+    let current = Doc::new();
+    {
+        let mut txn = current.transact_mut();
+        let list = txn.get_or_insert_array("list");
+        let nested = list.push_back(&mut txn, ArrayPrelim::default());
+        let as_text = TextRef::from(BranchPtr::from(AsRef::<yrs::branch::Branch>::as_ref(
+            &nested,
+        )));
+        as_text.insert(&mut txn, 0, "é😀");
+    }
+    let target = Doc::new();
+    {
+        let mut txn = target.transact_mut();
+        let list = txn.get_or_insert_array("list");
+        let nested = list.push_back(&mut txn, ArrayPrelim::default());
+        nested.push_back(&mut txn, 1);
+    }
+    restore_into(&current, &history_replica(&target)).unwrap();
+    let txn = current.transact();
+    let list = Root::<ArrayRef>::new("list").get(&txn).unwrap();
+    let Some(Out::YArray(nested)) = list.get(&txn, 0) else {
+        panic!()
+    };
+    assert_eq!(nested.len(&txn), 1);
+    assert_eq!(nested.get(&txn, 0), Some(Out::Any(Any::from(1))));
 }
