@@ -26,12 +26,19 @@
 #   SNAPSHOT_EVERY="1000 10000"   server --snapshot-every-updates, one full run each
 #   TRACE=automerge-paper  TRACE_DIR=/work/shared/data/editing-traces
 #   PASSES=4  SAMPLES=50  DIFF_SPAN=1000  SEED=1
+#   LOAD_RATE=10000   trace-load --rate (updates/s): paced so the server's snapshots keep up
+#                     (a snapshot is not started while the previous one is being written, so
+#                     an unpaced load gets fewer, farther apart snapshots than typing would);
+#                     0 = unpaced
 #   PG_URL=postgres://postgres@127.0.0.1:5432  PG_ADMIN_DB=test (where create/drop database
 #   run)  PG_DB=tandem_history_bench (dropped and recreated per case, dropped at exit)
 #   REPLAY_CACHE=/tmp/tandem-bench-replays   where trace-load and history cache the trace's
 #                     replay (replaying automerge-paper through yrs costs minutes per pass)
-#   PERF=1            record the server with `perf record -g` during the history requests and
-#                     keep a report of the hottest symbols in $OUT (where the time goes)
+#   PERF=1            afterwards, per request group (timeline, long-state, state, diff), record
+#                     the server with `perf record` during PERF_SAMPLES more requests and report
+#                     where its CPU time goes (yrs, the server's history code, SQLite, JSON,
+#                     memcpy/malloc, kernel) and the hottest symbols
+#   PERF_SAMPLES=20
 #   KEEP_DATA=1       keep the SQLite directory / Postgres database of the last case
 #   CARGO_TARGET_DIR  where the release binaries are (default: target/ of the workspace)
 #   SKIP_BUILD=1, QUIET_PCT=15, QUIET_WAIT=900, SERVER_ARGS=...   as in run.sh
@@ -46,9 +53,12 @@ PASSES=${PASSES:-4}
 SAMPLES=${SAMPLES:-50}
 DIFF_SPAN=${DIFF_SPAN:-1000}
 SEED=${SEED:-1}
+LOAD_RATE=${LOAD_RATE:-10000}
+PERF_SAMPLES=${PERF_SAMPLES:-20}
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 PG_ADMIN_DB=${PG_ADMIN_DB:-test}
 PG_DB=${PG_DB:-tandem_history_bench}
+PG_USER=$(echo "$PG_URL" | sed -E 's|^[a-z]+://([^:@/]+).*|\1|')
 SERVER_ARGS=${SERVER_ARGS:-}
 REPLAY_CACHE=${REPLAY_CACHE:-/tmp/tandem-bench-replays}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -170,7 +180,7 @@ bench() {
     local name=$1 rc=0
     shift
     echo "== $name: tandem-bench $*" >&2
-    echo "tandem-bench $*" >"$OUT/$name.cmd"
+    echo "tandem-bench $(printf '%q ' "$@" | sed 's/ $//')" >"$OUT/$name.cmd"
     "$BENCH" "$@" --url "ws://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
         >"$OUT/$name.txt" 2>"$OUT/$name.err" || rc=$?
     ((rc == 0)) || echo "   $name failed (exit $rc): $(tail -3 "$OUT/$name.err")" >&2
@@ -205,6 +215,33 @@ table_sizes() {
     esac
 }
 
+# perf_summary FILE: the server's CPU samples by where they fall (first line: buckets, in %),
+# then its 12 hottest symbols.
+perf_summary() {
+    perf report -i "$1" --no-children --sort dso,symbol --stdio --percent-limit 0.01 2>/dev/null |
+        awk '/^ +[0-9.]+%/ {
+            p = $1; sub(/%/, "", p); dso = $2; sym = ""
+            for (i = 4; i <= NF; i++) sym = sym (i > 4 ? " " : "") $i
+            sub(/ +- +- *$/, "", sym)
+            if (sym ~ /^tandem::history/ || sym ~ /history::/) b = "history code"
+            else if (sym ~ /^(yrs|<yrs)/ || sym ~ /yrs::/) b = "yrs"
+            else if (sym ~ /sqlite3/ || dso ~ /sqlite/) b = "sqlite"
+            else if (sym ~ /serde_json|serde::/) b = "json"
+            else if (sym ~ /sqlx|postgres/) b = "sqlx"
+            else if (sym ~ /memmove|memcpy|memset|malloc|free|_int_|realloc|unlink_chunk|consolidate/) b = "memcpy+malloc"
+            else if (dso ~ /kernel/) b = "kernel"
+            else b = "other"
+            tot[b] += p
+            if (n < 12) { top[n++] = sprintf("%6.2f%%  %s", p, sym) }
+        }
+        END {
+            line = ""
+            for (k in tot) line = line sprintf("%s %.0f%%, ", k, tot[k])
+            print substr(line, 1, length(line) - 2)
+            for (i = 0; i < n; i++) print top[i]
+        }'
+}
+
 for b in $BACKENDS; do
     for every in $SNAPSHOT_EVERY; do
         c="$b-$every"
@@ -214,28 +251,39 @@ for b in $BACKENDS; do
             xargs >"$OUT/$c.server-cmd"
         start_server "load-$c" "$b" "${args[@]}"
         wait_quiet
-        bench "load1-$c" trace-load --trace "$TRACE_FILE" --room "$TRACE" --cache-dir "$REPLAY_CACHE"
+        bench "load1-$c" trace-load --trace "$TRACE_FILE" --room "$TRACE" --rate "$LOAD_RATE" \
+            --cache-dir "$REPLAY_CACHE"
         wait_quiet
-        bench "loadn-$c" trace-load --trace "$TRACE_FILE" --room "$BIG" --passes "$PASSES" --cache-dir "$REPLAY_CACHE"
+        bench "loadn-$c" trace-load --trace "$TRACE_FILE" --room "$BIG" --passes "$PASSES" \
+            --rate "$LOAD_RATE" --cache-dir "$REPLAY_CACHE"
         stop_server # writes the final snapshots
+        if [[ $b == postgres ]]; then
+            # What autovacuum would do in the next minutes, done now so that it does not run
+            # during the measurements (and the planner has statistics of the loaded tables).
+            t0=$(date +%s.%N)
+            psql "$PG_URL/$PG_DB" -qAt -v ON_ERROR_STOP=1 -c "vacuum (analyze)" >/dev/null
+            awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }' >"$OUT/$c.vacuum-s"
+        fi
         db_size "$b" >"$OUT/$c.dbsize"
         table_sizes "$b" >"$OUT/$c.tables" || true
         wait_quiet
         start_server "history-$c" "$b" "${args[@]}"
-        perf_pid=""
+        hargs=(history --timeline-doc "$BIG" --timeline-passes "$PASSES" --state-doc "$TRACE"
+            --trace "$TRACE_FILE" --diff-span "$DIFF_SPAN" --cache-dir "$REPLAY_CACHE")
+        # Postgres backends of this database show "postgres: USER DB ..." as their title.
+        [[ $b == postgres ]] && hargs+=(--db-process-match "$PG_USER $PG_DB")
+        bench "history-$c" "${hargs[@]}" --samples "$SAMPLES" --seed "$SEED"
         if [[ -n "${PERF:-}" ]]; then
-            perf record -F 997 -g -p "$SERVER_PID" -o "$OUT/perf-$c.data" >"$OUT/perf-$c.log" 2>&1 &
-            perf_pid=$!
-            sleep 1
-        fi
-        bench "history-$c" history --timeline-doc "$BIG" --timeline-passes "$PASSES" --state-doc "$TRACE" \
-            --trace "$TRACE_FILE" --samples "$SAMPLES" --diff-span "$DIFF_SPAN" --seed "$SEED" \
-            --state-of-timeline-doc --cache-dir "$REPLAY_CACHE"
-        if [[ -n "$perf_pid" ]]; then
-            kill -INT "$perf_pid" 2>/dev/null || true
-            wait "$perf_pid" 2>/dev/null || true
-            perf report -i "$OUT/perf-$c.data" --no-children --sort dso,symbol --stdio --percent-limit 1 \
-                2>/dev/null | grep -v '^$' | grep -E '^ +[0-9]' | head -40 >"$OUT/perf-$c.top" || true
+            for g in timeline long-state state diff; do
+                perf record -F 1999 -p "$SERVER_PID" -o "$OUT/perf-$c-$g.data" >"$OUT/perf-$c-$g.log" 2>&1 &
+                perf_pid=$!
+                sleep 1
+                bench "perf-$c-$g" "${hargs[@]}" --kinds "$g" --samples "$PERF_SAMPLES" --seed "$((SEED + 1))"
+                kill -INT "$perf_pid" 2>/dev/null || true
+                wait "$perf_pid" 2>/dev/null || true
+                perf_summary "$OUT/perf-$c-$g.data" >"$OUT/perf-$c-$g.top" 2>/dev/null || true
+                rm -f "$OUT/perf-$c-$g.data"
+            done
         fi
         stop_server
     done
@@ -260,7 +308,7 @@ echo "(timeline seqs and per-change inserted/deleted counts, state text, diff sp
 echo
 echo "### Documents and storage"
 echo
-echo "| storage | snapshot every | document | log rows | log bytes | snapshots | snapshot bytes | written at | database on disk |"
+echo "| storage | snapshot every | document | log rows | log bytes | snapshots (rows per snapshot) | snapshot bytes | written at | database on disk |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for b in $BACKENDS; do
     for every in $SNAPSHOT_EVERY; do
@@ -274,22 +322,30 @@ for b in $BACKENDS; do
             size=""
             [[ $d == "$TRACE" ]] && size="$(mib "$(cat "$OUT/$c.dbsize")") (both)"
             jq -r --arg d "$d" --arg b "$b" --arg e "$every" --arg r "$rate" --arg s "$size" \
-                '.documents[] | select(.name == $d) | "| \($b) | \($e) | \(.name) | \(.log_rows) | \(.log_bytes / 1048576 * 10 | round / 10) MiB | \(.snapshots) | \(.snapshot_bytes / 1048576 * 10 | round / 10) MiB | \($r) | \($s) |"' \
+                '.documents[] | select(.name == $d) | "| \($b) | \($e) | \(.name) | \(.log_rows) | \(.log_bytes / 1048576 * 10 | round / 10) MiB | \(.snapshots) (\(if .snapshots > 0 then (.log_rows / .snapshots | round) else "—" end)) | \(.snapshot_bytes / 1048576 * 10 | round / 10) MiB | \($r) | \($s) |"' \
                 "$OUT/history-$c.json"
         done
+    done
+done
+for b in $BACKENDS; do
+    for every in $SNAPSHOT_EVERY; do
+        [[ -s "$OUT/$b-$every.vacuum-s" ]] || continue
+        echo
+        echo "$b, snapshot every $every: \`VACUUM (ANALYZE)\` after the load took $(cat "$OUT/$b-$every.vacuum-s") s (run so that autovacuum does"
+        echo "not run during the measurements)."
     done
 done
 echo
 echo "### Request times (client-side: request written → whole body read)"
 echo
-echo "| storage | snapshot every | request | document | p50 | p95 | max | body (p50) | checked |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| storage | snapshot every | request | document | p50 | p95 | max | body (p50) | checked | server CPU / request | other load |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for b in $BACKENDS; do
     for every in $SNAPSHOT_EVERY; do
         c="$b-$every"
         have "history-$c" || continue
         jq -r --arg b "$b" --arg e "$every" '.kinds[] |
-            "| \($b) | \($e) | \(.kind) | \(.document) | \(.p50_us / 10 | round / 100) ms | \(.p95_us / 10 | round / 100) ms | \(.max_us / 10 | round / 100) ms | \(.body_bytes_p50) B | \(.verified)/\(.count + 1)\(if .failed > 0 then " (**\(.failed) failed**)" else "" end) |"' \
+            "| \($b) | \($e) | \(.kind) | \(.document) | \(.p50_us / 10 | round / 100) ms | \(.p95_us / 10 | round / 100) ms | \(.max_us / 10 | round / 100) ms | \(.body_bytes_p50) B | \(.verified)/\(.count + 1)\(if .failed > 0 then " (**\(.failed) failed**)" else "" end) | \(.cpu_us_per_request | to_entries | map(select(.value > 0)) | map("\(.key) \(.value / 10 | round / 100)") | join(", ")) ms | \(.other_cpu_pct // "?")% |"' \
             "$OUT/history-$c.json"
     done
 done
@@ -308,6 +364,28 @@ for b in $BACKENDS; do
             "newest state = endContent: $(j .end_content_verified "history-$c")"
     done
 done
+if [[ -n "${PERF:-}" ]]; then
+    echo
+    echo "### Where the server's CPU goes (perf, $PERF_SAMPLES more requests per group, server process only)"
+    echo
+    echo "Buckets: \`history code\` = the server's history module (summaries, diff, JSON rendering),"
+    echo "\`yrs\` = decoding/applying updates and snapshots, \`sqlite\` = the embedded database,"
+    echo "\`memcpy+malloc\` = libc copies and allocation (callers not recorded)."
+    for b in $BACKENDS; do
+        for every in $SNAPSHOT_EVERY; do
+            for g in timeline long-state state diff; do
+                f="$OUT/perf-$b-$every-$g.top"
+                [[ -s $f ]] || continue
+                echo
+                echo "$b, snapshot every $every, **$g**: $(head -1 "$f")"
+                echo
+                echo '```'
+                tail -n +2 "$f" | cut -c1-150
+                echo '```'
+            done
+        done
+    done
+fi
 problems=$(cd "$OUT" && for f in *.json; do
     [[ -s "$f" ]] || continue
     jq -r --arg c "${f%.json}" 'select(((.errors // []) | length) > 0 or .verified == false)
@@ -330,7 +408,7 @@ for b in $BACKENDS; do
         c="$b-$every"
         [[ -s "$OUT/$c.server-cmd" ]] || continue
         echo "# server: $(cat "$OUT/$c.server-cmd") --addr 127.0.0.1:PORT"
-        for n in "load1-$c" "loadn-$c" "history-$c"; do
+        for n in "load1-$c" "loadn-$c" "history-$c" "perf-$c-timeline"; do
             [[ -s "$OUT/$n.cmd" ]] && echo "$(sed "s|$TRACE_DIR|TRACES|g" "$OUT/$n.cmd") --url ws://127.0.0.1:PORT"
         done
     done

@@ -8,11 +8,11 @@
 //! trace replay's update `s` (one log row per update, in sending order), which is what makes the
 //! answers checkable.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 use serde_json::Value;
 use yrs::updates::decoder::Decode;
@@ -21,6 +21,7 @@ use yrs::{Doc, GetString, Transact, Update};
 use crate::conn::Target;
 use crate::editor::TEXT_NAME;
 use crate::http::{Client, Response, encode_component};
+use crate::procstat;
 use crate::trace::{self, pass_root};
 use crate::{Common, Error};
 
@@ -58,9 +59,18 @@ pub struct HistoryArgs {
     /// Changes between the two points of a diff.
     #[arg(long, default_value_t = 1000)]
     pub diff_span: u64,
-    /// Also time state reads (JSON) at random points of the timeline document.
+    /// Which requests to time (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "documents,timeline,long-state,state,diff"
+    )]
+    pub kinds: Vec<KindGroup>,
+    /// Also count the CPU time of the processes whose command line contains this (e.g. the
+    /// Postgres database name: its backends show it in their process title) per request.
     #[arg(long)]
-    pub state_of_timeline_doc: bool,
+    pub db_process_match: Option<String>,
     /// Seed of the random points (the same seed gives the same points).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -73,6 +83,142 @@ pub struct HistoryArgs {
     /// Target for a state read, ms.
     #[arg(long, default_value_t = 200.0)]
     pub state_target_ms: f64,
+}
+
+/// Groups of requests (`--kinds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindGroup {
+    /// The documents list.
+    Documents,
+    /// Timeline pages of the timeline document: asc, desc, newest, group=session.
+    Timeline,
+    /// State reads (JSON) at random points of the timeline document.
+    LongState,
+    /// State reads (JSON and binary) of the state document.
+    State,
+    /// Diffs of the state document.
+    Diff,
+}
+
+/// CPU time the server (per thread group) and the database processes spend, read from
+/// `/proc/*/schedstat` (nanoseconds on the CPU).
+struct CpuProbe {
+    server_pid: Option<u32>,
+    db_match: Option<String>,
+}
+
+/// CPU ns per thread (tid → (group, ns)) and of the matching database processes.
+#[derive(Default)]
+struct CpuSnap {
+    threads: HashMap<u32, (&'static str, u64)>,
+    db_ns: u64,
+    /// Machine-wide CPU counters and this process's CPU, for the load of everything else.
+    machine: Option<procstat::Machine>,
+    bench: Option<procstat::Sample>,
+}
+
+/// Thread group of a server thread, by name: sqlx runs each SQLite connection on its own
+/// thread, so SQLite work shows as `db-thread`; `runtime` is tokio's workers and blocking
+/// pool (reconstruction, summaries, JSON).
+fn thread_group(comm: &str) -> &'static str {
+    if comm.starts_with("sqlx-sqlite") {
+        "db-thread"
+    } else if comm.starts_with("tokio") {
+        "runtime"
+    } else {
+        "other"
+    }
+}
+
+fn schedstat_ns(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl CpuProbe {
+    fn snap(&self) -> CpuSnap {
+        let mut snap = CpuSnap {
+            machine: procstat::machine(),
+            bench: procstat::sample(std::process::id()).ok(),
+            ..CpuSnap::default()
+        };
+        if let Some(pid) = self.server_pid
+            && let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task"))
+        {
+            for t in tasks.flatten() {
+                let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                if let Some(ns) = schedstat_ns(&t.path().join("schedstat")) {
+                    snap.threads.insert(tid, (thread_group(comm.trim()), ns));
+                }
+            }
+        }
+        if let Some(needle) = &self.db_match
+            && let Ok(procs) = std::fs::read_dir("/proc")
+        {
+            for p in procs.flatten() {
+                if !p
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    continue;
+                }
+                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(needle.as_str()) {
+                    // Postgres backends are single-threaded: the process is its main thread.
+                    snap.db_ns += schedstat_ns(&p.path().join("schedstat")).unwrap_or(0);
+                }
+            }
+        }
+        snap
+    }
+
+    /// µs of CPU per group between two snapshots, divided by `requests`. Threads that started
+    /// in between count whole; ones that ended in between are lost (tokio's blocking threads
+    /// live 10 s idle, so not while requests keep coming). Processes are matched anew each
+    /// time, so a database backend that started in between would count whole: the per-request
+    /// figure is only meaningful on a keep-alive connection.
+    fn per_request(&self, a: &CpuSnap, b: &CpuSnap, requests: usize) -> BTreeMap<String, u64> {
+        let mut out: BTreeMap<String, u64> = BTreeMap::new();
+        if self.server_pid.is_none() || requests == 0 {
+            return out;
+        }
+        for (tid, (group, ns)) in &b.threads {
+            let before = a.threads.get(tid).map_or(0, |(_, ns)| *ns);
+            *out.entry((*group).to_owned()).or_default() += ns.saturating_sub(before);
+        }
+        if self.db_match.is_some() {
+            out.insert("db-processes".into(), b.db_ns.saturating_sub(a.db_ns));
+        }
+        for v in out.values_mut() {
+            *v = *v / 1000 / requests as u64;
+        }
+        out
+    }
+
+    /// CPU used by everything but the server, the database processes and this process, % of
+    /// one core, between two snapshots (builds or tests competing with the measurement).
+    fn other_load(a: &CpuSnap, b: &CpuSnap) -> Option<f64> {
+        let server_ns: u64 = b
+            .threads
+            .iter()
+            .map(|(tid, (_, ns))| ns.saturating_sub(a.threads.get(tid).map_or(0, |t| t.1)))
+            .sum();
+        let bench_s = procstat::cpu_seconds(a.bench.as_ref()?, b.bench.as_ref()?);
+        let used = (server_ns + b.db_ns.saturating_sub(a.db_ns)) as f64 / 1e9 + bench_s;
+        Some(procstat::other_load_percent(
+            a.machine.as_ref()?,
+            b.machine.as_ref()?,
+            used,
+        ))
+    }
 }
 
 /// splitmix64: reproducible random points without a dependency.
@@ -111,6 +257,12 @@ struct KindResult {
     mean_us: u64,
     /// The untimed warm-up request (first of its kind on this connection).
     warmup_us: u64,
+    /// CPU µs per timed request: the server's threads by group (`runtime`: tokio workers and
+    /// blocking pool; `db-thread`: sqlx's SQLite connection threads) and, with
+    /// `--db-process-match`, the database processes (Postgres backends).
+    cpu_us_per_request: BTreeMap<String, u64>,
+    /// CPU used meanwhile by other processes of the machine, % of one core.
+    other_cpu_pct: Option<f64>,
     /// Response body bytes, median.
     body_bytes_p50: u64,
     /// Answers that failed a check (wrong status, seq, content or summary).
@@ -487,6 +639,7 @@ async fn timed(client: &mut Client, path: &str) -> Result<(u64, Response), Error
 /// Runs `samples` + 1 (warm-up) requests of one kind; `check` validates each answer.
 async fn run_kind<F>(
     client: &mut Client,
+    probe: &CpuProbe,
     kind: &mut KindResult,
     paths: &[String],
     mut check: F,
@@ -494,7 +647,11 @@ async fn run_kind<F>(
 where
     F: FnMut(usize, &Response) -> Result<bool, String>,
 {
+    let mut cpu_from = None;
     for (i, path) in paths.iter().enumerate() {
+        if i == 1 {
+            cpu_from = Some(probe.snap());
+        }
         let (us, r) = timed(client, path).await?;
         let outcome = if r.status == 200 {
             check(i, &r)
@@ -516,6 +673,11 @@ where
             kind.bodies.push(r.body.len() as u64);
         }
     }
+    if let Some(from) = cpu_from {
+        let to = probe.snap();
+        kind.cpu_us_per_request = probe.per_request(&from, &to, paths.len() - 1);
+        kind.other_cpu_pct = CpuProbe::other_load(&from, &to);
+    }
     kind.finish();
     let ms = |us: u64| us as f64 / 1000.0;
     println!(
@@ -530,6 +692,18 @@ where
         kind.verified,
         kind.failed
     );
+    if !kind.cpu_us_per_request.is_empty() {
+        let split: Vec<String> = kind
+            .cpu_us_per_request
+            .iter()
+            .map(|(g, us)| format!("{g} {:.2} ms", ms(*us)))
+            .collect();
+        println!(
+            "    CPU per request: {}; other load {}%",
+            split.join(", "),
+            kind.other_cpu_pct.map_or("?".into(), |p| p.to_string())
+        );
+    }
     for e in &kind.errors {
         println!("    {e}");
     }
@@ -577,6 +751,11 @@ pub async fn run(common: &Common, args: &HistoryArgs) -> Result<(), Error> {
     if args.timeline_doc.is_none() && args.state_doc.is_none() {
         return Err("give --timeline-doc and/or --state-doc".into());
     }
+    let wants = |g: KindGroup| args.kinds.contains(&g);
+    let probe = CpuProbe {
+        server_pid: common.server_pid,
+        db_match: args.db_process_match.clone(),
+    };
     let target = Target::parse(&common.url)?;
     let mut client = Client::new(
         target.addr,
@@ -629,7 +808,7 @@ pub async fn run(common: &Common, args: &HistoryArgs) -> Result<(), Error> {
         tl_after = (0..n).map(|_| rng.range(0, last - limit)).collect();
         tl_before = (0..n).map(|_| rng.range(limit + 1, last + 1)).collect();
         tl_session = (0..n).map(|_| rng.range(0, last - limit)).collect();
-        if args.state_of_timeline_doc {
+        if wants(KindGroup::LongState) {
             tl_state = (0..n).map(|_| rng.range(1, last)).collect();
         }
     }
@@ -717,11 +896,11 @@ pub async fn run(common: &Common, args: &HistoryArgs) -> Result<(), Error> {
     let mut end_content_verified = None;
 
     // Documents list.
-    {
+    if wants(KindGroup::Documents) {
         let mut k = KindResult::new("documents", "(list, limit=50)");
         let paths: Vec<String> = (0..n).map(|_| format!("{admin}?limit=50")).collect();
         let names: Vec<String> = documents.iter().map(|d| d.name.clone()).collect();
-        run_kind(&mut client, &mut k, &paths, |_, r| {
+        run_kind(&mut client, &probe, &mut k, &paths, |_, r| {
             let v = json_of(r)?;
             let listed: Vec<&str> = v
                 .get("documents")
@@ -739,7 +918,7 @@ pub async fn run(common: &Common, args: &HistoryArgs) -> Result<(), Error> {
         kinds.push(k);
     }
 
-    if let Some((name, last)) = &timeline {
+    if let Some((name, last)) = timeline.as_ref().filter(|_| wants(KindGroup::Timeline)) {
         let doc = format!("{admin}/{}/timeline", encode_component(name));
         let passes = args.timeline_passes;
         let checker = Checker {
@@ -751,7 +930,7 @@ pub async fn run(common: &Common, args: &HistoryArgs) -> Result<(), Error> {
             .iter()
             .map(|a| format!("{doc}?after={a}&limit={limit}"))
             .collect();
-        run_kind(&mut client, &mut k, &paths, |i, r| {
+        run_kind(&mut client, &probe, &mut k, &paths, |i, r| {
             let a = tl_after[i];
             let seqs: Vec<u64> = (a + 1..=a + limit).collect();
             checker.changes(&json_of(r)?, &seqs)
@@ -764,7 +943,7 @@ pub async fn run(common: &Common, args: &HistoryArgs) -> Result<(), Error> {
             .iter()
             .map(|b| format!("{doc}?order=desc&before={b}&limit={limit}"))
             .collect();
-        run_kind(&mut client, &mut k, &paths, |i, r| {
+        run_kind(&mut client, &probe, &mut k, &paths, |i, r| {
             let b = tl_before[i];
             let seqs: Vec<u64> = (b - limit..b).rev().collect();
             checker.changes(&json_of(r)?, &seqs)
@@ -777,7 +956,7 @@ pub async fn run(common: &Common, args: &HistoryArgs) -> Result<(), Error> {
             .map(|_| format!("{doc}?order=desc&limit={limit}"))
             .collect();
         let last = *last;
-        run_kind(&mut client, &mut k, &paths, |_, r| {
+        run_kind(&mut client, &probe, &mut k, &paths, |_, r| {
             let seqs: Vec<u64> = (last + 1 - limit..=last).rev().collect();
             checker.changes(&json_of(r)?, &seqs)
         })
@@ -789,21 +968,27 @@ pub async fn run(common: &Common, args: &HistoryArgs) -> Result<(), Error> {
             .iter()
             .map(|a| format!("{doc}?after={a}&limit={limit}&group=session"))
             .collect();
-        run_kind(&mut client, &mut k, &paths, |i, r| {
+        run_kind(&mut client, &probe, &mut k, &paths, |i, r| {
             checker.sessions(&json_of(r)?, tl_session[i], limit)?;
             Ok(false)
         })
         .await?;
         kinds.push(k);
-
-        if !tl_state.is_empty() {
+    }
+    if let Some((name, _)) = timeline.as_ref().filter(|_| !tl_state.is_empty()) {
+        let passes = args.timeline_passes;
+        let checker = Checker {
+            text_name: &args.text_name,
+            expected: checkable(name, passes as u64),
+        };
+        {
             let state_path = format!("{admin}/{}/state", encode_component(name));
             let mut k = KindResult::new("state json (long log)", name);
             let paths: Vec<String> = tl_state
                 .iter()
                 .map(|s| format!("{state_path}?seq={s}&format=json"))
                 .collect();
-            run_kind(&mut client, &mut k, &paths, |i, r| {
+            run_kind(&mut client, &probe, &mut k, &paths, |i, r| {
                 checker.state_json(&json_of(r)?, tl_state[i], passes)
             })
             .await?;
@@ -818,43 +1003,47 @@ pub async fn run(common: &Common, args: &HistoryArgs) -> Result<(), Error> {
             text_name: &args.text_name,
             expected: checkable(name, 1),
         };
-        let mut k = KindResult::new("state json", name);
-        let paths: Vec<String> = st_json
-            .iter()
-            .map(|s| format!("{base}/state?seq={s}&format=json"))
-            .collect();
-        run_kind(&mut client, &mut k, &paths, |i, r| {
-            checker.state_json(&json_of(r)?, st_json[i], 1)
-        })
-        .await?;
-        kinds.push(k);
+        if wants(KindGroup::State) {
+            let mut k = KindResult::new("state json", name);
+            let paths: Vec<String> = st_json
+                .iter()
+                .map(|s| format!("{base}/state?seq={s}&format=json"))
+                .collect();
+            run_kind(&mut client, &probe, &mut k, &paths, |i, r| {
+                checker.state_json(&json_of(r)?, st_json[i], 1)
+            })
+            .await?;
+            kinds.push(k);
 
-        let mut k = KindResult::new("state binary", name);
-        let paths: Vec<String> = st_bin
-            .iter()
-            .map(|s| format!("{base}/state?seq={s}&format=binary"))
-            .collect();
-        run_kind(&mut client, &mut k, &paths, |i, r| {
-            checker.state_binary(r, st_bin[i])
-        })
-        .await?;
-        kinds.push(k);
+            let mut k = KindResult::new("state binary", name);
+            let paths: Vec<String> = st_bin
+                .iter()
+                .map(|s| format!("{base}/state?seq={s}&format=binary"))
+                .collect();
+            run_kind(&mut client, &probe, &mut k, &paths, |i, r| {
+                checker.state_binary(r, st_bin[i])
+            })
+            .await?;
+            kinds.push(k);
+        }
 
-        let mut k = KindResult::new("diff", name);
-        let span = args.diff_span;
-        let paths: Vec<String> = diff_from
-            .iter()
-            .map(|f| format!("{base}/diff?from={f}&to={}", (f + span).min(last)))
-            .collect();
-        run_kind(&mut client, &mut k, &paths, |i, r| {
-            let f = diff_from[i];
-            checker.diff(&json_of(r)?, f, (f + span).min(last))
-        })
-        .await?;
-        kinds.push(k);
+        if wants(KindGroup::Diff) {
+            let mut k = KindResult::new("diff", name);
+            let span = args.diff_span;
+            let paths: Vec<String> = diff_from
+                .iter()
+                .map(|f| format!("{base}/diff?from={f}&to={}", (f + span).min(last)))
+                .collect();
+            run_kind(&mut client, &probe, &mut k, &paths, |i, r| {
+                let f = diff_from[i];
+                checker.diff(&json_of(r)?, f, (f + span).min(last))
+            })
+            .await?;
+            kinds.push(k);
+        }
 
         // The newest state equals the trace's endContent (one untimed request).
-        if let Some(exp) = &checker.expected {
+        if let Some(exp) = checker.expected.filter(|_| wants(KindGroup::State)) {
             let path = format!("{base}/state?seq={last}&format=json");
             let (us, r) = timed(&mut client, &path).await?;
             let ok = r.status == 200

@@ -298,6 +298,11 @@ pub struct TraceLoadArgs {
     /// Most updates in flight (sent, echo not yet seen).
     #[arg(long, default_value_t = 256)]
     pub window: usize,
+    /// Send at most this many updates per second (0 = as fast as they are acknowledged). A
+    /// server snapshots every N updates but not while its previous snapshot is still being
+    /// written, so an unpaced load of a large document gets fewer snapshots than a typed one.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600.0)]
     pub timeout: f64,
@@ -308,6 +313,8 @@ struct TraceLoadResult {
     scenario: &'static str,
     trace: String,
     room: String,
+    /// `--rate` (0: unpaced).
+    rate: f64,
     /// Texts written, one per pass.
     texts: Vec<String>,
     passes: usize,
@@ -339,6 +346,12 @@ pub async fn trace_load(common: &Common, args: &TraceLoadArgs) -> Result<(), Err
     }
     if args.text_name.is_empty() {
         return Err("--text-name must not be empty".into());
+    }
+    if !(args.timeout > 0.0 && args.timeout <= 3600.0) {
+        return Err("--timeout must be in (0, 3600]".into());
+    }
+    if !(args.rate >= 0.0 && args.rate <= 10_000_000.0) {
+        return Err("--rate must be in [0, 10000000]".into());
     }
     let target = Target::parse(&common.url)?;
     let url = target.room_url(&args.room);
@@ -378,6 +391,9 @@ pub async fn trace_load(common: &Common, args: &TraceLoadArgs) -> Result<(), Err
         clock == 0 || echoed.get(&client).is_some_and(|e| *e >= clock)
     };
     let mut update_bytes = 0;
+    // With --rate: when update `i` may be sent at the earliest.
+    let due = |i: usize| started + Duration::from_secs_f64(i as f64 / args.rate);
+    let paced = args.rate > 0.0;
     loop {
         while in_flight.front().is_some_and(|a| acked(&echoed, *a)) {
             in_flight.pop_front();
@@ -386,7 +402,11 @@ pub async fn trace_load(common: &Common, args: &TraceLoadArgs) -> Result<(), Err
             break;
         }
         if next < replayed.updates.len() && in_flight.len() < args.window {
-            while next < replayed.updates.len() && in_flight.len() < args.window {
+            let now = Instant::now();
+            while next < replayed.updates.len()
+                && in_flight.len() < args.window
+                && (!paced || due(next) <= now)
+            {
                 let u = &replayed.updates[next];
                 update_bytes += u.len();
                 ws.feed(Message::Binary(Bytes::from(proto::frame_update(u))))
@@ -397,17 +417,22 @@ pub async fn trace_load(common: &Common, args: &TraceLoadArgs) -> Result<(), Err
             }
             ws.flush().await.map_err(|e| format!("flush: {e}"))?;
         }
-        let mut msg = match tokio::time::timeout_at(deadline.into(), ws.next()).await {
-            Ok(m) => Some(m),
-            Err(_) => {
-                return Err(format!(
-                    "timeout: {next} of {} sent, {} unacknowledged",
-                    replayed.updates.len(),
-                    in_flight.len()
-                )
-                .into());
-            }
-        };
+        // Paced: wake when the next update is due even if nothing arrives.
+        let wake = (paced && next < replayed.updates.len() && in_flight.len() < args.window)
+            .then(|| due(next).min(deadline));
+        let mut msg =
+            match tokio::time::timeout_at(wake.unwrap_or(deadline).into(), ws.next()).await {
+                Ok(m) => Some(m),
+                Err(_) if wake.is_some_and(|w| w < deadline) => continue,
+                Err(_) => {
+                    return Err(format!(
+                        "timeout: {next} of {} sent, {} unacknowledged",
+                        replayed.updates.len(),
+                        in_flight.len()
+                    )
+                    .into());
+                }
+            };
         let mut budget = 1024;
         while let Some(m) = msg.take() {
             let frame = match m {
@@ -482,6 +507,7 @@ pub async fn trace_load(common: &Common, args: &TraceLoadArgs) -> Result<(), Err
         scenario: "trace-load",
         trace: args.trace.display().to_string(),
         room: args.room.clone(),
+        rate: args.rate,
         texts: roots.clone(),
         passes: args.passes,
         txns: trace.txns.len(),

@@ -495,12 +495,14 @@ impl Room {
                 }));
                 let result = match outcome {
                     Ok(Ok(changed)) => Ok(self.accept_admin(author, changed)),
-                    Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
-                    Err(_) => {
+                    // A panic inside restore_into may leave part of the restore applied with
+                    // no update describing it: the document can no longer be trusted.
+                    Ok(Err(crate::history::HistoryError::Panicked(_))) | Err(_) => {
                         error!("restore made yrs panic; reloading the document");
                         self.poisoned = true;
                         Err(CommandError::Unavailable("restore failed".into()))
                     }
+                    Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
                 };
                 let _ = reply.send(result);
             }

@@ -11,7 +11,6 @@ use std::path::Path;
 
 use crdt_store::LogRow;
 use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
 use yrs::{
     Doc, OffsetKind, Options, ReadTxn, StateVector, Text, Transact, Update, XmlElementPrelim,
     XmlFragment, XmlTextPrelim,
@@ -103,7 +102,6 @@ pub fn generate(n: usize, authors: usize, seed: u64) -> Vec<Edit> {
             // Delete a selection.
             let pos = rng.below(len);
             let del = 1 + rng.below((len - pos).min(30));
-            cursor = pos;
             Edit {
                 pos,
                 del,
@@ -290,13 +288,12 @@ pub fn trace_edits(trace: &TraceFile) -> Vec<Vec<Edit>> {
         .collect()
 }
 
+/// Rows, snapshots (seq, state) and the final document of a replayed trace.
+pub type ReplayedTrace = (Vec<LogRow>, Vec<(i64, Vec<u8>)>, Doc);
+
 /// Replays a trace (one update per trace transaction) and returns its rows, the snapshots a
-/// server would write every `snapshot_every` rows, and the final text.
-pub fn replay_trace(
-    txns: &[Vec<Edit>],
-    name: &str,
-    snapshot_every: usize,
-) -> (Vec<LogRow>, Vec<(i64, Vec<u8>)>, Doc) {
+/// server would write every `snapshot_every` rows, and the final document.
+pub fn replay_trace(txns: &[Vec<Edit>], name: &str, snapshot_every: usize) -> ReplayedTrace {
     let doc = Doc::with_options(Options {
         client_id: yrs::ClientID::new(42),
         ..Options::default()
@@ -339,7 +336,7 @@ pub fn replay_trace(
 
 /// A TipTap-like document history: paragraphs typed one keystroke per update into an XML
 /// fragment named `default`, with Enter creating new paragraphs, by alternating authors.
-pub fn tiptap_history(paragraphs: usize, chars_each: usize) -> (Vec<LogRow>, Doc) {
+pub fn tiptap_history(paragraphs: usize, chars_each: usize, typos: bool) -> (Vec<LogRow>, Doc) {
     let doc = Doc::with_options(Options {
         client_id: yrs::ClientID::new(7),
         offset_kind: OffsetKind::Utf16,
@@ -349,7 +346,7 @@ pub fn tiptap_history(paragraphs: usize, chars_each: usize) -> (Vec<LogRow>, Doc
     let mut rows = Vec::new();
     let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
     let mut rng = Rng::new(99);
-    let mut push = |update: Vec<u8>, rows: &mut Vec<LogRow>, author: usize| {
+    let push = |update: Vec<u8>, rows: &mut Vec<LogRow>, author: usize| {
         let seq = rows.len() as i64 + 1;
         rows.push(LogRow {
             seq,
@@ -358,6 +355,13 @@ pub fn tiptap_history(paragraphs: usize, chars_each: usize) -> (Vec<LogRow>, Doc
             author: Some(AUTHORS[author].to_string()),
             data: update,
         });
+    };
+    let text_at = |txn: &yrs::Transaction, p: usize| {
+        frag.get(txn, p as u32)
+            .and_then(|x| x.into_xml_element())
+            .and_then(|el| el.get(txn, 0))
+            .and_then(|x| x.into_xml_text())
+            .unwrap()
     };
     for p in 0..paragraphs {
         let update = {
@@ -368,18 +372,27 @@ pub fn tiptap_history(paragraphs: usize, chars_each: usize) -> (Vec<LogRow>, Doc
         };
         push(update, &mut rows, p % 2);
         for c in 0..chars_each {
-            let update = {
-                let mut txn = doc.transact_mut();
-                let el = frag
-                    .get(&txn, p as u32)
-                    .and_then(|x| x.into_xml_element())
-                    .unwrap();
-                let t = el.get(&txn, 0).and_then(|x| x.into_xml_text()).unwrap();
+            // With typos, one keystroke in five is a wrong letter fixed with backspace: deleted
+            // ranges all over the document, as real editing leaves them.
+            let typo = typos && rng.below(5) == 0;
+            for attempt in 0..if typo { 2 } else { 1 } {
+                let t = text_at(&doc.transact(), p);
                 let ch = (b'a' + rng.below(26) as u8) as char;
-                t.insert(&mut txn, c as u32, &ch.to_string());
-                txn.encode_update_v1()
-            };
-            push(update, &mut rows, p % 2);
+                let update = {
+                    let mut txn = doc.transact_mut();
+                    t.insert(&mut txn, c as u32, &ch.to_string());
+                    txn.encode_update_v1()
+                };
+                push(update, &mut rows, p % 2);
+                if typo && attempt == 0 {
+                    let update = {
+                        let mut txn = doc.transact_mut();
+                        t.remove_range(&mut txn, c as u32, 1);
+                        txn.encode_update_v1()
+                    };
+                    push(update, &mut rows, p % 2);
+                }
+            }
         }
     }
     (rows, doc)

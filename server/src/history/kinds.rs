@@ -135,11 +135,15 @@ pub(crate) fn has_text<T: ReadTxn>(txn: &T, branch: BranchPtr) -> bool {
     !TextRef::from(branch).get_string(txn).is_empty()
 }
 
-/// The visible elements of a list-like branch (array, XML fragment or element), without the
-/// looping hazard described at [`infer`]: yrs' array iterator is used only when the branch
-/// holds no text; otherwise the text walk lists the strings and nested types (plain values
-/// mixed into a text are then left out).
-pub(crate) fn list_values<T: ReadTxn>(txn: &T, branch: BranchPtr) -> Vec<Out> {
+/// The visible elements of a list-like branch (array, XML fragment or element), read safely.
+///
+/// yrs' array iterator (`ArrayRef::iter`, also behind `get`, `to_json` and
+/// `XmlFragment::children`) counts string items in the document's offset unit but reads them
+/// in characters, and on a character wider than one unit (an emoji in UTF-16, any non-ASCII in
+/// bytes) it loops forever. So it is used only when the branch holds no text; otherwise the
+/// text walk lists the strings and nested types (plain values mixed into a text are then left
+/// out).
+pub fn list_values<T: ReadTxn>(txn: &T, branch: BranchPtr) -> Vec<Out> {
     if has_text(txn, branch) {
         TextRef::from(branch)
             .diff(txn, YChange::identity)

@@ -12,6 +12,10 @@
 //!   transaction's delete set). That walk also reaches into a deleted paragraph, so joining or
 //!   deleting whole paragraphs counts their characters, not just "1 element". The walk is
 //!   linear in the changed type's items — for a keystroke in a TipTap document, one paragraph.
+//!   A keystroke in a large `Y.Text` root would make that the whole text (~0.5 ms for the
+//!   automerge-paper document), so when a transaction changed one text root and nothing else,
+//!   the count comes from the update's own structs and the root's change in length instead
+//!   (`FastPath`; ~10 µs).
 //! - **Map and array roots** are counted from deep-observer events: map keys set or removed and
 //!   array elements added or removed count 1 each, characters in nested texts count as above
 //!   (content of deleted nested types is not looked into).
@@ -19,6 +23,7 @@
 //!   holds afterwards as inserted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -28,12 +33,13 @@ use yrs::branch::{BranchID, BranchPtr};
 use yrs::types::text::{ChangeKind, YChange};
 use yrs::types::{Change as ListChange, Delta, EntryChange, Event, Events};
 use yrs::{
-    Any, Array, ArrayRef, DeepObservable, Doc, IdSet, Map, MapRef, Out, ReadTxn, Snapshot,
+    Any, ArrayRef, DeepObservable, Doc, IdSet, Map, MapRef, OffsetKind, Out, ReadTxn, Snapshot,
     StateVector, Text, TextRef, Transact, TransactionMut, Update,
 };
 
 use super::json::MAX_DEPTH;
 use super::kinds::{RootKind, kind_of_root, list_values, root_kinds_in};
+use super::structs::{self, Kind, Struct};
 use super::{HistoryError, decode, guard};
 
 /// What one change did to one root type.
@@ -232,6 +238,21 @@ struct Tracker<'d> {
     kinds: Arc<Mutex<HashMap<Arc<str>, RootKind>>>,
     /// Map and array roots with a deep observer.
     observed: HashSet<Arc<str>>,
+    /// What the fast count of a text root needs about the current update.
+    fast: Arc<Mutex<FastPath>>,
+}
+
+/// For counting a change to a large `Y.Text` without walking it: the update's structs and each
+/// text root's length before it. With both, the characters inserted are the update's character
+/// structs that the transaction integrated and did not delete again, and the characters deleted
+/// follow from the change in length. Used when the transaction changed one text root and
+/// nothing else (a keystroke); anything else takes the walk.
+#[derive(Default, Clone)]
+struct FastPath {
+    /// The update's structs; `None` disables the fast path for this update.
+    structs: Option<Arc<Vec<Struct>>>,
+    /// Visible length (UTF-16 units) of each text root before the update.
+    lens_before: HashMap<Arc<str>, u32>,
 }
 
 impl<'d> Tracker<'d> {
@@ -241,13 +262,21 @@ impl<'d> Tracker<'d> {
             tally: Arc::default(),
             kinds: Arc::default(),
             observed: HashSet::new(),
+            fast: Arc::default(),
         };
         let tally = tracker.tally.clone();
         let kinds = tracker.kinds.clone();
+        let fast = tracker.fast.clone();
+        // Lengths are compared in UTF-16 units, the unit Yjs counts in.
+        let utf16 = doc.offset_kind() == OffsetKind::Utf16;
         doc.observe_after_transaction(OBSERVER_KEY, move |txn| {
             let kinds = kinds.lock().map(|k| k.clone()).unwrap_or_default();
+            let fast = match fast.lock() {
+                Ok(f) if utf16 => f.clone(),
+                _ => FastPath::default(),
+            };
             let counted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                count_transaction(txn, &kinds)
+                count_transaction(txn, &kinds, &fast)
             }));
             if let Ok(mut tally) = tally.lock() {
                 match counted {
@@ -339,6 +368,20 @@ impl<'d> Tracker<'d> {
         if let Ok(mut tally) = self.tally.lock() {
             *tally = Tally::default();
         }
+        // Structs waiting for missing predecessors may be integrated by this update without
+        // being part of it; the walk counts those, the fast path would not.
+        let pending = self.doc.transact().store().pending_update().is_some();
+        let fast = FastPath {
+            structs: if pending {
+                None
+            } else {
+                structs::scan(bytes).ok().map(Arc::new)
+            },
+            lens_before: self.text_lengths(),
+        };
+        if let Ok(mut f) = self.fast.lock() {
+            *f = fast;
+        }
         let doc = self.doc;
         guard("applying an update", || {
             let mut txn = doc.transact_mut();
@@ -394,6 +437,16 @@ impl<'d> Tracker<'d> {
         Ok(ChangeSummary { clients, roots })
     }
 
+    /// Visible length of every text root.
+    fn text_lengths(&self) -> HashMap<Arc<str>, u32> {
+        let kinds = self.kinds.lock().map(|k| k.clone()).unwrap_or_default();
+        let txn = self.doc.transact();
+        txn.root_refs()
+            .filter(|(name, _)| kinds.get(*name) == Some(&RootKind::Text))
+            .filter_map(|(name, out)| Some((Arc::from(name), out.try_branch()?.content_len)))
+            .collect()
+    }
+
     /// Removes the observers.
     fn close(self) {
         let _ = self.doc.unobserve_after_transaction(OBSERVER_KEY);
@@ -427,6 +480,7 @@ fn clients_of(update: &Update) -> Vec<u64> {
 fn count_transaction(
     txn: &mut TransactionMut,
     kinds: &HashMap<Arc<str>, RootKind>,
+    fast: &FastPath,
 ) -> Option<HashMap<Arc<str>, (u64, u64)>> {
     let changed: Vec<BranchPtr> = txn.changed_parent_types().to_vec();
     if changed.is_empty() {
@@ -444,6 +498,12 @@ fn count_transaction(
             }
             start = None;
         }
+    }
+    if let [(branch, root)] = direct.as_slice()
+        && kinds.get(root) == Some(&RootKind::Text)
+        && let Some(counts) = count_text_fast(txn, *branch, root, fast)
+    {
+        return Some(HashMap::from([(root.clone(), counts)]));
     }
     let before = txn.before_state().clone();
     let deleted = txn.delete_set().clone();
@@ -473,6 +533,60 @@ fn count_transaction(
     }
     Some(counts)
 }
+
+/// (inserted, deleted) of a transaction that changed only the text root `root` (see
+/// [`FastPath`]); `None` when the fast count does not apply.
+fn count_text_fast(
+    txn: &TransactionMut,
+    branch: BranchPtr,
+    root: &Arc<str>,
+    fast: &FastPath,
+) -> Option<(u64, u64)> {
+    let structs = fast.structs.as_ref()?;
+    let before = *fast.lens_before.get(root)?;
+    // The changed branch must be the root itself, and no nested type may have been inserted
+    // (its content would count differently).
+    if !matches!(branch.id(), BranchID::Root(_)) || structs.iter().any(|s| s.kind == Kind::Type) {
+        return None;
+    }
+    // Content going into a root that was empty before changes no type's events, so it would
+    // be counted here as this root's: leave such updates to the walk.
+    let stray = txn.root_refs().any(|(name, out)| match out {
+        Out::UndefinedRef(b) => {
+            &**root != name && (b.block_len > 0 || MapRef::from(b).len(txn) > 0)
+        }
+        _ => false,
+    });
+    if stray {
+        return None;
+    }
+    let mut inserted: u64 = 0;
+    // Per client: clock ranges the transaction integrated, and those of them it deleted.
+    type Ranges = Vec<Range<u32>>;
+    let mut clients: HashMap<yrs::ClientID, (Ranges, Ranges)> = HashMap::new();
+    for s in structs.iter().filter(|s| s.kind == Kind::Countable) {
+        let (integrated, gone) = clients.entry(s.client).or_insert_with(|| {
+            let integrated = structs::ranges_of(txn.insert_set(), &s.client);
+            let deleted = structs::ranges_of(txn.delete_set(), &s.client);
+            let gone = structs::intersect(&integrated, &deleted);
+            (integrated, gone)
+        });
+        let range = s.clock..s.clock.saturating_add(s.len);
+        let visible = structs::covered(integrated, range.clone())
+            .saturating_sub(structs::covered(gone, range));
+        inserted += u64::from(visible);
+    }
+    let after = i64::from(branch.content_len);
+    let deleted = inserted as i64 - (after - i64::from(before));
+    let deleted = u64::try_from(deleted).ok()?;
+    #[cfg(test)]
+    FAST_COUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some((inserted, deleted))
+}
+
+/// How often the fast count was used (tests check that it is).
+#[cfg(test)]
+static FAST_COUNTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The two states around one transaction, as the snapshots yrs' item walk understands.
 ///
@@ -660,9 +774,9 @@ mod tests {
     use super::*;
     use crate::history::fixture::{AUTHORS, generate, replay, tiptap_history};
     use crate::history::reconstruct;
-    use yrs::updates::encoder::Encode;
     use yrs::{
-        MapPrelim, Text, TextPrelim, WriteTxn, Xml, XmlElementPrelim, XmlFragment, XmlTextPrelim,
+        Array, MapPrelim, Text, TextPrelim, WriteTxn, Xml, XmlElementPrelim, XmlFragment,
+        XmlTextPrelim,
     };
 
     fn utf16(s: &str) -> u64 {
@@ -674,7 +788,11 @@ mod tests {
         let edits = generate(800, 2, 11);
         let r = replay(&edits, "body", 0);
         let doc = reconstruct(None, std::iter::empty(), true).unwrap();
+        let fast_before = FAST_COUNTS.load(std::sync::atomic::Ordering::Relaxed);
         let changes = summarize_rows(&doc, &r.rows).unwrap();
+        let fast = FAST_COUNTS.load(std::sync::atomic::Ordering::Relaxed) - fast_before;
+        // Every edit but the first (which creates the root) takes the fast count.
+        assert!(fast >= edits.len() - 1, "fast count used {fast} times");
         assert_eq!(changes.len(), edits.len());
         for (i, (edit, change)) in edits.iter().zip(&changes).enumerate() {
             let before: Vec<char> = r.texts[i].chars().collect();
@@ -702,6 +820,63 @@ mod tests {
         assert_eq!(
             crate::history::fixture::text_of(&doc, "body"),
             r.texts[edits.len()]
+        );
+    }
+
+    #[test]
+    fn text_counts_by_walk_when_two_roots_change() {
+        let editor = Doc::with_options(yrs::Options {
+            offset_kind: yrs::OffsetKind::Utf16,
+            ..yrs::Options::default()
+        });
+        let history = reconstruct(None, std::iter::empty(), true).unwrap();
+        let u = edit(&editor, |t| {
+            t.get_or_insert_text("a").insert(t, 0, "hello 😀");
+            t.get_or_insert_text("b").insert(t, 0, "xy");
+        });
+        summarize(&history, &u).unwrap();
+        let u = edit(&editor, |t| {
+            let a = t.get_or_insert_text("a");
+            a.remove_range(t, 0, 2);
+            a.insert(t, 0, "J");
+            let b = t.get_or_insert_text("b");
+            b.insert(t, 2, "z");
+            let bold = yrs::types::Attrs::from([("bold".into(), true.into())]);
+            b.format(t, 0, 3, bold);
+        });
+        let s = summarize(&history, &u).unwrap();
+        assert_eq!(
+            s.roots["a"],
+            RootChange {
+                kind: RootKind::Text,
+                inserted: 1,
+                deleted: 2
+            }
+        );
+        // Formatting marks are not characters.
+        assert_eq!(
+            s.roots["b"],
+            RootChange {
+                kind: RootKind::Text,
+                inserted: 1,
+                deleted: 0
+            }
+        );
+        // One root with formatting takes the fast path: marks still do not count.
+        let u = edit(&editor, |t| {
+            let b = t.get_or_insert_text("b");
+            let italic = yrs::types::Attrs::from([("italic".into(), true.into())]);
+            b.format(t, 1, 1, italic);
+            b.remove_range(t, 0, 1);
+        });
+        let s = summarize(&history, &u).unwrap();
+        assert_eq!(
+            s.roots["b"],
+            RootChange {
+                kind: RootKind::Text,
+                inserted: 0,
+                deleted: 1
+            }
         );
     }
 
@@ -734,7 +909,7 @@ mod tests {
         });
         let frag = editor.get_or_insert_xml_fragment("default");
         let history = reconstruct(None, std::iter::empty(), true).unwrap();
-        let mut step = |f: &dyn Fn(&mut yrs::TransactionMut)| {
+        let step = |f: &dyn Fn(&mut yrs::TransactionMut)| {
             let u = edit(&editor, |t| f(t));
             summarize(&history, &u).unwrap().roots
         };
@@ -869,7 +1044,7 @@ mod tests {
 
     #[test]
     fn keystrokes_in_a_tiptap_document() {
-        let (rows, _) = tiptap_history(5, 20);
+        let (rows, _) = tiptap_history(5, 20, false);
         let base = reconstruct(None, rows[..30].iter().map(|r| r.data.as_slice()), true).unwrap();
         let changes = summarize_rows(&base, &rows[30..]).unwrap();
         for c in &changes {
