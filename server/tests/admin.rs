@@ -16,14 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    Client, HttpResponse, TestServer, config, eventually, http_request, http_send, upgrade_request,
+    Client, Db, HttpResponse, TestServer, config, eventually, http_request, http_send,
+    upgrade_request,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 use tandem::Config;
 use tandem::config::AuthMode;
-use testkit::PgSchema;
 use yrs::types::Attrs;
 use yrs::updates::decoder::Decode;
 use yrs::{
@@ -42,42 +42,6 @@ const API: &str = "/api/v1/admin";
 
 // ---------------------------------------------------------------------------------------------
 // Databases
-
-/// One test's database: a SQLite file in a temp dir, or a Postgres schema of its own.
-struct Db {
-    label: &'static str,
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    schema: Option<PgSchema>,
-}
-
-impl Db {
-    /// SQLite always, Postgres when configured.
-    async fn all(test: &str) -> Vec<Db> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut dbs = vec![Db {
-            label: "sqlite",
-            url: format!("sqlite://{}", dir.path().join("tandem.db").display()),
-            _dir: Some(dir),
-            schema: None,
-        }];
-        if let Some(schema) = PgSchema::for_test(test).await {
-            dbs.push(Db {
-                label: "postgres",
-                url: schema.url.clone(),
-                _dir: None,
-                schema: Some(schema),
-            });
-        }
-        dbs
-    }
-
-    async fn finish(self) {
-        if let Some(schema) = self.schema {
-            schema.remove().await;
-        }
-    }
-}
 
 /// Runs `case` once per database.
 macro_rules! on_every_db {

@@ -13,16 +13,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    Client, HttpResponse, RawWs, TestServer, WAIT, WS_KEY, awareness_frame, config, eventually,
+    Client, Db, HttpResponse, RawWs, TestServer, WAIT, WS_KEY, awareness_frame, config, eventually,
     frame, http_request,
 };
-use crdt_store::{LogRow, Store, StoreOptions};
+use crdt_store::{LogRow, Store};
 use futures::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tandem::Config;
 use tandem::config::{AuthMode, ReadOnlyAwareness};
-use testkit::PgSchema;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -61,53 +60,6 @@ const RO_REFUSED: &str = "tandem_readonly_updates_refused_total";
 
 // ---------------------------------------------------------------------------------------------
 // Databases
-
-/// One test's database: a SQLite file in a temp dir, or a Postgres schema of its own.
-struct Db {
-    label: &'static str,
-    url: String,
-    _dir: Option<tempfile::TempDir>,
-    schema: Option<PgSchema>,
-}
-
-impl Db {
-    /// SQLite always, Postgres when configured.
-    async fn all(test: &str) -> Vec<Db> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut dbs = vec![Db {
-            label: "sqlite",
-            url: format!("sqlite://{}", dir.path().join("tandem.db").display()),
-            _dir: Some(dir),
-            schema: None,
-        }];
-        if let Some(schema) = PgSchema::for_test(test).await {
-            dbs.push(Db {
-                label: "postgres",
-                url: schema.url.clone(),
-                _dir: None,
-                schema: Some(schema),
-            });
-        }
-        dbs
-    }
-
-    /// A store on the same database, for reading the log.
-    async fn store(&self) -> Store {
-        let opts = StoreOptions {
-            max_connections: 2,
-            ..StoreOptions::default()
-        };
-        let store = Store::open(&self.url, &opts).await.expect("open store");
-        store.migrate().await.expect("migrate");
-        store
-    }
-
-    async fn finish(self) {
-        if let Some(schema) = self.schema {
-            schema.remove().await;
-        }
-    }
-}
 
 /// Runs `case` once per database.
 macro_rules! on_every_db {

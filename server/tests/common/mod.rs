@@ -817,3 +817,53 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[size + 2..];
     }
 }
+
+/// One test's database: a SQLite file in a temp dir, or a Postgres schema of its own.
+pub struct Db {
+    pub label: &'static str,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    schema: Option<testkit::PgSchema>,
+}
+
+impl Db {
+    /// SQLite always, Postgres when configured.
+    pub async fn all(test: &str) -> Vec<Db> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dbs = vec![Db {
+            label: "sqlite",
+            url: format!("sqlite://{}", dir.path().join("tandem.db").display()),
+            _dir: Some(dir),
+            schema: None,
+        }];
+        if let Some(schema) = testkit::PgSchema::for_test(test).await {
+            dbs.push(Db {
+                label: "postgres",
+                url: schema.url.clone(),
+                _dir: None,
+                schema: Some(schema),
+            });
+        }
+        dbs
+    }
+
+    /// A store on the same database, for reading the log.
+    pub async fn store(&self) -> crdt_store::Store {
+        let opts = crdt_store::StoreOptions {
+            max_connections: 2,
+            ..crdt_store::StoreOptions::default()
+        };
+        let store = crdt_store::Store::open(&self.url, &opts)
+            .await
+            .expect("open store");
+        store.migrate().await.expect("migrate");
+        store
+    }
+
+    /// Drops the Postgres schema, if any.
+    pub async fn finish(self) {
+        if let Some(schema) = self.schema {
+            schema.remove().await;
+        }
+    }
+}
