@@ -4,19 +4,21 @@
 //! many, flush once) and sends pings. Generic over `Sink`/`Stream` so it does not care whether
 //! the socket is axum's or a test double.
 
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message};
 use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::{Instrument, debug, debug_span};
 
 use crate::auth::Grant;
 use crate::close;
-use crate::limits::RateLimiter;
+use crate::limits::{RateLimiter, Verdict};
 use crate::peer::{CloseReason, Outbox, Peer};
 use crate::protocol;
 use crate::registry::{JoinError, Registry};
@@ -25,8 +27,15 @@ use crate::state::Shared;
 
 /// Frames written before one flush.
 const WRITE_BATCH: usize = 64;
-/// How long a closing connection may take to deliver what is queued and its close frame.
+/// How long a closing connection may take to deliver what is queued and its close frame; and
+/// then, separately, the longest it keeps reading what the client still sends (see [`finish`]).
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// After the close frame is out, a client silent for this long has nothing more in flight: the
+/// socket can be dropped without a reset.
+const CLOSE_QUIET: Duration = Duration::from_millis(500);
+/// Most bytes a closing connection reads and discards after its close frame; beyond it the
+/// socket is dropped even if the client still sends.
+const CLOSE_DRAIN_BYTES: usize = 4 << 20;
 
 /// The client closed the socket itself.
 const CLIENT_CLOSED: CloseReason = CloseReason {
@@ -73,10 +82,11 @@ const IDLE_TIMEOUT: CloseReason = CloseReason {
     reason: "idle timeout",
     label: "idle_timeout",
 };
-/// Above the message rate.
+/// One frame held more messages than the whole burst allowance of the message rate (a rate
+/// that is merely exceeded only slows the connection down).
 const RATE_LIMITED: CloseReason = CloseReason {
     code: close::RATE_LIMITED,
-    reason: "too many messages per second",
+    reason: "rate abuse: more messages in one frame than the message burst allows",
     label: "rate_limited",
 };
 /// The document could not be opened.
@@ -133,12 +143,11 @@ where
         debug!("open");
         shared.register(peer.clone());
         let mut socket = std::pin::pin!(socket);
-        let mut outbox = outbox;
         // Boxed: a future's size is that of its largest await, and this one and `finish` are
         // each awaited once, so keeping them out of line shrinks every idle connection.
         match Box::pin(registry.join(&name, peer.clone())).await {
             Ok(room) => {
-                drive(&mut socket, &mut outbox, &room, &peer, &shared, expires).await;
+                drive(&mut socket, &outbox, &room, &peer, &shared, expires).await;
                 let _ = room.send(RoomMsg::Leave { conn: id }).await;
             }
             Err(e) => {
@@ -149,11 +158,12 @@ where
                 });
             }
         }
-        Box::pin(finish(&mut socket, &mut outbox, &peer, &shared.metrics)).await;
-        shared.unregister(id);
-        drop(slots);
+        // Counted when decided, not after the lingering close (which may take seconds).
         let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
         metrics.closed(reason.label);
+        Box::pin(finish(&mut socket, &outbox, &peer, &shared.metrics)).await;
+        shared.unregister(id);
+        drop(slots);
         metrics.connections.dec();
         debug!(code = reason.code, reason = reason.label, "closed");
     }
@@ -168,7 +178,8 @@ fn deadline_at(at: SystemTime) -> Instant {
     Instant::now() + left
 }
 
-/// The timers a reading connection is subject to; the earliest one that passes closes it.
+/// The timers a connection is subject to; the earliest one that passes closes it, sends a
+/// ping, or resumes reading.
 struct Deadlines {
     /// Nothing at all (not even a pong) for `ping_timeout`.
     liveness: Instant,
@@ -180,23 +191,59 @@ struct Deadlines {
     expiry: Option<Instant>,
     /// When the next ping is due.
     ping: Instant,
+    /// Over the message rate: reading resumes then.
+    throttled: Option<Instant>,
+    /// Since when reading is paused (throttled, or the room's inbox is full). While paused the
+    /// client's frames, pongs included, wait unread in the socket, so its silence is not
+    /// measured: `liveness` and `idle` do not run.
+    paused: Option<Instant>,
+}
+
+/// What a passed deadline means.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    /// Time to ping.
+    Ping,
+    /// The throttle pause is over.
+    Resume,
+    /// Close with this reason.
+    Close(CloseReason),
 }
 
 impl Deadlines {
-    /// The earliest deadline, and the close it means (`None`: it is only time to ping).
-    fn next(&self) -> (Instant, Option<CloseReason>) {
-        let mut next = (self.ping, None);
+    /// The earliest deadline, and what it means.
+    fn next(&self) -> (Instant, Wake) {
+        let mut next = (self.ping, Wake::Ping);
+        if let Some(at) = self.throttled.filter(|at| *at <= next.0) {
+            next = (at, Wake::Resume);
+        }
+        let reading = self.paused.is_none();
         for (at, reason) in [
-            (Some(self.liveness), PING_TIMEOUT),
+            (Some(self.liveness).filter(|_| reading), PING_TIMEOUT),
             (self.handshake, HANDSHAKE_TIMEOUT),
-            (Some(self.idle), IDLE_TIMEOUT),
+            (Some(self.idle).filter(|_| reading), IDLE_TIMEOUT),
             (self.expiry, TOKEN_EXPIRED),
         ] {
             if let Some(at) = at.filter(|at| *at <= next.0) {
-                next = (at, Some(reason));
+                next = (at, Wake::Close(reason));
             }
         }
         next
+    }
+
+    /// Records whether the connection reads at `now`. When reading resumes, the silence timers
+    /// are pushed back by the pause: the client was not silent, we were not listening.
+    fn set_reading(&mut self, reading: bool, now: Instant) {
+        match (reading, self.paused) {
+            (false, None) => self.paused = Some(now),
+            (true, Some(since)) => {
+                let paused = now.saturating_duration_since(since);
+                self.liveness += paused;
+                self.idle += paused;
+                self.paused = None;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -206,25 +253,52 @@ enum Event {
     Inbound(Option<Result<Message, axum::Error>>),
     /// A frame from the room to send.
     Outbound(Bytes),
+    /// The write in progress finished (flushed) or failed.
+    Written(Result<(), axum::Error>),
     /// The connection is closing (its peer was closed, or the server shuts down).
     Closing,
     /// The room's inbox had room for the held message (`false`: the room is gone).
     RoomReady(bool),
     /// A deadline passed.
-    Deadline(Option<CloseReason>),
+    Deadline(Wake),
+}
+
+/// A write in progress: frames are fed one by one, then flushed once. Lives in every
+/// connection's future, so it is kept small (no `Message`).
+struct Batch {
+    /// The next frame to feed (`None`: all fed, flushing).
+    next: Option<Bytes>,
+    /// A ping is due; it goes out after the current frame.
+    ping: bool,
+    /// Frames fed so far.
+    written: u16,
+}
+
+impl Batch {
+    /// A batch starting with `frame`, or with a ping if `None`.
+    fn of(frame: Option<Bytes>) -> Batch {
+        Batch {
+            ping: frame.is_none(),
+            next: frame,
+            written: 0,
+        }
+    }
 }
 
 /// Runs the connection: one task both reads the client's frames (handing them to the room)
 /// and writes the room's frames (in batches: feed many, flush once), plus pings and timers.
 /// One task instead of a reader and a writer halves the per-connection tasks and needs no
-/// lock around the socket.
+/// lock around the socket: one branch of the `select!` polls both its directions.
 ///
-/// The loop never blocks on the room: when the room's inbox is full the message is held and
-/// reading pauses (backpressure on this client only) while writing goes on, so a busy room
-/// cannot make a healthy client look slow. On return the peer has a close reason.
+/// Reading and writing are independent: a write stuck on a client that stopped reading does
+/// not stop the reads, so every deadline (liveness, idle, token expiry) still fires and the
+/// room is told at once. Reading pauses in two cases, each a backpressure on this client only
+/// while writing, pings and timers go on: the room's inbox is full (the message is held), or
+/// the client is over its message rate (throttled: TCP then slows the sender to the rate).
+/// On return the peer has a close reason.
 async fn drive<S>(
     socket: &mut S,
-    outbox: &mut Outbox,
+    outbox: &Outbox,
     room: &mpsc::Sender<RoomMsg>,
     peer: &Peer,
     shared: &Shared,
@@ -241,6 +315,8 @@ async fn drive<S>(
         idle: now + config.idle_timeout,
         expiry: expires_at.map(deadline_at),
         ping: now + config.ping_interval,
+        throttled: None,
+        paused: None,
     };
     let mut rate = RateLimiter::new(
         config.max_messages_per_sec,
@@ -249,42 +325,45 @@ async fn drive<S>(
     );
     // A message the room's full inbox could not take yet.
     let mut held: Option<RoomMsg> = None;
+    let mut batch: Option<Batch> = None;
     loop {
-        let (deadline, expired) = deadlines.next();
+        let reading = held.is_none() && deadlines.throttled.is_none();
+        deadlines.set_reading(reading, Instant::now());
+        let (deadline, wake) = deadlines.next();
+        let writing = batch.is_some();
+        // Boxed, and only while a message is held (rare: the room is overloaded): an idle
+        // connection then stores no `reserve` future, which is larger than the rest together.
+        let mut reserve = held.as_ref().map(|_| Box::pin(room.reserve()));
         // Every future of this `select!` is stored in the connection's task while it idles, so
         // it waits on as few as possible: one token (closing includes shutdown), one timer.
-        let event = if held.is_none() {
-            tokio::select! {
-                biased;
-                _ = peer.closing().cancelled() => Event::Closing,
-                _ = sleep_until(deadline) => Event::Deadline(expired),
-                frame = outbox.recv() => Event::Outbound(frame),
-                frame = socket.next() => Event::Inbound(frame),
-            }
-        } else {
-            tokio::select! {
-                biased;
-                _ = peer.closing().cancelled() => Event::Closing,
-                permit = room.reserve() => Event::RoomReady(permit.is_ok()),
-                frame = outbox.recv() => Event::Outbound(frame),
+        let event = tokio::select! {
+            biased;
+            _ = peer.closing().cancelled() => Event::Closing,
+            _ = sleep_until(deadline) => Event::Deadline(wake),
+            frame = outbox.recv(), if !writing => Event::Outbound(frame),
+            permit = async {
+                match reserve.as_mut() {
+                    Some(reserve) => reserve.await,
+                    None => std::future::pending().await,
+                }
+            } => Event::RoomReady(permit.is_ok()),
+            event = poll_fn(|cx| poll_socket(cx, socket, outbox, &mut batch, reading, metrics)) => {
+                event
             }
         };
         match event {
-            Event::Deadline(Some(reason)) => {
+            Event::Deadline(Wake::Close(reason)) => {
                 peer.close(reason);
                 return;
             }
-            Event::Deadline(None) => {
+            Event::Deadline(Wake::Ping) => {
                 deadlines.ping = Instant::now() + config.ping_interval;
-                let ping = socket.send(Message::Ping(Bytes::new()));
-                tokio::select! {
-                    r = ping => if r.is_err() {
-                        peer.close(CLIENT_CLOSED);
-                        return;
-                    },
-                    _ = peer.closing().cancelled() => return,
+                match &mut batch {
+                    Some(batch) => batch.ping = true,
+                    None => batch = Some(Batch::of(None)),
                 }
             }
+            Event::Deadline(Wake::Resume) => deadlines.throttled = None,
             Event::Closing => {
                 if peer.close_reason().is_none() {
                     peer.close(CloseReason::SHUTDOWN);
@@ -310,29 +389,29 @@ async fn drive<S>(
                 peer.close(CloseReason::INTERNAL);
                 return;
             }
-            Event::Outbound(first) => {
-                let batch = write_batch(socket, outbox, first, metrics);
-                tokio::select! {
-                    r = batch => if r.is_err() {
-                        peer.close(CLIENT_CLOSED);
-                        return;
-                    },
-                    // Closed while a write is stuck (typically a client that stopped reading:
-                    // 4001). `finish` still tries to queue the close frame, bounded.
-                    _ = peer.closing().cancelled() => return,
-                }
+            Event::Outbound(first) => batch = Some(Batch::of(Some(first))),
+            Event::Written(Ok(())) => batch = None,
+            Event::Written(Err(_)) => {
+                peer.close(CLIENT_CLOSED);
+                return;
             }
             Event::Inbound(frame) => {
                 let now = Instant::now();
                 deadlines.liveness = now + config.ping_timeout;
-                let Some(msg) = inbound(frame, peer, metrics, &mut rate, now) else {
-                    return;
-                };
-                let Some(msg) = msg else {
-                    continue;
+                let (msg, pause) = match inbound(frame, peer, metrics, &mut rate, now) {
+                    Inbound::Close => return,
+                    Inbound::Control => continue,
+                    Inbound::Room(msg, pause) => (msg, pause),
                 };
                 deadlines.handshake = None;
                 deadlines.idle = now + config.idle_timeout;
+                if let Some(pause) = pause {
+                    metrics.connections_throttled.inc();
+                    metrics
+                        .connections_throttled_seconds
+                        .inc_by(pause.as_secs_f64());
+                    deadlines.throttled = Some(now + pause);
+                }
                 match room.try_send(msg) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(msg)) => held = Some(msg),
@@ -346,15 +425,90 @@ async fn drive<S>(
     }
 }
 
-/// Handles one frame from the client. `None`: the connection must end (the peer has its close
-/// reason); `Some(None)`: nothing for the room (a ping or pong); `Some(Some(msg))`: for the room.
+/// Polls both directions of the socket: the write in progress first (so it cannot starve),
+/// then, if `reading`, the next frame from the client.
+fn poll_socket<S>(
+    cx: &mut Context<'_>,
+    socket: &mut S,
+    outbox: &Outbox,
+    batch: &mut Option<Batch>,
+    reading: bool,
+    metrics: &crate::metrics::Metrics,
+) -> Poll<Event>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    if let Some(batch) = batch.as_mut()
+        && let Poll::Ready(r) = poll_batch(cx, socket, outbox, batch, metrics)
+    {
+        return Poll::Ready(Event::Written(r));
+    }
+    if reading {
+        return socket.poll_next_unpin(cx).map(Event::Inbound);
+    }
+    Poll::Pending
+}
+
+/// Drives the write in progress: feeds `batch`'s message and whatever else is already queued
+/// (up to a batch), then flushes once. Pending while the socket cannot take more.
+fn poll_batch<S>(
+    cx: &mut Context<'_>,
+    sink: &mut S,
+    outbox: &Outbox,
+    batch: &mut Batch,
+    metrics: &crate::metrics::Metrics,
+) -> Poll<Result<(), axum::Error>>
+where
+    S: Sink<Message, Error = axum::Error> + Unpin,
+{
+    loop {
+        let msg = match batch.next.take() {
+            Some(frame) => Message::Binary(frame),
+            None if std::mem::take(&mut batch.ping) => Message::Ping(Bytes::new()),
+            None => break,
+        };
+        match sink.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                match msg {
+                    Message::Binary(frame) => batch.next = Some(frame),
+                    _ => batch.ping = true,
+                }
+                return Poll::Pending;
+            }
+        }
+        if let Message::Binary(frame) = &msg {
+            metrics.frames_out.inc();
+            metrics.bytes_out.inc_by(frame.len() as u64);
+        }
+        sink.start_send_unpin(msg)?;
+        batch.written += 1;
+        if usize::from(batch.written) < WRITE_BATCH {
+            batch.next = outbox.try_recv();
+        }
+    }
+    sink.poll_flush_unpin(cx)
+}
+
+/// What one frame from the client comes to.
+enum Inbound {
+    /// The connection must end; the peer has its close reason.
+    Close,
+    /// Nothing for the room (a ping or pong).
+    Control,
+    /// For the room; with a pause when the client is over its message rate.
+    Room(RoomMsg, Option<Duration>),
+}
+
+/// Handles one frame from the client.
 fn inbound(
     frame: Option<Result<Message, axum::Error>>,
     peer: &Peer,
     metrics: &crate::metrics::Metrics,
     rate: &mut RateLimiter,
     now: Instant,
-) -> Option<Option<RoomMsg>> {
+) -> Inbound {
     let reason = match frame {
         Some(Ok(Message::Binary(data))) => {
             metrics.bytes_in.inc_by(data.len() as u64);
@@ -362,13 +516,19 @@ fn inbound(
                 Ok(msgs) => {
                     metrics.messages_in.inc_by(msgs.len() as u64);
                     let count = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
-                    if rate.allow(count, now.into_std()) {
-                        return Some(Some(RoomMsg::Frame {
-                            conn: peer.id,
-                            msgs,
-                        }));
-                    }
-                    RATE_LIMITED
+                    let pause = match rate.admit(count, now.into_std()) {
+                        Verdict::Pass => None,
+                        Verdict::Pause(pause) => Some(pause),
+                        Verdict::Abuse => {
+                            peer.close(RATE_LIMITED);
+                            return Inbound::Close;
+                        }
+                    };
+                    let msg = RoomMsg::Frame {
+                        conn: peer.id,
+                        msgs,
+                    };
+                    return Inbound::Room(msg, pause);
                 }
                 Err(e) => {
                     debug!(error = %e, "bad frame");
@@ -380,7 +540,7 @@ fn inbound(
                 }
             }
         }
-        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Some(None),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Inbound::Control,
         Some(Ok(Message::Text(_))) => TEXT_FRAME,
         Some(Ok(Message::Close(Some(frame)))) if frame.code == close::PROTOCOL_ERROR => {
             CLIENT_BAD_CLOSE
@@ -393,7 +553,7 @@ fn inbound(
         }
     };
     peer.close(reason);
-    None
+    Inbound::Close
 }
 
 /// Maps a WebSocket-layer error to the close it earns.
@@ -434,67 +594,207 @@ fn classify(e: axum::Error) -> CloseReason {
     }
 }
 
-/// Ends the connection: delivers what is still queued (unless the peer is being dropped for
-/// being slow) and the close frame with its reason, within a grace period.
-async fn finish<S>(
-    sink: &mut S,
-    outbox: &mut Outbox,
-    peer: &Peer,
-    metrics: &crate::metrics::Metrics,
-) where
-    S: Sink<Message, Error = axum::Error> + Unpin,
+/// Ends the connection so that the close frame reaches the client, as a lingering close:
+///
+/// 1. within [`CLOSE_GRACE`], deliver what is still queued (unless the peer is being dropped
+///    for being slow) and the close frame with its reason, flushed; meanwhile read and discard
+///    whatever the client sends, so a client that writes without reading cannot block it;
+/// 2. then keep reading and discarding until the client's close frame or the end of the
+///    stream, [`CLOSE_QUIET`] without anything from the client, [`CLOSE_GRACE`] more, or
+///    [`CLOSE_DRAIN_BYTES`], whichever comes first.
+///
+/// Only then is the socket dropped. Dropping a TCP socket with unread data in its receive
+/// buffer makes the kernel send a reset and discard what it had not sent yet: a client that
+/// was closed in the middle of a burst saw 1006 (ECONNRESET) instead of the close code.
+/// (axum's WebSocket does not expose the TCP write half, so no FIN is sent before draining;
+/// the close frame tells the client the same.)
+async fn finish<S>(socket: &mut S, outbox: &Outbox, peer: &Peer, metrics: &crate::metrics::Metrics)
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
-    let _ = timeout(CLOSE_GRACE, async {
-        if reason != CloseReason::SLOW_CONSUMER {
-            while let Some(frame) = outbox.try_recv() {
-                metrics.frames_out.inc();
-                metrics.bytes_out.inc_by(frame.len() as u64);
-                // Refused once the client has sent its close frame: nothing more to deliver.
-                if sink.feed(Message::Binary(frame)).await.is_err() {
-                    break;
-                }
-            }
-        }
-        let frame = CloseFrame {
-            code: reason.code,
-            reason: reason.reason.into(),
-        };
-        // When the client closed first, tungstenite refuses this (`SendAfterClosing`) but has
-        // already queued its reply echoing the client's code; only `close()` flushes that
-        // reply, so an error here must not skip it (it did: clients never got their close
-        // answered and saw the TCP connection drop instead).
-        let _ = sink.send(Message::Close(Some(frame))).await;
-        sink.close().await
-    })
+    let mut drain = Drain::default();
+    let mut stage = if reason == CloseReason::SLOW_CONSUMER {
+        Stage::Close
+    } else {
+        Stage::Queued
+    };
+    let delivered = timeout(
+        CLOSE_GRACE,
+        poll_fn(|cx| {
+            while !drain.done && drain.poll_one(cx, socket).is_ready() {}
+            poll_close_frame(cx, socket, outbox, &mut stage, reason, metrics)
+        }),
+    )
     .await;
+    if delivered.is_err() {
+        // The close frame could not even be written: the client does not read.
+        return;
+    }
+    let end = Instant::now() + CLOSE_GRACE;
+    while !drain.done {
+        let quiet = (Instant::now() + CLOSE_QUIET).min(end);
+        if timeout_at(quiet, poll_fn(|cx| drain.poll_one(cx, socket)))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
 }
 
-/// Writes `first` and whatever else is already queued (up to a batch), then flushes once.
-async fn write_batch<S>(
+/// How far [`finish`] got with its close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Delivering the frames still queued.
+    Queued,
+    /// Sending the close frame.
+    Close,
+    /// Flushing it.
+    Flush,
+}
+
+/// Writes the queued frames (from [`Stage::Queued`]), the close frame and flushes it.
+fn poll_close_frame<S>(
+    cx: &mut Context<'_>,
     sink: &mut S,
-    outbox: &mut Outbox,
-    first: Bytes,
+    outbox: &Outbox,
+    stage: &mut Stage,
+    reason: CloseReason,
     metrics: &crate::metrics::Metrics,
-) -> Result<(), axum::Error>
+) -> Poll<()>
 where
     S: Sink<Message, Error = axum::Error> + Unpin,
 {
-    let mut frame = first;
-    let mut written = 0;
     loop {
-        let len = frame.len();
-        sink.feed(Message::Binary(frame)).await?;
-        metrics.frames_out.inc();
-        metrics.bytes_out.inc_by(len as u64);
-        written += 1;
-        if written >= WRITE_BATCH {
-            break;
-        }
-        match outbox.try_recv() {
-            Some(next) => frame = next,
-            None => break,
+        match *stage {
+            Stage::Queued | Stage::Close => {
+                match sink.poll_ready_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    // Refused once the client has sent its close frame; the reply tungstenite
+                    // queued for it is flushed below all the same.
+                    Poll::Ready(Err(_)) => {
+                        *stage = Stage::Flush;
+                        continue;
+                    }
+                    Poll::Ready(Ok(())) => {}
+                }
+                let queued = match *stage {
+                    Stage::Queued => outbox.try_recv(),
+                    _ => None,
+                };
+                let msg = match queued {
+                    Some(frame) => {
+                        metrics.frames_out.inc();
+                        metrics.bytes_out.inc_by(frame.len() as u64);
+                        Message::Binary(frame)
+                    }
+                    None => {
+                        *stage = Stage::Close;
+                        Message::Close(Some(CloseFrame {
+                            code: reason.code,
+                            reason: reason.reason.into(),
+                        }))
+                    }
+                };
+                let close = matches!(msg, Message::Close(_));
+                // When the client closed first, tungstenite refuses our close frame
+                // (`SendAfterClosing`) but has already queued its reply echoing the client's
+                // code; only flushing sends that reply, so an error must not skip it.
+                if sink.start_send_unpin(msg).is_err() || close {
+                    *stage = Stage::Flush;
+                }
+            }
+            // `poll_close` flushes (it does not end the TCP connection; dropping does).
+            Stage::Flush => return sink.poll_close_unpin(cx).map(|_| ()),
         }
     }
-    sink.flush().await
+}
+
+/// The reading side of [`finish`]: reads and discards.
+#[derive(Debug, Default)]
+struct Drain {
+    /// Bytes discarded so far.
+    bytes: usize,
+    /// The client's close frame or the end of the stream arrived, or the byte bound passed.
+    done: bool,
+}
+
+impl Drain {
+    /// Reads one frame and discards it; ready once one was read (or reading is over).
+    fn poll_one<S>(&mut self, cx: &mut Context<'_>, socket: &mut S) -> Poll<()>
+    where
+        S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    {
+        if self.done {
+            return Poll::Ready(());
+        }
+        let frame = std::task::ready!(socket.poll_next_unpin(cx));
+        match frame {
+            Some(Ok(Message::Binary(data))) => self.bytes += data.len(),
+            Some(Ok(Message::Text(text))) => self.bytes += text.len(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(_)) | Err(_)) | None => self.done = true,
+        }
+        if self.bytes > CLOSE_DRAIN_BYTES {
+            self.done = true;
+        }
+        Poll::Ready(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Authenticator;
+    use crate::storage::Storage;
+    use std::pin::Pin;
+
+    /// A socket that never delivers anything and accepts every write.
+    struct Null;
+
+    impl Stream for Null {
+        type Item = Result<Message, axum::Error>;
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Pending
+        }
+    }
+
+    impl Sink<Message> for Null {
+        type Error = axum::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The connection future is what every idle connection holds (BENCHMARKS.md: ~4 KiB per
+    /// idle connection in all); keep it small.
+    #[tokio::test]
+    async fn connection_future_stays_small() {
+        let config = crate::Config {
+            database_url: Some("memory".into()),
+            ..crate::Config::default()
+        };
+        let storage = Storage::open(&config).await.expect("memory storage");
+        let shared = Shared::new(config, storage, Authenticator::open());
+        let registry = Registry::new(shared.clone());
+        let admission = Admission {
+            name: "size".into(),
+            grant: Grant::open(),
+            slots: Vec::new(),
+        };
+        let future = run(Null, admission, shared, registry);
+        let size = std::mem::size_of_val(&future);
+        println!("connection future: {size} bytes");
+        assert!(size <= 1024, "connection future grew to {size} bytes");
+    }
 }

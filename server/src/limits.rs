@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Counts live items per key and refuses past a maximum; a [`Slot`] releases on drop.
 #[derive(Debug)]
@@ -72,7 +72,27 @@ pub type AddrCounter = Counter<IpAddr>;
 /// Connections per document.
 pub type DocCounter = Counter<Arc<str>>;
 
-/// Token bucket: `rate` messages per second on average, bursts up to `burst`.
+/// The shortest pause a throttled connection gets: resuming for a single message at a time
+/// would wake the connection once per message; 20 ms of refill lets it read a few at once.
+const MIN_PAUSE: Duration = Duration::from_millis(20);
+
+/// What the bucket says about one frame's messages.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// Within the rate: go on reading.
+    Pass,
+    /// Admitted, but over the rate: stop reading the socket for this long (TCP then slows the
+    /// sender down). The bucket is in debt until then.
+    Pause(Duration),
+    /// More messages in one frame than the whole burst allowance: the frame was already
+    /// received and decoded, so pausing afterwards cannot bring that cost back to the rate.
+    /// The only case closed with 4429.
+    Abuse,
+}
+
+/// Token bucket: `rate` messages per second on average, bursts up to `burst`. Over the rate a
+/// frame is still admitted and the bucket goes into debt; the caller stops reading until the
+/// debt is repaid, so a fast sender is slowed to the rate instead of being disconnected.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: f64,
@@ -92,27 +112,31 @@ impl RateLimiter {
         }
     }
 
-    /// Takes `n` tokens; false if the bucket is empty (the caller is over its rate).
-    pub fn allow(&mut self, n: u32, now: Instant) -> bool {
+    /// Takes `n` tokens for one frame of `n` messages.
+    pub fn admit(&mut self, n: u32, now: Instant) -> Verdict {
         if self.rate == 0.0 {
-            return true;
+            return Verdict::Pass;
         }
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= f64::from(n) {
-            self.tokens -= f64::from(n);
-            true
-        } else {
-            false
+        let n = f64::from(n);
+        if n > self.burst {
+            return Verdict::Abuse;
         }
+        self.tokens -= n;
+        if self.tokens >= 0.0 {
+            return Verdict::Pass;
+        }
+        // Until the debt is repaid; `n <= burst` bounds it by `burst / rate` (4 s by default).
+        let repaid = Duration::from_secs_f64(-self.tokens / self.rate);
+        Verdict::Pause(repaid.max(MIN_PAUSE))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn counter_refuses_past_max_and_frees_on_drop() {
@@ -135,14 +159,36 @@ mod tests {
     }
 
     #[test]
-    fn bucket_allows_burst_then_rate() {
+    fn bucket_allows_burst_then_pauses_for_the_debt() {
         let t0 = Instant::now();
         let mut r = RateLimiter::new(10, 20, t0);
-        assert!((0..20).all(|_| r.allow(1, t0)));
-        assert!(!r.allow(1, t0));
-        assert!(r.allow(5, t0 + Duration::from_millis(500)));
-        assert!(!r.allow(1, t0 + Duration::from_millis(500)));
+        assert!((0..20).all(|_| r.admit(1, t0) == Verdict::Pass));
+        // Over the rate: admitted, with a pause that repays the debt (one token at 10/s).
+        let Verdict::Pause(d) = r.admit(1, t0) else {
+            panic!("not paused")
+        };
+        assert!(d.abs_diff(Duration::from_millis(100)) < Duration::from_millis(1));
+        // After the pause the bucket has refilled past the debt.
+        let t1 = t0 + Duration::from_millis(600);
+        assert_eq!(r.admit(5, t1), Verdict::Pass);
+        assert!(matches!(r.admit(1, t1), Verdict::Pause(_)));
+        // Never shorter than MIN_PAUSE, never longer than the burst takes to refill.
+        let t2 = t1 + Duration::from_secs(10);
+        assert_eq!(r.admit(20, t2), Verdict::Pass);
+        assert_eq!(r.admit(20, t2), Verdict::Pause(Duration::from_secs(2)));
+        let mut tiny = RateLimiter::new(1000, 1000, t0);
+        assert_eq!(tiny.admit(1000, t0), Verdict::Pass);
+        assert_eq!(tiny.admit(1, t0), Verdict::Pause(MIN_PAUSE));
+    }
+
+    #[test]
+    fn only_a_frame_larger_than_the_burst_is_abuse() {
+        let t0 = Instant::now();
+        let mut r = RateLimiter::new(10, 20, t0);
+        assert_eq!(r.admit(21, t0), Verdict::Abuse);
+        // A refused frame takes nothing from the bucket.
+        assert_eq!(r.admit(20, t0), Verdict::Pass);
         let mut unlimited = RateLimiter::new(0, 0, t0);
-        assert!((0..10_000).all(|_| unlimited.allow(1, t0)));
+        assert!((0..10_000).all(|_| unlimited.admit(1_000_000, t0) == Verdict::Pass));
     }
 }

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     /// Connections closed, by reason (normal, slow_consumer, ping_timeout, invalid_update, ...).
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// Times a connection stopped reading because it was over its message rate.
+    pub connections_throttled: Counter,
+    /// Seconds connections spent not reading because they were over their message rate.
+    pub connections_throttled_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// Documents currently loaded in memory.
     pub documents_open: Gauge,
     /// Documents loaded since start.
@@ -80,6 +84,18 @@ impl Metrics {
             "connections_closed",
             "WebSocket connections closed, by reason",
             connections_closed.clone(),
+        );
+        let connections_throttled = Counter::default();
+        registry.register(
+            "connections_throttled",
+            "Times a connection stopped reading because it was over its message rate",
+            connections_throttled.clone(),
+        );
+        let connections_throttled_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "connections_throttled_seconds",
+            "Seconds connections spent not reading because they were over their message rate",
+            connections_throttled_seconds.clone(),
         );
         let documents_open = Gauge::default();
         registry.register(
@@ -182,6 +198,8 @@ impl Metrics {
             connections,
             connections_accepted,
             connections_closed,
+            connections_throttled,
+            connections_throttled_seconds,
             documents_open,
             documents_loaded,
             documents_unloaded,

@@ -83,8 +83,9 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Takes the next frame without waiting.
-    pub fn try_recv(&mut self) -> Option<Bytes> {
+    /// Takes the next frame without waiting. (`&self`: the connection's writer and its wait
+    /// for new frames are separate futures of one task.)
+    pub fn try_recv(&self) -> Option<Bytes> {
         let mut q = self.queue.lock();
         let frame = q.frames.pop_front()?;
         q.bytes -= frame.len();
@@ -95,7 +96,7 @@ impl Outbox {
     }
 
     /// Waits for the next frame.
-    pub async fn recv(&mut self) -> Bytes {
+    pub async fn recv(&self) -> Bytes {
         loop {
             if let Some(frame) = self.try_recv() {
                 return frame;
@@ -221,7 +222,7 @@ mod tests {
 
     #[test]
     fn overflow_by_bytes_closes_but_one_big_frame_fits() {
-        let (peer, mut rx) = Peer::new(1, 100, 10);
+        let (peer, rx) = Peer::new(1, 100, 10);
         assert!(peer.push(Bytes::from(vec![0; 50])));
         rx.try_recv().expect("queued");
         assert!(peer.push(Bytes::from(vec![0; 8])));
