@@ -36,5 +36,6 @@ pub const DOCUMENT_DELETED: u16 = 4410;
 pub const HANDSHAKE_TIMEOUT: u16 = 4408;
 /// No message (pongs aside) arrived within the idle timeout.
 pub const IDLE_TIMEOUT: u16 = 4409;
-/// The connection sent messages faster than its allowed rate.
+/// Rate abuse: one frame held more messages than the whole `--message-burst`. (A connection
+/// merely above its message rate is throttled, not closed.) Final for y-websocket 3.
 pub const RATE_LIMITED: u16 = 4429;

@@ -199,12 +199,15 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_CONNS_PER_IP", default_value_t = 0)]
     pub max_conns_per_ip: usize,
 
-    /// Messages per second one connection may send on average (0 = unlimited); a connection
-    /// above it is closed with 4429.
+    /// Messages per second one connection may send on average (0 = unlimited). A connection
+    /// above it is throttled: its socket is not read until the budget refills, so TCP slows
+    /// the sender down; it is not closed. Only a single frame holding more messages than
+    /// `--message-burst` is closed with 4429.
     #[arg(long, env = "TANDEM_MAX_MESSAGES_PER_SEC", default_value_t = 500)]
     pub max_messages_per_sec: u32,
 
-    /// Burst allowance for `--max-messages-per-sec`.
+    /// Burst allowance for `--max-messages-per-sec` (at least the rate); also the most
+    /// messages one frame may hold before the connection is closed with 4429.
     #[arg(long, env = "TANDEM_MESSAGE_BURST", default_value_t = 2000)]
     pub message_burst: u32,
 

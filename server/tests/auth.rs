@@ -1,7 +1,7 @@
 //! Token mode, through the server: refused upgrades (401/403, no document byte before a 101),
 //! document grants and prefixes, the token in `Sec-WebSocket-Protocol`, read-only access,
 //! authors in the log, EdDSA keys, expiry (4401), revocation (4403) and the admin API, and the
-//! connection limits (429, 4429, 4408, 4409, origins).
+//! connection limits (429, throttling and 4429, 4408, 4409, origins).
 //!
 //! Every test runs on SQLite, and on Postgres when `TANDEM_TEST_DATABASE_URL` is set (each in
 //! a schema of its own); without it the Postgres part prints that it is skipped.
@@ -922,28 +922,45 @@ async fn per_addr_limit(db: &Db) {
 }
 
 #[tokio::test]
-async fn message_flood_closes_with_4429_while_the_room_keeps_working() {
+async fn message_flood_is_throttled_and_only_a_frame_above_the_burst_closes_with_4429() {
     on_every_db!(
-        "message_flood_closes_with_4429_while_the_room_keeps_working",
+        "message_flood_is_throttled_and_only_a_frame_above_the_burst_closes_with_4429",
         flood
     );
 }
 
+/// A connection above its message rate used to be closed with 4429 (final for y-websocket 3);
+/// now it is throttled (not read until its budget refills) and loses nothing. Only one frame
+/// holding more messages than the whole burst is closed with 4429.
 async fn flood(db: &Db) {
     let mut config = token_config(db);
-    config.max_messages_per_sec = 5;
-    config.message_burst = 5;
+    config.max_messages_per_sec = 25;
+    config.message_burst = 25;
     let server = TestServer::start(config).await;
     let room = "flooded";
     let token = hs(&claims("fred", &[room], "rw"));
     let mut calm = join(&server, room, &token).await;
     let mut flooder = join(&server, room, &token).await;
+    // Twice the burst, back to back: the second half is throttled to 25/s, not refused.
     for clock in 1..=50 {
         let msg = Message::binary(awareness_frame(&[(777, clock, "{}")]));
-        if flooder.ws.send(msg).await.is_err() {
-            break;
-        }
+        flooder.ws.send(msg).await.expect("flooder still connected");
     }
+    calm.pump_until(|c| c.awareness.get(&777).map(|(clock, _)| *clock) == Some(50))
+        .await;
+    assert!(server.metric("tandem_connections_throttled_total", "").await >= 1.0);
+    flooder.pump_for(Duration::from_millis(100)).await;
+    assert!(flooder.closed.is_none(), "{:?}", flooder.closed);
+
+    // One frame of 26 messages (> burst 25) is abuse: 4429.
+    let abusive: Vec<u8> = (51..=76)
+        .flat_map(|clock| awareness_frame(&[(777, clock, "{}")]))
+        .collect();
+    flooder
+        .ws
+        .send(Message::binary(abusive))
+        .await
+        .expect("send");
     assert_eq!(flooder.expect_close().await, Some(4429));
     server
         .wait_metric(CLOSED, "reason=\"rate_limited\"", 1.0)
