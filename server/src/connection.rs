@@ -730,10 +730,14 @@ impl Drain {
             return Poll::Ready(());
         }
         let frame = std::task::ready!(socket.poll_next_unpin(cx));
+        // Every frame counts its header too, so a stream of empty pings is bounded as well.
+        const HEADER: usize = 2;
         match frame {
-            Some(Ok(Message::Binary(data))) => self.bytes += data.len(),
-            Some(Ok(Message::Text(text))) => self.bytes += text.len(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Binary(data))) => self.bytes += HEADER + data.len(),
+            Some(Ok(Message::Text(text))) => self.bytes += HEADER + text.len(),
+            Some(Ok(Message::Ping(data) | Message::Pong(data))) => {
+                self.bytes += HEADER + data.len();
+            }
             Some(Ok(Message::Close(_)) | Err(_)) | None => self.done = true,
         }
         if self.bytes > CLOSE_DRAIN_BYTES {

@@ -948,7 +948,12 @@ async fn flood(db: &Db) {
     }
     calm.pump_until(|c| c.awareness.get(&777).map(|(clock, _)| *clock) == Some(50))
         .await;
-    assert!(server.metric("tandem_connections_throttled_total", "").await >= 1.0);
+    assert!(
+        server
+            .metric("tandem_connections_throttled_total", "")
+            .await
+            >= 1.0
+    );
     flooder.pump_for(Duration::from_millis(100)).await;
     assert!(flooder.closed.is_none(), "{:?}", flooder.closed);
 

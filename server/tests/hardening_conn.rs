@@ -111,8 +111,16 @@ async fn a_fast_honest_writer_is_throttled_not_closed_and_loses_nothing() {
         took >= Duration::from_secs(2),
         "1,200 messages at 400/s (burst 40) went through in {took:?}: not throttled"
     );
-    assert!(writer.closed.is_none(), "writer closed: {:?}", writer.closed);
-    assert!(reader.closed.is_none(), "reader closed: {:?}", reader.closed);
+    assert!(
+        writer.closed.is_none(),
+        "writer closed: {:?}",
+        writer.closed
+    );
+    assert!(
+        reader.closed.is_none(),
+        "reader closed: {:?}",
+        reader.closed
+    );
     assert!(server.metric(THROTTLED, "").await >= 1.0);
     assert!(server.metric(THROTTLED_SECONDS, "").await >= 1.0);
     assert_eq!(server.metric(CLOSED, &closed("rate_limited")).await, 0.0);
@@ -280,7 +288,9 @@ async fn a_close_in_the_middle_of_a_burst_reaches_the_client() {
         let mut reader = Client::join(&url).await;
         assert_eq!(reader.text("text").len(), 64 * 1024, "{what}");
         writer.insert("text", 0, "ok").await;
-        reader.pump_until(|c| c.text("text").starts_with("ok")).await;
+        reader
+            .pump_until(|c| c.text("text").starts_with("ok"))
+            .await;
         server.stop().await;
     }
 }
