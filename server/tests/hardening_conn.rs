@@ -295,6 +295,14 @@ async fn a_close_in_the_middle_of_a_burst_reaches_the_client() {
     }
 }
 
+/// Which deadline should close the silent peer in [`silent_peer_in_a_busy_room`].
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    PingTimeout,
+    Idle,
+    TokenExpiry,
+}
+
 /// Item 8, connection half: a peer that announced its awareness, then stopped reading and
 /// never answers pings, in a room where someone types continuously. Its writes get stuck
 /// (its TCP window is closed) and the server used to wait on them alone, so no deadline fired
@@ -302,15 +310,69 @@ async fn a_close_in_the_middle_of_a_burst_reaches_the_client() {
 /// awareness at once, and the typist's edits keep reaching a third client.
 #[tokio::test]
 async fn a_silent_peer_that_stopped_reading_in_a_busy_room_is_closed_at_the_ping_timeout() {
+    silent_peer_in_a_busy_room(Deadline::PingTimeout).await;
+}
+
+/// Item 8: the idle timeout fires too while the write to the peer is stuck.
+#[tokio::test]
+async fn a_peer_whose_writes_are_stuck_is_closed_at_the_idle_timeout() {
+    silent_peer_in_a_busy_room(Deadline::Idle).await;
+}
+
+/// Item 8: and so does the token's expiry.
+#[tokio::test]
+async fn a_peer_whose_writes_are_stuck_is_closed_when_its_token_expires() {
+    silent_peer_in_a_busy_room(Deadline::TokenExpiry).await;
+}
+
+const SECRET: &str = "tandem-hardening-conn-hs256-secret-0123456789";
+
+/// An HS256 token for every document, expiring `exp_in` seconds from now.
+fn token(sub: &str, exp_in: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = serde_json::json!({
+        "sub": sub, "docs": ["*"], "access": "rw", "exp": now + exp_in, "iat": now - 1,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("encode")
+}
+
+async fn silent_peer_in_a_busy_room(deadline: Deadline) {
     let mut cfg = config();
     cfg.ping_interval = Duration::from_millis(200);
-    cfg.ping_timeout = Duration::from_secs(2);
+    cfg.ping_timeout = Duration::from_secs(60);
+    let (label, query, window) = match deadline {
+        Deadline::PingTimeout => {
+            cfg.ping_timeout = Duration::from_secs(2);
+            ("ping_timeout", String::new(), Duration::from_secs(2))
+        }
+        Deadline::Idle => {
+            cfg.idle_timeout = Duration::from_secs(2);
+            ("idle_timeout", String::new(), Duration::from_secs(2))
+        }
+        Deadline::TokenExpiry => {
+            cfg.auth = tandem::config::AuthMode::Token;
+            cfg.jwt_secret = Some(SECRET.into());
+            // `exp` in 1 s, plus the server's 5 s of clock-skew leeway.
+            let query = format!("?token={}", token("silent", 1));
+            ("token_expired", query, Duration::from_secs(6))
+        }
+    };
     let server = TestServer::start(cfg).await;
-    let url = server.url("busy");
+    let url = format!("{}?token={}", server.url("busy"), token("user", 3600));
     let mut typist = Client::join(&url).await;
     let mut observer = Client::join(&url).await;
+    let observer_id = observer.doc.client_id().get();
 
-    let mut silent = RawWs::connect_with_rcvbuf(server.addr, "/busy", 4096).await;
+    let path = format!("/busy{query}");
+    let mut silent = RawWs::connect_with_rcvbuf(server.addr, &path, 4096).await;
     silent
         .write(&client_frame(
             op::BINARY,
@@ -323,9 +385,11 @@ async fn a_silent_peer_that_stopped_reading_in_a_busy_room_is_closed_at_the_ping
     // From here on `silent` neither reads nor answers pings.
 
     // Fill the silent peer's path first (~6 MB: more than its TCP buffers hold), so the
-    // server's write to it is stuck when the ping timeout passes; then type continuously.
+    // server's write to it is stuck when the deadline passes; then type continuously. The
+    // observer renews its awareness, so that the idle timeout does not concern it.
     let started = Instant::now();
     let mut len = 0u32;
+    let mut clock = 0;
     for i in 0..48 {
         let chunk = format!("{i:>8}").repeat(16 * 1024);
         typist.insert("text", len, &chunk).await;
@@ -336,24 +400,26 @@ async fn a_silent_peer_that_stopped_reading_in_a_busy_room_is_closed_at_the_ping
     let removed_at = loop {
         typist.insert("text", len, "k").await;
         len += 1;
+        clock += 1;
+        observer.set_awareness(observer_id, clock, "{}").await;
         typist.pump_for(Duration::from_millis(20)).await;
         observer.pump_for(Duration::from_millis(20)).await;
         if observer.awareness_state(777).is_none() {
             break started.elapsed();
         }
         assert!(
-            started.elapsed() < Duration::from_secs(2) + WAIT,
-            "the silent peer's awareness was never removed"
+            started.elapsed() < window + WAIT,
+            "{deadline:?}: the silent peer's awareness was never removed"
         );
     };
     assert_eq!(
-        server.metric(CLOSED, &closed("ping_timeout")).await,
+        server.metric(CLOSED, &closed(label)).await,
         1.0,
-        "closed for another reason"
+        "{deadline:?}: closed for another reason"
     );
-    // The removal reached the observer as such (a null state at a later clock).
-    assert!(matches!(observer.awareness.get(&777), Some((clock, None)) if *clock >= 1));
-    eprintln!("awareness removed {removed_at:?} after the silence began");
+    // The removal reached the observer as such (a null state).
+    assert!(matches!(observer.awareness.get(&777), Some((_, None))));
+    eprintln!("{deadline:?}: awareness removed {removed_at:?} after the silence began");
 
     // The typist's edits, before and after, all reach the observer.
     typist.insert("text", len, " end").await;
