@@ -335,7 +335,8 @@ async fn drive<S>(
         // connection then stores no `reserve` future, which is larger than the rest together.
         let mut reserve = held.as_ref().map(|_| Box::pin(room.reserve()));
         // Every future of this `select!` is stored in the connection's task while it idles, so
-        // it waits on as few as possible: one token (closing includes shutdown), one timer.
+        // it waits on as few as possible: one token (closing includes shutdown), one timer,
+        // the outbox, and one branch for both directions of the socket (`poll_socket`).
         let event = tokio::select! {
             biased;
             _ = peer.closing().cancelled() => Event::Closing,

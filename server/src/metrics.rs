@@ -23,7 +23,8 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     /// Connections closed, by reason (normal, slow_consumer, ping_timeout, invalid_update, ...).
     pub connections_closed: Family<ReasonLabels, Counter>,
-    /// Times a connection stopped reading because it was over its message rate.
+    /// Pauses in reading a connection because it was over its message rate (one per pause;
+    /// a writer held at the rate pauses up to 50 times a second).
     pub connections_throttled: Counter,
     /// Seconds connections spent not reading because they were over their message rate.
     pub connections_throttled_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
@@ -88,7 +89,7 @@ impl Metrics {
         let connections_throttled = Counter::default();
         registry.register(
             "connections_throttled",
-            "Times a connection stopped reading because it was over its message rate",
+            "Pauses in reading a connection because it was over its message rate",
             connections_throttled.clone(),
         );
         let connections_throttled_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
