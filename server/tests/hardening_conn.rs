@@ -85,7 +85,7 @@ async fn a_fast_honest_writer_is_throttled_not_closed_and_loses_nothing() {
     cfg.max_messages_per_sec = 400;
     cfg.message_burst = 40;
     cfg.ping_interval = Duration::from_millis(100);
-    cfg.ping_timeout = Duration::from_millis(500);
+    cfg.ping_timeout = Duration::from_secs(1);
     let server = TestServer::start(cfg).await;
     let url = server.url("fast-writer");
     let mut writer = Client::join(&url).await;
@@ -93,18 +93,19 @@ async fn a_fast_honest_writer_is_throttled_not_closed_and_loses_nothing() {
 
     // 1,200 transactions of 200 characters, one frame each, without reading in between:
     // three seconds' worth at the rate.
+    // The reader reads meanwhile (it answers pings); the writer does not.
     const EDITS: usize = 1200;
     let started = Instant::now();
-    for i in 0..EDITS {
-        let chunk = format!("{:>200}", i);
-        writer.insert("text", (i * 200) as u32, &chunk).await;
-    }
-    let want = writer.text("text");
-    // Every edit reaches the reader; each is echoed to the writer.
-    reader
-        .pump_until(|c| c.text("text").len() == want.len())
-        .await;
-    assert_eq!(reader.text("text"), want);
+    let write = async {
+        for i in 0..EDITS {
+            let chunk = format!("{:>200}", i);
+            writer.insert("text", (i * 200) as u32, &chunk).await;
+        }
+    };
+    let read = reader.pump_until(|c| c.text("text").len() == EDITS * 200);
+    tokio::join!(write, read);
+    // Every edit reached the reader; each is echoed to the writer.
+    assert_eq!(reader.text("text"), writer.text("text"));
     writer.pump_until(|c| c.updates_received == EDITS).await;
     let took = started.elapsed();
     assert!(
@@ -141,7 +142,7 @@ async fn a_throttle_pause_longer_than_the_ping_timeout_does_not_close() {
     cfg.max_messages_per_sec = 4;
     cfg.message_burst = 10;
     cfg.ping_interval = Duration::from_millis(100);
-    cfg.ping_timeout = Duration::from_millis(400);
+    cfg.ping_timeout = Duration::from_millis(600);
     let server = TestServer::start(cfg).await;
     let url = server.url("long-pause");
     let mut observer = Client::join(&url).await;
@@ -394,6 +395,8 @@ async fn silent_peer_in_a_busy_room(deadline: Deadline) {
         let chunk = format!("{i:>8}").repeat(16 * 1024);
         typist.insert("text", len, &chunk).await;
         len += chunk.len() as u32;
+        clock += 1;
+        observer.set_awareness(observer_id, clock, "{}").await;
         typist.pump_for(Duration::from_millis(5)).await;
         observer.pump_for(Duration::from_millis(5)).await;
     }
