@@ -10,8 +10,8 @@
 #            transaction: once into document "$TRACE" (state and diff requests), and PASSES times
 #            into document "$TRACE-xPASSES" (each pass into its own Y.Text: PASSES × the trace's
 #            transactions = log rows; 4 × 259,778 = 1,039,112 for automerge-paper), for timeline
-#            pages. Server `--max-messages-per-sec 0` (the default rate limit would close the
-#            loader), `--snapshot-every-updates N`.
+#            pages. Server `--max-messages-per-sec 0` (the default rate limit would throttle
+#            the loader), `--snapshot-every-updates N`.
 #   size     the server is stopped (final snapshots written); database size on disk
 #   history  the server is restarted; `tandem-bench history` times timeline pages (asc from a
 #            random `after`, desc from a random `before`, the newest page, group=session), state

@@ -148,8 +148,8 @@ if wants idle-max; then
     run_case idle-max idle --conns "$IDLE_MAX" --rooms 100 --procs "$(idle_procs "$IDLE_MAX")" --source-ips 4 --hold "$IDLE_HOLD"
 fi
 if wants throughput; then
-    # Writers send far above the default per-connection message rate limit (500/s, closed with
-    # 4429 past the burst); this case measures raw capacity, so the limit is switched off.
+    # Writers send far above the default per-connection message rate limit (500/s: throttled
+    # past the burst); this case measures raw capacity, so the limit is switched off.
     if "$SERVER" --help 2>/dev/null | grep -q -- --max-messages-per-sec; then
         CASE_SERVER_ARGS="--max-messages-per-sec 0"
     fi
