@@ -781,6 +781,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn silence_is_not_measured_while_reading_is_paused() {
+        let t0 = Instant::now();
+        let secs = Duration::from_secs;
+        let mut d = Deadlines {
+            liveness: t0 + secs(25),
+            handshake: None,
+            idle: t0 + secs(60),
+            expiry: Some(t0 + secs(40)),
+            ping: t0 + secs(100),
+            throttled: Some(t0 + secs(30)),
+            paused: None,
+        };
+        assert!(
+            matches!(d.next(), (at, Wake::Close(r)) if at == t0 + secs(25) && r == PING_TIMEOUT)
+        );
+        d.set_reading(false, t0 + secs(1));
+        // Paused: no ping timeout, no idle; the throttle end and the token expiry still run.
+        assert!(matches!(d.next(), (at, Wake::Resume) if at == t0 + secs(30)));
+        d.throttled = None;
+        assert!(
+            matches!(d.next(), (at, Wake::Close(r)) if at == t0 + secs(40) && r == TOKEN_EXPIRED)
+        );
+        // Reading again after 29 s of pause: the silence timers moved by the pause.
+        d.set_reading(true, t0 + secs(30));
+        assert_eq!(d.liveness, t0 + secs(54));
+        assert_eq!(d.idle, t0 + secs(89));
+        assert!(
+            matches!(d.next(), (at, Wake::Close(r)) if at == t0 + secs(40) && r == TOKEN_EXPIRED)
+        );
+    }
+
     /// The connection future is what every idle connection holds (BENCHMARKS.md: ~4 KiB per
     /// idle connection in all); keep it small.
     #[tokio::test]
