@@ -106,7 +106,8 @@ pub struct Config {
     pub ping_interval: Duration,
 
     /// A connection from which nothing (not even a pong) arrives for this long is closed with
-    /// 4002 and its awareness removed.
+    /// 4002 and its awareness removed, even while a write to it is stuck. Time during which the
+    /// server does not read it (throttled by the message rate) does not count.
     #[arg(long, env = "TANDEM_PING_TIMEOUT", default_value = "25s", value_parser = duration)]
     pub ping_timeout: Duration,
 
