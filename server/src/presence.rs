@@ -411,7 +411,12 @@ mod tests {
         (p, t0)
     }
 
-    fn changes(p: &mut Presence, conn: ConnId, entries: &[(u64, u32, Option<&str>)], at: Instant) -> Vec<Change> {
+    fn changes(
+        p: &mut Presence,
+        conn: ConnId,
+        entries: &[(u64, u32, Option<&str>)],
+        at: Instant,
+    ) -> Vec<Change> {
         p.apply(conn, &msg(entries), at).changes
     }
 
@@ -423,8 +428,14 @@ mod tests {
     fn newer_clock_wins_older_is_ignored() {
         let (mut p, now) = table();
         assert_eq!(changes(&mut p, 1, &[(10, 1, Some("{}"))], now).len(), 1);
-        assert_eq!(changes(&mut p, 1, &[(10, 1, Some("{\"x\":1}"))], now).len(), 0);
-        assert_eq!(changes(&mut p, 1, &[(10, 2, Some("{\"x\":1}"))], now).len(), 1);
+        assert_eq!(
+            changes(&mut p, 1, &[(10, 1, Some("{\"x\":1}"))], now).len(),
+            0
+        );
+        assert_eq!(
+            changes(&mut p, 1, &[(10, 2, Some("{\"x\":1}"))], now).len(),
+            1
+        );
         assert_eq!(p.live(), vec![(10, 2, "{\"x\":1}")]);
     }
 
@@ -432,7 +443,10 @@ mod tests {
     fn owner_can_remove_with_null_at_same_clock() {
         let (mut p, now) = table();
         changes(&mut p, 1, &[(10, 3, Some("{}"))], now);
-        assert_eq!(changes(&mut p, 1, &[(10, 3, None)], now), vec![change(10, 3, None)]);
+        assert_eq!(
+            changes(&mut p, 1, &[(10, 3, None)], now),
+            vec![change(10, 3, None)]
+        );
         assert!(p.live().is_empty());
     }
 
@@ -440,7 +454,11 @@ mod tests {
     fn other_connections_cannot_touch_an_owned_id() {
         let (mut p, now) = table();
         changes(&mut p, 1, &[(10, 1, Some("{}"))], now);
-        let applied = p.apply(2, &msg(&[(10, 9, None), (10, 9, Some("{\"evil\":1}"))]), now);
+        let applied = p.apply(
+            2,
+            &msg(&[(10, 9, None), (10, 9, Some("{\"evil\":1}"))]),
+            now,
+        );
         assert_eq!(applied.foreign, 2);
         assert!(applied.changes.is_empty());
         assert_eq!(p.live(), vec![(10, 1, "{}")]);
@@ -472,12 +490,48 @@ mod tests {
             revived: bool,
         }
         let cases = [
-            Case { what: "owner reconnects", leaves: true, sender: None, user: Some("u1"), revived: true },
-            Case { what: "peer that was in the room echoes", leaves: true, sender: Some(2), user: None, revived: false },
-            Case { what: "anonymous peer that was in the room echoes", leaves: true, sender: Some(3), user: None, revived: false },
-            Case { what: "another user joins after", leaves: true, sender: None, user: Some("u2"), revived: false },
-            Case { what: "owner speaks again after expiry", leaves: false, sender: Some(1), user: None, revived: true },
-            Case { what: "peer echoes after expiry", leaves: false, sender: Some(2), user: None, revived: false },
+            Case {
+                what: "owner reconnects",
+                leaves: true,
+                sender: None,
+                user: Some("u1"),
+                revived: true,
+            },
+            Case {
+                what: "peer that was in the room echoes",
+                leaves: true,
+                sender: Some(2),
+                user: None,
+                revived: false,
+            },
+            Case {
+                what: "anonymous peer that was in the room echoes",
+                leaves: true,
+                sender: Some(3),
+                user: None,
+                revived: false,
+            },
+            Case {
+                what: "another user joins after",
+                leaves: true,
+                sender: None,
+                user: Some("u2"),
+                revived: false,
+            },
+            Case {
+                what: "owner speaks again after expiry",
+                leaves: false,
+                sender: Some(1),
+                user: None,
+                revived: true,
+            },
+            Case {
+                what: "peer echoes after expiry",
+                leaves: false,
+                sender: Some(2),
+                user: None,
+                revived: false,
+            },
         ];
         for case in cases {
             let (mut p, t0) = table();
@@ -495,9 +549,19 @@ mod tests {
             });
             let applied = p.apply(sender, &msg(&[(10, 5, Some("{}"))]), removed_at + 2 * S);
             if case.revived {
-                assert_eq!(applied.changes, vec![change(10, 6, Some("{}"))], "{}", case.what);
+                assert_eq!(
+                    applied.changes,
+                    vec![change(10, 6, Some("{}"))],
+                    "{}",
+                    case.what
+                );
             } else {
-                assert_eq!((applied.changes, applied.foreign), (vec![], 1), "{}", case.what);
+                assert_eq!(
+                    (applied.changes, applied.foreign),
+                    (vec![], 1),
+                    "{}",
+                    case.what
+                );
             }
         }
     }
@@ -512,31 +576,82 @@ mod tests {
         changes(&mut p, 1, &[(10, 5, Some("{}"))], t0);
         assert_eq!(p.apply(4, &msg(&[(10, 5, Some("{}"))]), t0).foreign, 1);
         p.remove_conn(1, t0 + S);
-        assert_eq!(p.apply(4, &msg(&[(10, 5, Some("{}"))]), t0 + 2 * S).foreign, 1);
-        assert_eq!(changes(&mut p, 4, &[(10, 6, Some("{}"))], t0 + 3 * S), vec![change(10, 6, Some("{}"))]);
+        assert_eq!(
+            p.apply(4, &msg(&[(10, 5, Some("{}"))]), t0 + 2 * S).foreign,
+            1
+        );
+        assert_eq!(
+            changes(&mut p, 4, &[(10, 6, Some("{}"))], t0 + 3 * S),
+            vec![change(10, 6, Some("{}"))]
+        );
     }
 
     #[test]
     fn limits_on_ids_and_bytes_per_connection() {
         let t0 = Instant::now();
-        let mut p = Presence::new(30 * S, Limits { ids_per_conn: 2, bytes_per_conn: 10 });
+        let mut p = Presence::new(
+            30 * S,
+            Limits {
+                ids_per_conn: 2,
+                bytes_per_conn: 10,
+            },
+        );
         p.join(1, None, t0);
-        let applied = p.apply(1, &msg(&[(1, 1, Some("{}")), (2, 1, Some("{}")), (3, 1, Some("{}"))]), t0);
+        let applied = p.apply(
+            1,
+            &msg(&[(1, 1, Some("{}")), (2, 1, Some("{}")), (3, 1, Some("{}"))]),
+            t0,
+        );
         assert!(applied.over_limit);
         assert_eq!(applied.changes.len(), 2);
         // Removing an id does not free its place: ids cannot be cycled.
-        let mut p = Presence::new(30 * S, Limits { ids_per_conn: 2, bytes_per_conn: 10 });
+        let mut p = Presence::new(
+            30 * S,
+            Limits {
+                ids_per_conn: 2,
+                bytes_per_conn: 10,
+            },
+        );
         p.join(1, None, t0);
-        let applied = p.apply(1, &msg(&[(1, 1, Some("{}")), (1, 1, None), (2, 1, Some("{}")), (2, 1, None), (3, 1, Some("{}"))]), t0);
+        let applied = p.apply(
+            1,
+            &msg(&[
+                (1, 1, Some("{}")),
+                (1, 1, None),
+                (2, 1, Some("{}")),
+                (2, 1, None),
+                (3, 1, Some("{}")),
+            ]),
+            t0,
+        );
         assert!(applied.over_limit);
         // Bytes: replacing a state counts only the new one.
-        let mut p = Presence::new(30 * S, Limits { ids_per_conn: 2, bytes_per_conn: 10 });
+        let mut p = Presence::new(
+            30 * S,
+            Limits {
+                ids_per_conn: 2,
+                bytes_per_conn: 10,
+            },
+        );
         p.join(1, None, t0);
-        assert!(!p.apply(1, &msg(&[(1, 1, Some("[1,2,3,4]")), (1, 2, Some("[1,2,3,5]"))]), t0).over_limit);
+        assert!(
+            !p.apply(
+                1,
+                &msg(&[(1, 1, Some("[1,2,3,4]")), (1, 2, Some("[1,2,3,5]"))]),
+                t0
+            )
+            .over_limit
+        );
         assert!(p.apply(1, &msg(&[(2, 1, Some("[1,2]"))]), t0).over_limit);
         // Foreign entries cost nothing, however many.
         let many: Vec<_> = (100..2100).map(|id| (id, 1, Some("{}"))).collect();
-        let mut p = Presence::new(30 * S, Limits { ids_per_conn: 2, bytes_per_conn: 10 });
+        let mut p = Presence::new(
+            30 * S,
+            Limits {
+                ids_per_conn: 2,
+                bytes_per_conn: 10,
+            },
+        );
         p.join(1, None, t0);
         p.join(2, None, t0);
         for chunk in many.chunks(2) {
@@ -557,20 +672,91 @@ mod tests {
             allowed: bool,
         }
         let cases = [
-            Case { what: "nobody holds it", setup: |_, _| 2, allowed: true },
-            Case { what: "the announcer writes", setup: |p, t| { changes(p, 1, &[(10, 1, Some("{}"))], t); 1 }, allowed: true },
-            Case { what: "another user, owner live", setup: |p, t| { changes(p, 1, &[(10, 1, Some("{}"))], t); 2 }, allowed: false },
-            Case { what: "anonymous, owner live", setup: |p, t| { changes(p, 1, &[(10, 1, Some("{}"))], t); 3 }, allowed: false },
-            Case { what: "first writer holds it", setup: |p, t| { p.wrote(1, &[10], t); 2 }, allowed: false },
-            Case { what: "same user, other connection", setup: |p, t| { changes(p, 1, &[(10, 1, Some("{}"))], t); p.join(4, Some("u1"), t); 4 }, allowed: true },
-            Case { what: "another user, owner just left", setup: |p, t| { changes(p, 1, &[(10, 1, Some("{}"))], t); p.remove_conn(1, t); 2 }, allowed: false },
-            Case { what: "owner reconnects", setup: |p, t| { changes(p, 1, &[(10, 1, Some("{}"))], t); p.remove_conn(1, t); p.join(4, Some("u1"), t); 4 }, allowed: true },
-            Case { what: "open mode, owner just left", setup: |p, t| { p.join(5, None, t); changes(p, 5, &[(10, 1, Some("{}"))], t); p.remove_conn(5, t); 3 }, allowed: true },
+            Case {
+                what: "nobody holds it",
+                setup: |_, _| 2,
+                allowed: true,
+            },
+            Case {
+                what: "the announcer writes",
+                setup: |p, t| {
+                    changes(p, 1, &[(10, 1, Some("{}"))], t);
+                    1
+                },
+                allowed: true,
+            },
+            Case {
+                what: "another user, owner live",
+                setup: |p, t| {
+                    changes(p, 1, &[(10, 1, Some("{}"))], t);
+                    2
+                },
+                allowed: false,
+            },
+            Case {
+                what: "anonymous, owner live",
+                setup: |p, t| {
+                    changes(p, 1, &[(10, 1, Some("{}"))], t);
+                    3
+                },
+                allowed: false,
+            },
+            Case {
+                what: "first writer holds it",
+                setup: |p, t| {
+                    p.wrote(1, &[10], t);
+                    2
+                },
+                allowed: false,
+            },
+            Case {
+                what: "same user, other connection",
+                setup: |p, t| {
+                    changes(p, 1, &[(10, 1, Some("{}"))], t);
+                    p.join(4, Some("u1"), t);
+                    4
+                },
+                allowed: true,
+            },
+            Case {
+                what: "another user, owner just left",
+                setup: |p, t| {
+                    changes(p, 1, &[(10, 1, Some("{}"))], t);
+                    p.remove_conn(1, t);
+                    2
+                },
+                allowed: false,
+            },
+            Case {
+                what: "owner reconnects",
+                setup: |p, t| {
+                    changes(p, 1, &[(10, 1, Some("{}"))], t);
+                    p.remove_conn(1, t);
+                    p.join(4, Some("u1"), t);
+                    4
+                },
+                allowed: true,
+            },
+            Case {
+                what: "open mode, owner just left",
+                setup: |p, t| {
+                    p.join(5, None, t);
+                    changes(p, 5, &[(10, 1, Some("{}"))], t);
+                    p.remove_conn(5, t);
+                    3
+                },
+                allowed: true,
+            },
         ];
         for case in cases {
             let (mut p, t0) = table();
             let writer = (case.setup)(&mut p, t0);
-            assert_eq!(p.may_write(writer, &[10], t0 + S).is_ok(), case.allowed, "{}", case.what);
+            assert_eq!(
+                p.may_write(writer, &[10], t0 + S).is_ok(),
+                case.allowed,
+                "{}",
+                case.what
+            );
         }
         // The reservation ends.
         let (mut p, t0) = table();

@@ -265,7 +265,8 @@ fn read_awareness_entry<'a>(reader: &mut Reader<'a>) -> Result<AwarenessEntry<'a
     let state = if json == "null" {
         None
     } else {
-        serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(|_| bad("state is not JSON"))?;
+        serde_json::from_str::<serde::de::IgnoredAny>(json)
+            .map_err(|_| bad("state is not JSON"))?;
         Some(json)
     };
     Ok(AwarenessEntry {

@@ -344,7 +344,10 @@ fn adds_anything(doc: &Doc, update: &Update) -> bool {
         return true;
     }
     let deletes = update.delete_set();
-    !deletes.is_empty() && !deletes.diff(&doc.transact().snapshot().delete_set).is_empty()
+    !deletes.is_empty()
+        && !deletes
+            .diff(&doc.transact().snapshot().delete_set)
+            .is_empty()
 }
 
 /// Applies stored updates into `doc` in one transaction; errors and panics become an error.
