@@ -32,6 +32,11 @@ use crate::protocol::{AwarenessEntry, AwarenessUpdate};
 /// Identifies one connection within the server (unique for the process lifetime).
 pub type ConnId = u64;
 
+/// Client ids one connection may hold by writing alone. A client writes under one id of its
+/// own; a relayer's sync may carry many ids, which need no protection from it. The bound keeps
+/// an update listing a million client ids from also costing a million claims.
+const MAX_WRITE_CLAIMS_PER_CONN: usize = 64;
+
 /// A change to announce to the room: `state == None` means "removed".
 pub type Change = (u64, u32, Option<Arc<str>>);
 
@@ -65,6 +70,8 @@ struct Member {
     announced: usize,
     /// Bytes of the live states it owns.
     bytes: usize,
+    /// Client ids it claimed by writing (bounded by [`MAX_WRITE_CLAIMS_PER_CONN`]).
+    written: usize,
 }
 
 #[derive(Debug)]
@@ -149,6 +156,7 @@ impl Presence {
                 user: user.map(Arc::from),
                 announced: 0,
                 bytes: 0,
+                written: 0,
             },
         );
     }
@@ -299,11 +307,16 @@ impl Presence {
     /// Records that `conn` wrote new clocks for `ids`: the ids nobody holds become its own
     /// (a weak claim, which an announcement by their client takes over).
     pub fn wrote(&mut self, conn: ConnId, ids: &[u64], now: Instant) {
-        let Some(user) = self.members.get(&conn).map(|m| m.user.clone()) else {
+        let Some(member) = self.members.get_mut(&conn) else {
             return;
         };
+        let user = member.user.clone();
         for &id in ids {
+            if member.written >= MAX_WRITE_CLAIMS_PER_CONN {
+                break;
+            }
             if self.claims.get(&id).is_none_or(|c| c.holder.is_none()) {
+                member.written += 1;
                 self.claims.insert(
                     id,
                     Claim {
@@ -764,6 +777,19 @@ mod tests {
         p.remove_conn(1, t0);
         p.expire(t0 + 61 * S);
         assert!(p.may_write(2, &[10], t0 + 61 * S).is_ok());
+    }
+
+    #[test]
+    fn claims_made_by_writing_are_bounded_per_connection() {
+        let (mut p, t0) = table();
+        let ids: Vec<u64> = (1000..1100).collect();
+        p.wrote(2, &ids, t0);
+        assert_eq!(p.may_write(1, &[1000], t0), Err(1000));
+        assert_eq!(
+            p.may_write(1, &[1000 + MAX_WRITE_CLAIMS_PER_CONN as u64], t0),
+            Ok(())
+        );
+        assert_eq!(p.claims.len(), MAX_WRITE_CLAIMS_PER_CONN);
     }
 
     #[test]
