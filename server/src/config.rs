@@ -115,6 +115,17 @@ pub struct Config {
     #[arg(long, env = "TANDEM_AWARENESS_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub awareness_timeout: Duration,
 
+    /// Most client ids one connection may announce in awareness (a browser tab announces
+    /// one); beyond it the connection is closed with 1008. Entries for ids other connections
+    /// own (y-websocket clients echo everyone's) are ignored and do not count.
+    #[arg(long, env = "TANDEM_MAX_AWARENESS_IDS_PER_CONN", default_value_t = 8)]
+    pub max_awareness_ids_per_conn: usize,
+
+    /// Most bytes of awareness state (JSON) one connection may own at once, all its ids
+    /// together; beyond it the connection is closed with 1008.
+    #[arg(long, env = "TANDEM_MAX_AWARENESS_BYTES_PER_CONN", default_value = "64KiB", value_parser = size)]
+    pub max_awareness_bytes_per_conn: usize,
+
     /// How long a document with no connections stays in memory before it is unloaded.
     #[arg(long, env = "TANDEM_UNLOAD_AFTER", default_value = "10s", value_parser = duration)]
     pub unload_after: Duration,

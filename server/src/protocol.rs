@@ -15,7 +15,6 @@
 //! Nothing in this module knows about sockets, rooms or storage.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use yrs::StateVector;
@@ -46,23 +45,54 @@ pub enum Inbound {
     SyncStep1(StateVector),
     /// An update to apply: both SyncStep2 and Update carry one, and are treated alike.
     Update(Update),
-    /// Presence changes for one or more client ids.
-    Awareness(Vec<AwarenessEntry>),
+    /// Presence changes for one or more client ids, validated but not unpacked.
+    Awareness(AwarenessUpdate),
     /// The client asks for every known awareness state.
     QueryAwareness,
 }
 
-/// One client's presence entry as carried on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AwarenessEntry {
+/// One client's presence entry as carried on the wire, borrowed from its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwarenessEntry<'a> {
     /// The Yjs client id (53-bit).
     pub client_id: u64,
     /// Lamport clock of this state; higher wins.
     pub clock: u32,
     /// The JSON state, or `None` for the literal `null` (the client left).
-    pub state: Option<Arc<str>>,
+    pub state: Option<&'a str>,
 }
 
+/// An awareness message whose every entry was validated (ids, clocks, UTF-8, JSON) but that is
+/// kept as its bytes. y-websocket clients echo every awareness change they receive, so an
+/// honest client in a big room sends messages listing thousands of other users' entries, which
+/// the room ignores; reading entries in place means those cost no allocation beyond the
+/// message itself, and only the entries the room accepts are copied.
+#[derive(Debug, Clone)]
+pub struct AwarenessUpdate {
+    payload: Bytes,
+    count: usize,
+}
+
+impl AwarenessUpdate {
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the message lists no entry.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The entries, in order, borrowed from the message.
+    pub fn entries(&self) -> impl Iterator<Item = AwarenessEntry<'_>> + '_ {
+        let mut reader = Reader::new(&self.payload);
+        // The count was read and every entry validated by `decode_awareness`; these reads
+        // cannot fail, and if they somehow did the iteration would just end.
+        let _ = reader.var_uint();
+        (0..self.count).map_while(move |_| read_awareness_entry(&mut reader).ok())
+    }
+}
 /// Why a frame was rejected; each maps to a WebSocket close code.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -222,39 +252,47 @@ fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<
     }
 }
 
-/// Upper bound on entries pre-allocated from an announced count (the count is untrusted).
-const MAX_PREALLOC_ENTRIES: usize = 64;
-
-fn decode_awareness(payload: &[u8]) -> Result<Vec<AwarenessEntry>, ProtocolError> {
+/// Reads one awareness entry (client id, clock, state) and checks it: id within 53 bits, clock
+/// within 32 bits, state UTF-8 and either `null` or valid JSON.
+fn read_awareness_entry<'a>(reader: &mut Reader<'a>) -> Result<AwarenessEntry<'a>, ProtocolError> {
     let bad = |what: &str| ProtocolError::InvalidAwareness(what.to_string());
+    let client_id = reader.var_uint()?;
+    if client_id > MAX_CLIENT_ID {
+        return Err(bad("client id above 2^53"));
+    }
+    let clock = u32::try_from(reader.var_uint()?).map_err(|_| bad("clock above 2^32"))?;
+    let json = std::str::from_utf8(reader.var_bytes()?).map_err(|_| bad("state is not UTF-8"))?;
+    let state = if json == "null" {
+        None
+    } else {
+        serde_json::from_str::<serde::de::IgnoredAny>(json)
+            .map_err(|_| bad("state is not JSON"))?;
+        Some(json)
+    };
+    Ok(AwarenessEntry {
+        client_id,
+        clock,
+        state,
+    })
+}
+
+/// Validates an awareness payload entry by entry without keeping anything, then keeps the
+/// payload as one buffer (see [`AwarenessUpdate`]).
+fn decode_awareness(payload: &[u8]) -> Result<AwarenessUpdate, ProtocolError> {
     let mut reader = Reader::new(payload);
     let count = reader.var_uint()?;
-    let mut entries = Vec::with_capacity((count as usize).min(MAX_PREALLOC_ENTRIES));
+    let mut seen: usize = 0;
     for _ in 0..count {
-        let client_id = reader.var_uint()?;
-        if client_id > MAX_CLIENT_ID {
-            return Err(bad("client id above 2^53"));
-        }
-        let clock = u32::try_from(reader.var_uint()?).map_err(|_| bad("clock above 2^32"))?;
-        let json =
-            std::str::from_utf8(reader.var_bytes()?).map_err(|_| bad("state is not UTF-8"))?;
-        let state = if json == "null" {
-            None
-        } else {
-            serde_json::from_str::<serde::de::IgnoredAny>(json)
-                .map_err(|_| bad("state is not JSON"))?;
-            Some(Arc::from(json))
-        };
-        entries.push(AwarenessEntry {
-            client_id,
-            clock,
-            state,
-        });
+        read_awareness_entry(&mut reader)?;
+        seen += 1;
     }
     if !reader.is_empty() {
-        return Err(bad("trailing bytes"));
+        return Err(ProtocolError::InvalidAwareness("trailing bytes".into()));
     }
-    Ok(entries)
+    Ok(AwarenessUpdate {
+        payload: Bytes::copy_from_slice(payload),
+        count: seen,
+    })
 }
 
 fn put_var_uint(buf: &mut BytesMut, mut value: u64) {
@@ -384,7 +422,7 @@ mod tests {
         assert!(matches!(msgs[0], Inbound::SyncStep1(_)));
         assert_eq!(
             msgs.get(1)
-                .map(|m| matches!(m, Inbound::Awareness(e) if e[0].client_id == 7)),
+                .map(|m| matches!(m, Inbound::Awareness(e) if e.entries().next().map(|e| e.client_id) == Some(7))),
             Some(true)
         );
         assert!(matches!(msgs[2], Inbound::QueryAwareness));
@@ -425,6 +463,9 @@ mod tests {
         let Inbound::Awareness(entries) = &msgs[0] else {
             panic!("expected awareness");
         };
+        let entries: Vec<_> = entries.entries().collect();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].state, Some("{\"user\":\"x\"}"));
         assert_eq!(entries[1].state, None);
         let bad_json = encode_awareness([(1, 2, Some("{oops"))].into_iter());
         assert!(matches!(

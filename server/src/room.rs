@@ -28,7 +28,7 @@ use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 use crate::close;
 use crate::config::ReadOnlyAwareness;
 use crate::peer::{CloseReason, Peer};
-use crate::presence::{Change, ConnId, Presence};
+use crate::presence::{Change, ConnId, Limits, Presence};
 use crate::protocol::{self, Inbound};
 use crate::registry::{JoinError, Registry};
 use crate::state::Shared;
@@ -53,6 +53,20 @@ const BACKLOG_FULL: CloseReason = CloseReason {
     code: close::TRY_AGAIN_LATER,
     reason: "storage backlog full, retry later",
     label: "backlog_full",
+};
+/// The connection announced more awareness client ids, or more bytes of awareness state, than
+/// one connection may own.
+const AWARENESS_LIMIT: CloseReason = CloseReason {
+    code: close::POLICY_VIOLATION,
+    reason: "awareness limit: too many client ids or state bytes for one connection",
+    label: "awareness_limit",
+};
+/// The update adds new clocks for a Yjs client id another live connection owns (or one
+/// reserved for its user after it left).
+const FOREIGN_CLIENT_ID: CloseReason = CloseReason {
+    code: close::POLICY_VIOLATION,
+    reason: "update writes a client id owned by another connection; reconnect to resync",
+    label: "foreign_client_id",
 };
 const DISCONNECTED: CloseReason = CloseReason {
     code: close::DISCONNECTED,
@@ -287,7 +301,13 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
     let span = info_span!("room", doc = %name);
     let room = Room {
-        presence: Presence::new(shared.config.awareness_timeout),
+        presence: Presence::new(
+            shared.config.awareness_timeout,
+            Limits {
+                ids_per_conn: shared.config.max_awareness_ids_per_conn,
+                bytes_per_conn: shared.config.max_awareness_bytes_per_conn,
+            },
+        ),
         name,
         generation,
         registry,
@@ -304,16 +324,30 @@ pub fn spawn(
     RoomHandle { tx, generation }
 }
 
-/// Whether `update` inserts or deletes anything `doc` does not already have.
-fn adds_anything(doc: &Doc, update: &Update) -> bool {
-    let txn = doc.transact();
-    let sv = txn.state_vector();
-    let inserts = update
+/// The client ids for which `update` holds clocks `doc` does not have yet: its blocks (items
+/// and GC ranges, including blocks that will wait in the pending set for a missing
+/// dependency) ending above the document's state vector. `Update::state_vector` cannot be
+/// used: it only counts a client's blocks when they start at clock 0.
+fn new_clocks(doc: &Doc, update: &Update) -> Vec<u64> {
+    let sv = doc.transact().state_vector();
+    update
         .insertions(true)
         .iter()
-        .any(|(client, ranges)| ranges.iter().any(|r| r.end > sv.get(client)));
+        .filter(|(client, ranges)| ranges.iter().any(|r| r.end > sv.get(client)))
+        .map(|(client, _)| client.get())
+        .collect()
+}
+
+/// Whether `update` inserts or deletes anything `doc` does not already have.
+fn adds_anything(doc: &Doc, update: &Update) -> bool {
+    if !new_clocks(doc, update).is_empty() {
+        return true;
+    }
     let deletes = update.delete_set();
-    inserts || !deletes.is_empty() && !deletes.diff(&txn.snapshot().delete_set).is_empty()
+    !deletes.is_empty()
+        && !deletes
+            .diff(&doc.transact().snapshot().delete_set)
+            .is_empty()
 }
 
 /// Applies stored updates into `doc` in one transaction; errors and panics become an error.
@@ -598,6 +632,8 @@ impl Room {
             ));
         }
         if reply.send(Ok(())).is_ok() {
+            self.presence
+                .join(peer.id, peer.user.as_deref(), Instant::now());
             self.peers.insert(peer.id, peer);
         }
     }
@@ -639,8 +675,8 @@ impl Room {
             Inbound::Awareness(_)
                 if self.is_read_only(conn)
                     && self.shared.config.readonly_awareness == ReadOnlyAwareness::Drop => {}
-            Inbound::Awareness(entries) => {
-                let applied = self.presence.apply(conn, entries, Instant::now());
+            Inbound::Awareness(update) => {
+                let applied = self.presence.apply(conn, &update, Instant::now());
                 if applied.foreign > 0 {
                     self.shared
                         .metrics
@@ -653,6 +689,10 @@ impl Room {
                     );
                 }
                 self.broadcast_awareness(&applied.changes);
+                if applied.over_limit {
+                    warn!(conn, "awareness limit reached; closing the connection");
+                    self.kick(conn, AWARENESS_LIMIT);
+                }
             }
             Inbound::QueryAwareness => {
                 let live = self.presence.live();
@@ -674,8 +714,31 @@ impl Room {
             self.kick(conn, BACKLOG_FULL);
             return;
         }
+        // Client-id ownership: an update adding clocks for an id another live connection owns
+        // is refused whole. This is what tells the legitimate cases apart:
+        // - a client reconnecting with its id: its old connection left, and the id was
+        //   reserved for its user (token `sub`), so it takes it back (awareness or write);
+        // - an offline client resending hours of edits: they are under its own id;
+        // - a client relaying structs of others it received elsewhere: accepted when their
+        //   owners are not connected here (the relayer then holds those ids until it leaves,
+        //   yielding to their owners' awareness announcements); when an owner is connected
+        //   here, the owner delivers its edits itself, so refusing the relay loses nothing
+        //   (the relayer's provider reconnects on 1008 and resyncs).
+        // Deletions of others' content are normal editing and not checked.
+        let ids = new_clocks(&self.doc, &update);
+        let now = Instant::now();
+        if let Err(id) = self.presence.may_write(conn, &ids, now) {
+            warn!(
+                conn,
+                client_id = id,
+                "update writes a client id another connection owns; refused"
+            );
+            self.kick(conn, FOREIGN_CLIENT_ID);
+            return;
+        }
         match self.integrate(update) {
             Ok(Some(changed)) => {
+                self.presence.wrote(conn, &ids, now);
                 self.shared.metrics.updates_applied.inc();
                 let author = self.peers.get(&conn).and_then(|p| p.user.clone());
                 self.accept(author, changed);
