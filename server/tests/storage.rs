@@ -147,7 +147,7 @@ fn assert_dominates(big: &StateVector, small: &StateVector, what: &str) {
 }
 
 async fn doc_id(store: &Store, name: &str) -> i64 {
-    store.load(name).await.expect("load").doc_id
+    store.create_document(name).await.expect("load")
 }
 
 /// Sequence numbers of every log row of the document, ascending.
