@@ -99,9 +99,11 @@ fn token(sub: &str) -> String {
     .expect("encode token")
 }
 
-/// The WebSocket path of document `name` for user `sub`.
+/// The WebSocket path of document `name` for user `sub`: slashes literal, each segment
+/// encoded (an escaped slash would name another document).
 fn ws_path(name: &str, sub: &str) -> String {
-    format!("/{}?token={}", enc(name), token(sub))
+    let segments: Vec<String> = name.split('/').map(enc).collect();
+    format!("/{}?token={}", segments.join("/"), token(sub))
 }
 
 /// Joins document `name` as user `sub` and completes the sync handshake.
