@@ -8,8 +8,9 @@ mod documents;
 mod history;
 mod openapi;
 mod revocations;
+mod times;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -252,21 +253,27 @@ async fn document(store: &Store, name: &str) -> Result<DocumentInfo, AdminError>
 
 /// RFC 3339 UTC with milliseconds, the API's time format.
 fn time_str(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    times::format(t)
 }
 
-/// An API time: RFC 3339, or unix milliseconds.
+/// An API time: RFC 3339 with any UTC offset, or unix milliseconds (see [`times`]).
 fn parse_time(s: &str) -> Result<SystemTime, AdminError> {
-    if let Ok(ms) = s.parse::<u64>() {
-        return UNIX_EPOCH
-            .checked_add(Duration::from_millis(ms))
-            .ok_or_else(|| AdminError::BadRequest(format!("time out of range: {s}")));
+    times::parse(s).map_err(|e| AdminError::BadRequest(e.to_string()))
+}
+
+/// The latest stored instant a request's time `t` covers: API times have millisecond
+/// precision but Postgres stores microseconds, so "at 12:00:00.842" must include a change
+/// made at 12:00:00.842384 (the whole millisecond). A time given more precisely than the
+/// millisecond is taken as it is.
+fn covered_until(t: SystemTime) -> SystemTime {
+    let sub_ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1_000_000);
+    if sub_ms == 0 {
+        t + Duration::from_micros(999)
+    } else {
+        t
     }
-    humantime::parse_rfc3339_weak(s).map_err(|e| {
-        AdminError::BadRequest(format!(
-            "invalid time {s:?} ({e}); use RFC 3339 or unix milliseconds"
-        ))
-    })
 }
 
 /// A point in a document's history as a request names it: at most one of a sequence number,
@@ -302,10 +309,9 @@ impl Point {
             }
             seq
         } else if let Some(at) = &self.at {
-            // API times have millisecond precision but Postgres stores microseconds: "at
-            // 12:00:00.842" must include a change made at 12:00:00.842384.
-            let end_of_ms = parse_time(at)? + Duration::from_micros(999);
-            store.seq_at_time(doc.doc_id, end_of_ms).await?
+            store
+                .seq_at_time(doc.doc_id, covered_until(parse_time(at)?))
+                .await?
         } else if let Some(label) = &self.label {
             store
                 .label(doc.doc_id, label)
@@ -342,8 +348,16 @@ mod tests {
         assert_eq!(time_str(t), "2026-11-25T18:49:10.123Z");
         assert_eq!(
             parse_time("1000").unwrap(),
-            UNIX_EPOCH + Duration::from_secs(1)
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1)
         );
+        assert_eq!(
+            parse_time("2026-11-25T20:49:10.123+02:00").unwrap(),
+            t,
+            "one helper for every time: offsets count"
+        );
+        assert_eq!(covered_until(t), t + Duration::from_micros(999));
+        let precise = parse_time("2026-11-25T18:49:10.123456Z").unwrap();
+        assert_eq!(covered_until(precise), precise);
         assert!(parse_time("yesterday").is_err());
     }
 }
