@@ -39,8 +39,10 @@ fn size(s: &str) -> Result<usize, String> {
 
 /// Parses one entry of `--allowed-origins`: an origin as browsers send it in `Origin`
 /// (`scheme://host[:port]`, no path), surrounding spaces trimmed (`'a, b'` lists `b`), scheme
-/// and host lowercased (browsers send them so). Empty entries (`a,,b`, a trailing comma) and
-/// anything else are refused at start-up with the reason.
+/// and host lowercased (browsers send them so). An empty entry parses as `""`: a wholly empty
+/// setting (`TANDEM_ALLOWED_ORIGINS=`) means "any origin", while an empty entry in a list
+/// (`a,,b`, a trailing comma) is refused by [`allowed_origins`]. Anything else is refused
+/// with the reason.
 pub fn origin(s: &str) -> Result<String, String> {
     let entry = s.trim();
     if entry.is_empty() {
@@ -84,6 +86,23 @@ pub fn origin(s: &str) -> Result<String, String> {
         return invalid("no host");
     }
     Ok(entry.to_ascii_lowercase())
+}
+
+/// The allow-list `--allowed-origins` gives, each entry checked by [`origin`]: empty (any
+/// origin) for an unset or wholly empty setting; an error for an empty entry among others.
+pub fn allowed_origins(entries: &[String]) -> Result<Vec<String>, String> {
+    if entries.iter().all(|e| e.trim().is_empty()) && entries.len() <= 1 {
+        return Ok(Vec::new());
+    }
+    entries
+        .iter()
+        .map(|e| match origin(e)? {
+            empty if empty.is_empty() => {
+                Err("empty origin in the list (check for a doubled or trailing comma)".to_string())
+            }
+            ok => Ok(ok),
+        })
+        .collect()
 }
 
 /// The `tandem` command line.

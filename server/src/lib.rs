@@ -74,12 +74,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let mut config = config;
-    // A configuration built in code (tests, embedders) gets the command line's checks too.
-    config.allowed_origins = config
-        .allowed_origins
-        .iter()
-        .map(|o| config::origin(o))
-        .collect::<Result<_, _>>()
+    // Checked here, not only by the command line's parser: a configuration built in code
+    // (tests, embedders) is checked too, and an empty entry in a list is only visible as a
+    // list.
+    config.allowed_origins = config::allowed_origins(&config.allowed_origins)
         .map_err(|e| ServerError::Config(format!("--allowed-origins: {e}")))?;
     let auth = authenticator(&config)?;
     let storage = storage::Storage::open(&config).await?;
