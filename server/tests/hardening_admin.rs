@@ -501,6 +501,14 @@ async fn parameters_case(db: &Db) {
         let r = admin(server.addr, "POST", path, Some(body)).await;
         assert_400(&r, needle, path);
     }
+    // Every refusal is counted, by status.
+    server
+        .wait_metric(
+            "tandem_admin_requests_refused_total",
+            "status=\"400\"",
+            (gets.len() + posts.len()) as f64,
+        )
+        .await;
     // The minimum itself is fine: after=0 lists everything, before=0 nothing.
     let v = get_json(server.addr, &format!("{doc}/timeline?after=0")).await;
     assert_eq!(v["changes"].as_array().map(Vec::len), Some(1));

@@ -189,6 +189,17 @@ pub async fn require_admin(State(state): State<AppState>, req: Request, next: Ne
     }
 }
 
+/// Counts every admin answer with an error status in `/metrics`
+/// (`tandem_admin_requests_refused_total{status}`), the bearer check's 401 included.
+async fn count_refusals(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        state.shared.metrics.admin_refused(status.as_u16());
+    }
+    response
+}
+
 /// Admin routes, to be nested under `/api/v1/admin`.
 pub fn routes(state: AppState) -> Router<AppState> {
     let max_body = state.shared.config.max_import_size;
@@ -221,7 +232,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .fallback(|| async { AdminError::NotFound("no such admin endpoint".into()) })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(state, require_admin))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ))
+        .layer(axum::middleware::from_fn_with_state(state, count_refusals))
 }
 
 /// The durable store, or 409 when the server keeps documents in memory only.
