@@ -14,7 +14,7 @@ import { WebsocketProvider } from 'y-websocket'
 import { trackSaved } from './saved.js'
 import {
   AUTHORS_MAP, COLORS, avatar, editorHref, h, historyHref, jwtClaims, loadUser, param,
-  saveUser, setParams, toast, websocketBase
+  roomPath, saveUser, setParams, toast, websocketBase
 } from './shared.js'
 
 const DEFAULT_DOC = 'welcome'
@@ -40,10 +40,10 @@ $('history-link').href = historyHref(docName)
 // --- Yjs document and provider --------------------------------------------------------------
 
 const ydoc = new Y.Doc()
-// The room is one path segment, percent-encoded: tandem decodes it back to `docName`.
+// The room is the name with its slashes (see roomPath): tandem maps it back to `docName`.
 // BroadcastChannel is off so that tabs of one browser also sync through the server: what
 // the demo shows is what tandem does.
-const provider = new WebsocketProvider(websocketBase(), encodeURIComponent(docName), ydoc, {
+const provider = new WebsocketProvider(websocketBase(), roomPath(docName), ydoc, {
   params: token ? { token } : {},
   disableBc: true
 })

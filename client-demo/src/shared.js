@@ -15,6 +15,18 @@ export function websocketBase () {
   return serverOrigin().replace(/^http/, 'ws')
 }
 
+/**
+ * The room (URL path after the base) of document `name`. Tandem keeps percent-escapes of
+ * reserved characters as they are (`/a%2Fb` is the document `a%2Fb`, not `a/b`), so the
+ * characters a path may carry literally stay literal (`/` and `:@!$&'()*+,;=`, and `%`, so a
+ * name holding an escape is reached as it is); everything else (spaces, non-ASCII, `?#[]`...)
+ * is percent-encoded, and tandem decodes it back (except `?#[]`, which stay escapes).
+ */
+export function roomPath (name) {
+  return encodeURIComponent(name)
+    .replace(/%(2F|3A|40|24|26|2B|2C|3B|3D|25)/g, (_, hex) => String.fromCharCode(parseInt(hex, 16)))
+}
+
 /** Query parameter `name` of the page URL, or null. */
 export function param (name) {
   return new URLSearchParams(location.search).get(name)

@@ -31,6 +31,16 @@ macro_rules! shared_methods {
             crate::error::unless_deleted(name, found)
         }
 
+        /// Id of document `name` and whether it is deleted, creating its row if absent.
+        pub(crate) async fn upsert_document(&self, name: &str) -> Result<(i64, bool), StoreError> {
+            sqlx::query_as::<_, (i64, bool)>(crate::queries::UPSERT_DOCUMENT)
+                .bind(name)
+                .bind(db_time(SystemTime::now()))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err("create_document"))
+        }
+
         /// A page of the log in either direction.
         pub(crate) async fn log_page(
             &self,

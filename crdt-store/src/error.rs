@@ -87,12 +87,6 @@ pub(crate) fn unless_deleted(
     }
 }
 
-/// A document row that a failed insert said exists is gone (deleted rows stay, so this is
-/// only reachable when someone removed rows by hand).
-pub(crate) fn vanished(name: &str) -> StoreError {
-    StoreError::Query(format!("load: the row of document {name:?} vanished"))
-}
-
 /// The outcome of a write guarded by "the document is live": nothing written means the
 /// document is deleted (or its id never existed).
 pub(crate) fn written_unless_deleted(rows_affected: u64, doc_id: i64) -> Result<(), StoreError> {

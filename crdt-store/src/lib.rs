@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 
 pub use error::StoreError;
 pub use model::{
-    Backend, DocumentInfo, Label, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind,
+    Backend, DocRef, DocumentInfo, Label, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind,
     Snapshot, SnapshotInfo,
 };
 pub use writer::{Backlog, Writer, WriterOptions};
@@ -172,14 +172,14 @@ impl Store {
         dispatch!(self, b => b.ping().await)
     }
 
-    /// Loads a document by name, creating its row if absent ([`StoreError::Deleted`] if it
-    /// was deleted: a deleted document is never recreated). Returns its id, the
-    /// newest snapshot (if any) and every log row after the snapshot's seq in seq
-    /// order, read from one consistent database snapshot so a concurrent
-    /// compaction cannot leave a gap.
+    /// Loads a document by name ([`StoreError::Deleted`] if it was deleted: a deleted
+    /// document is never recreated). Returns its id (`None` if it has no row: never
+    /// written; loading never creates one), the newest snapshot (if any) and every log row
+    /// after the snapshot's seq in seq order, read from one consistent database snapshot so
+    /// a concurrent compaction cannot leave a gap. Writes nothing.
     ///
     /// Fails with [`StoreError::Unavailable`] after [`StoreOptions::load_timeout`]
-    /// (the read is abandoned; at most the document's row was created).
+    /// (the read is abandoned).
     ///
     /// A retryable failure that came at once is tried once more: after the database
     /// restarted, pooled connections are dead until used and fail on first use; the retry
@@ -202,6 +202,23 @@ impl Store {
                 self.load_timeout
             ))),
         }
+    }
+
+    /// Id of document `name`, creating its row if there is none (one statement);
+    /// [`StoreError::Deleted`] if it was deleted (a tombstone is never revived). For writes
+    /// that need a row before anything is logged; the writer creates rows itself
+    /// ([`Writer::append_to`]).
+    pub async fn create_document(&self, name: &str) -> Result<i64, StoreError> {
+        match dispatch!(self, b => b.upsert_document(name).await)? {
+            (_, true) => Err(StoreError::Deleted(name.to_owned())),
+            (id, false) => Ok(id),
+        }
+    }
+
+    /// Id of the row of document `name`, created if absent, tombstone included (rows
+    /// appended to a tombstone are dropped by the database, as for any late write).
+    pub(crate) async fn row_for_log(&self, name: &str) -> Result<i64, StoreError> {
+        Ok(dispatch!(self, b => b.upsert_document(name).await)?.0)
     }
 
     /// Appends rows (from any number of documents) in ONE transaction: all or

@@ -2,6 +2,7 @@
 //! `SystemTime`s so the server never depends on a database driver's types.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Which database a [`Store`](crate::Store) talks to. Shown in logs, metrics and
@@ -29,8 +30,10 @@ impl fmt::Display for Backend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedDoc {
     /// Stable numeric id of the document; every other call takes it instead of
-    /// the name, so renames and long names cost nothing on the hot path.
-    pub doc_id: i64,
+    /// the name, so renames and long names cost nothing on the hot path. `None`: no row
+    /// exists yet (nothing was ever written): loading never creates one, the first
+    /// logged update does ([`Writer::append_to`](crate::Writer::append_to)).
+    pub doc_id: Option<i64>,
     /// Newest snapshot, if one was ever written.
     pub snapshot: Option<Snapshot>,
     /// Log rows with `seq` greater than the snapshot's (all rows without a
@@ -39,6 +42,53 @@ pub struct LoadedDoc {
     /// Highest sequence number stored for the document (log or snapshot), 0 for
     /// a new document: the next update the room accepts gets `last_seq + 1`.
     pub last_seq: i64,
+}
+
+impl LoadedDoc {
+    /// The document as its log rows name it, for [`Writer::append_to`](crate::Writer::append_to).
+    pub fn doc_ref(&self, name: &str) -> DocRef {
+        DocRef::new(name, self.doc_id)
+    }
+}
+
+/// A document as a room logs to it: its name, and its id once its row exists. A document
+/// gets its row with its first logged update, not when it is loaded, so that merely opening
+/// a name (a read-only client, a typo, a scan of names) stores nothing. Clones share the id:
+/// the writer sets it when it creates the row, and everyone holding a clone sees it.
+#[derive(Debug, Clone)]
+pub struct DocRef {
+    name: Arc<str>,
+    id: Arc<OnceLock<i64>>,
+}
+
+impl DocRef {
+    /// Document `name`, with its id if its row already exists.
+    pub fn new(name: &str, id: Option<i64>) -> DocRef {
+        let cell = OnceLock::new();
+        if let Some(id) = id {
+            let _ = cell.set(id);
+        }
+        DocRef {
+            name: Arc::from(name),
+            id: Arc::new(cell),
+        }
+    }
+
+    /// The document's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its id; `None` until its row exists (set by the writer before the first row commits,
+    /// so it is known once any of the document's rows is durable).
+    pub fn id(&self) -> Option<i64> {
+        self.id.get().copied()
+    }
+
+    /// Records the id of the row the writer found or created.
+    pub(crate) fn set_id(&self, id: i64) {
+        let _ = self.id.set(id);
+    }
 }
 
 /// A merged document state covering all log rows up to and including `seq`.
@@ -98,7 +148,8 @@ pub struct DocumentInfo {
     pub doc_id: i64,
     /// The document's name.
     pub name: String,
-    /// When the document was first loaded.
+    /// When the document's row was created: its first logged change (or the first admin
+    /// write). Loading a document never creates its row.
     pub created_at: SystemTime,
     /// When it was deleted ([`Store::delete_document`](crate::Store::delete_document)); a
     /// deleted document keeps its row as a tombstone so the name is never reused.

@@ -10,7 +10,7 @@ use sqlx::types::chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Row, TypeInfo, ValueRef};
 
 use crate::common::Dialect;
-use crate::error::{StoreError, db_err, vanished, written_unless_deleted};
+use crate::error::{StoreError, db_err, written_unless_deleted};
 use crate::model::{
     DocumentInfo, Label, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind, Snapshot,
 };
@@ -133,32 +133,16 @@ impl PgStore {
         Ok(())
     }
 
-    /// Id of the document called `name`, creating its row if absent;
-    /// [`StoreError::Deleted`] if it was deleted. The common case (document exists) is
-    /// one read and writes nothing.
-    async fn doc_id(&self, name: &str) -> Result<i64, StoreError> {
-        if let Some(id) = self.existing_doc_id(name).await? {
-            return Ok(id);
-        }
-        let inserted = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO documents (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err("load"))?;
-        match inserted {
-            Some(id) => Ok(id),
-            // Lost a race with a concurrent creator (or deleter), whose row is now committed.
-            None => self
-                .existing_doc_id(name)
-                .await?
-                .ok_or_else(|| vanished(name)),
-        }
-    }
-
     pub(crate) async fn load(&self, name: &str) -> Result<LoadedDoc, StoreError> {
-        let doc_id = self.doc_id(name).await?;
+        // Never creates the row: a document gets one with its first logged update.
+        let Some(doc_id) = self.existing_doc_id(name).await? else {
+            return Ok(LoadedDoc {
+                doc_id: None,
+                snapshot: None,
+                updates: Vec::new(),
+                last_seq: 0,
+            });
+        };
         // One snapshot-isolated read: a compaction + prune running between the
         // two SELECTs must not make us miss the rows it folded into a snapshot.
         let mut tx = self
@@ -189,7 +173,7 @@ impl PgStore {
         tx.commit().await.map_err(db_err("load"))?;
         let last_seq = updates.last().map_or(after, |u| u.seq.max(after));
         Ok(LoadedDoc {
-            doc_id,
+            doc_id: Some(doc_id),
             snapshot,
             updates,
             last_seq,

@@ -45,6 +45,13 @@ pub(crate) const DOCUMENT: &str = concat!(
 pub(crate) const LOOKUP_DOCUMENT: &str =
     "SELECT id, deleted_at IS NOT NULL AS deleted FROM documents WHERE name = $1";
 
+/// Id of document `$1` and whether it is deleted, creating its row (created at `$2`) if there
+/// is none: one statement, race-free (the no-op update makes RETURNING see an existing row,
+/// whoever inserted it). Tombstones are returned, never revived.
+pub(crate) const UPSERT_DOCUMENT: &str = "INSERT INTO documents (name, created_at) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET name = excluded.name \
+     RETURNING id, deleted_at IS NOT NULL AS deleted";
+
 /// Id of a live (not deleted) document, by name.
 pub(crate) const LIVE_DOC_ID: &str =
     "SELECT id FROM documents WHERE name = $1 AND deleted_at IS NULL";

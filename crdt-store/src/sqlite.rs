@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 };
 
 use crate::common::Dialect;
-use crate::error::{StoreError, db_err, vanished, written_unless_deleted};
+use crate::error::{StoreError, db_err, written_unless_deleted};
 use crate::model::{
     DocumentInfo, Label, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind, Snapshot,
     from_unix_millis, to_unix_millis,
@@ -133,32 +133,16 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Id of the document called `name`, creating its row if absent;
-    /// [`StoreError::Deleted`] if it was deleted.
-    async fn doc_id(&self, name: &str) -> Result<i64, StoreError> {
-        if let Some(id) = self.existing_doc_id(name).await? {
-            return Ok(id);
-        }
-        let inserted = sqlx::query_scalar::<_, i64>(
-            "INSERT INTO documents (name, created_at) VALUES (?, ?) \
-             ON CONFLICT (name) DO NOTHING RETURNING id",
-        )
-        .bind(name)
-        .bind(to_unix_millis(SystemTime::now()))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err("load"))?;
-        match inserted {
-            Some(id) => Ok(id),
-            None => self
-                .existing_doc_id(name)
-                .await?
-                .ok_or_else(|| vanished(name)),
-        }
-    }
-
     pub(crate) async fn load(&self, name: &str) -> Result<LoadedDoc, StoreError> {
-        let doc_id = self.doc_id(name).await?;
+        // Never creates the row: a document gets one with its first logged update.
+        let Some(doc_id) = self.existing_doc_id(name).await? else {
+            return Ok(LoadedDoc {
+                doc_id: None,
+                snapshot: None,
+                updates: Vec::new(),
+                last_seq: 0,
+            });
+        };
         // A read transaction sees one WAL snapshot for both SELECTs.
         let mut tx = self.pool.begin().await.map_err(db_err("load"))?;
         let snapshot = sqlx::query(
@@ -184,7 +168,7 @@ impl SqliteStore {
         tx.commit().await.map_err(db_err("load"))?;
         let last_seq = updates.last().map_or(after, |u| u.seq.max(after));
         Ok(LoadedDoc {
-            doc_id,
+            doc_id: Some(doc_id),
             snapshot,
             updates,
             last_seq,

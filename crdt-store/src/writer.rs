@@ -13,7 +13,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::{NewUpdate, Store, StoreError};
+use crate::{DocRef, NewUpdate, Store, StoreError};
 
 /// Tuning of the group-commit writer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +116,9 @@ struct State {
 
 struct Pending {
     row: NewUpdate,
+    /// Set when the row's document had no id when it was queued: the writer finds or
+    /// creates the document's row before committing this one.
+    doc: Option<DocRef>,
     durable: Arc<watch::Sender<i64>>,
     queued_at: Instant,
 }
@@ -123,6 +126,8 @@ struct Pending {
 /// Rows taken off the queue for one transaction.
 struct Batch {
     rows: Vec<NewUpdate>,
+    /// For `rows[i]` whose document had no id yet: `(i, its document)`.
+    unresolved: Vec<(usize, DocRef)>,
     watermarks: Vec<(Arc<watch::Sender<i64>>, i64)>,
     bytes: u64,
 }
@@ -180,6 +185,25 @@ impl Writer {
     ///
     /// After [`Writer::shutdown`] the row is refused (logged, watermark untouched).
     pub fn append(&self, row: NewUpdate, durable: Arc<watch::Sender<i64>>) {
+        self.queue(row, None, durable);
+    }
+
+    /// Like [`Writer::append`], for a row of document `doc`, which may have no row in the
+    /// database yet (`row.doc_id` is ignored). Such a document gets its row right before its
+    /// first row commits (one extra statement, once per document): a document is created by
+    /// its first logged change, never by loading it. Rows of a deleted document are dropped
+    /// like any late write.
+    pub fn append_to(&self, doc: &DocRef, mut row: NewUpdate, durable: Arc<watch::Sender<i64>>) {
+        match doc.id() {
+            Some(id) => {
+                row.doc_id = id;
+                self.queue(row, None, durable);
+            }
+            None => self.queue(row, Some(doc.clone()), durable),
+        }
+    }
+
+    fn queue(&self, row: NewUpdate, doc: Option<DocRef>, durable: Arc<watch::Sender<i64>>) {
         let shared = &self.handle.shared;
         let len = row.data.len() as u64;
         {
@@ -195,6 +219,7 @@ impl Writer {
             }
             st.queue.push_back(Pending {
                 row,
+                doc,
                 durable,
                 queued_at: Instant::now(),
             });
@@ -312,6 +337,7 @@ async fn run(store: Store, opts: WriterOptions, shared: Arc<Shared>) {
 fn take_batch(st: &mut State, opts: &WriterOptions) -> Batch {
     let mut batch = Batch {
         rows: Vec::new(),
+        unresolved: Vec::new(),
         watermarks: Vec::new(),
         bytes: 0,
     };
@@ -326,6 +352,9 @@ fn take_batch(st: &mut State, opts: &WriterOptions) -> Batch {
         let Some(p) = st.queue.pop_front() else { break };
         batch.bytes += len;
         batch.watermarks.push((p.durable, p.row.seq));
+        if let Some(doc) = p.doc {
+            batch.unresolved.push((batch.rows.len(), doc));
+        }
         batch.rows.push(p.row);
     }
     batch
@@ -333,20 +362,23 @@ fn take_batch(st: &mut State, opts: &WriterOptions) -> Batch {
 
 /// Commits one batch, retrying with exponential backoff until it succeeds.
 /// Returns false if shutdown abandoned it.
-async fn commit(store: &Store, opts: &WriterOptions, shared: &Shared, batch: Batch) -> bool {
+async fn commit(store: &Store, opts: &WriterOptions, shared: &Shared, mut batch: Batch) -> bool {
     let mut backoff = opts.backoff_min;
     let mut failures: u32 = 0;
     let first_failure = Instant::now();
     loop {
         let started = Instant::now();
-        let outcome =
-            match tokio::time::timeout(opts.commit_timeout, store.append(&batch.rows)).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "append: no answer within {:?}",
-                    opts.commit_timeout
-                ))),
-            };
+        let attempt = async {
+            resolve(store, &mut batch).await?;
+            store.append(&batch.rows).await
+        };
+        let outcome = match tokio::time::timeout(opts.commit_timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "append: no answer within {:?}",
+                opts.commit_timeout
+            ))),
+        };
         match outcome {
             Ok(()) => {
                 tracing::trace!(
@@ -390,6 +422,26 @@ async fn commit(store: &Store, opts: &WriterOptions, shared: &Shared, batch: Bat
             }
         }
     }
+}
+
+/// Gives every row of `batch` whose document had no id when it was queued the id of that
+/// document's row, creating the row if needed (once per document: later rows find the id
+/// in their [`DocRef`]). Idempotent, so a failed attempt is simply repeated.
+async fn resolve(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
+    for (i, doc) in &batch.unresolved {
+        let id = match doc.id() {
+            Some(id) => id,
+            None => {
+                let id = store.row_for_log(doc.name()).await?;
+                doc.set_id(id);
+                id
+            }
+        };
+        if let Some(row) = batch.rows.get_mut(*i) {
+            row.doc_id = id;
+        }
+    }
+    Ok(())
 }
 
 /// After a successful commit: raise watermarks, shrink the backlog, clear the

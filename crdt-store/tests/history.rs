@@ -33,8 +33,8 @@ fn names(docs: &[DocumentInfo]) -> Vec<&str> {
 async fn stats_follow_appends_duplicates_and_prune() {
     for db in common::backends("stats_follow_appends_duplicates_and_prune").await {
         println!("backend: {}", db.label);
-        let d = db.store.load("stats").await.expect("load").doc_id;
-        let other = db.store.load("stats-other").await.expect("load").doc_id;
+        let d = db.store.create_document("stats").await.expect("load");
+        let other = db.store.create_document("stats-other").await.expect("load");
 
         let fresh = info(&db, "stats").await;
         assert_eq!(fresh.doc_id, d);
@@ -159,7 +159,7 @@ async fn document_list_pages_by_name_and_takes_prefixes_literally() {
         ];
         // Created out of order: the list orders by name.
         for name in all.iter().rev() {
-            db.store.load(name).await.expect("load");
+            db.store.create_document(name).await.expect("create");
         }
         let d = db.store.find_doc_id("notes/2").await.expect("find");
         let d = d.expect("notes/2 exists");
@@ -265,8 +265,12 @@ async fn document_list_pages_by_name_and_takes_prefixes_literally() {
 async fn labels_are_unique_per_document_and_ordered() {
     for db in common::backends("labels_are_unique_per_document_and_ordered").await {
         println!("backend: {}", db.label);
-        let d = db.store.load("labelled").await.expect("load").doc_id;
-        let other = db.store.load("labelled-too").await.expect("load").doc_id;
+        let d = db.store.create_document("labelled").await.expect("load");
+        let other = db
+            .store
+            .create_document("labelled-too")
+            .await
+            .expect("load");
         let now = SystemTime::now();
         let rows: Vec<NewUpdate> = (1..=20).map(|s| row(d, s, b"x", None, now)).collect();
         db.store.append(&rows).await.expect("append");
@@ -341,8 +345,8 @@ async fn labels_are_unique_per_document_and_ordered() {
 async fn deleted_documents_are_tombstoned_for_good() {
     for db in common::backends("deleted_documents_are_tombstoned_for_good").await {
         println!("backend: {}", db.label);
-        let d = db.store.load("doomed").await.expect("load").doc_id;
-        let keep = db.store.load("kept").await.expect("load").doc_id;
+        let d = db.store.create_document("doomed").await.expect("load");
+        let keep = db.store.create_document("kept").await.expect("load");
         let now = SystemTime::now();
         let mut rows: Vec<NewUpdate> = (1..=50).map(|s| row(d, s, b"data", None, now)).collect();
         rows.extend((1..=3).map(|s| row(keep, s, b"k", None, now)));
@@ -453,6 +457,11 @@ async fn deleted_documents_are_tombstoned_for_good() {
         assert_eq!(db.store.load("kept").await.expect("load").updates.len(), 4);
         assert_eq!(db.store.labels(keep).await.expect("labels").len(), 1);
         assert!(db.store.load("doomed2").await.is_ok());
+        // A tombstone is never revived by a create.
+        assert!(matches!(
+            db.store.create_document("doomed").await,
+            Err(StoreError::Deleted(_))
+        ));
         db.finish().await;
     }
 }
@@ -465,7 +474,7 @@ async fn delete_racing_appends_leaves_nothing_behind() {
         println!("backend: {}", db.label);
         for round in 0..5 {
             let name = format!("raced-{round}");
-            let d = db.store.load(&name).await.expect("load").doc_id;
+            let d = db.store.create_document(&name).await.expect("load");
             let store = db.store.clone();
             let appender = tokio::spawn(async move {
                 let mut seq = 0;
@@ -510,7 +519,7 @@ async fn delete_racing_appends_leaves_nothing_behind() {
 async fn seq_at_time_finds_the_last_change_at_or_before() {
     for db in common::backends("seq_at_time_finds_the_last_change_at_or_before").await {
         println!("backend: {}", db.label);
-        let d = db.store.load("timed").await.expect("load").doc_id;
+        let d = db.store.create_document("timed").await.expect("load");
         let t0 = SystemTime::now() - Duration::from_secs(1000);
         let at = |s: u64| t0 + Duration::from_secs(s);
         // seqs 1..=3 at t0+10, 4 at t0+20, 5..=6 at t0+30 (same millisecond), 7 at t0+40.
@@ -557,7 +566,7 @@ async fn seq_at_time_finds_the_last_change_at_or_before() {
 async fn log_page_desc_pages_backwards() {
     for db in common::backends("log_page_desc_pages_backwards").await {
         println!("backend: {}", db.label);
-        let d = db.store.load("backwards").await.expect("load").doc_id;
+        let d = db.store.create_document("backwards").await.expect("load");
         let now = SystemTime::now();
         let rows: Vec<NewUpdate> = (1..=25)
             .map(|s| row(d, s, &vec![b'y'; s as usize], Some("z"), now))
@@ -700,5 +709,5 @@ async fn check_backfill(url: &str) {
     assert_eq!((a.last_seq, a.log_rows, a.log_bytes), (6, 4, 10));
     // Loading a pre-0004 document still works, and ids keep counting from the old rows.
     assert_eq!(store.load("a").await.expect("load").last_seq, 6);
-    assert!(store.load("d").await.expect("load new").doc_id > 3);
+    assert!(store.create_document("d").await.expect("load new") > 3);
 }

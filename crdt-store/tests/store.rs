@@ -25,41 +25,65 @@ async fn open_and_migrate_twice_is_idempotent() {
         };
         assert_eq!(again.backend(), expected);
         // The same database: a document created through one handle is seen by the other.
-        let a = db.store.load("shared").await.expect("load");
+        let a = db.store.create_document("shared").await.expect("create");
         let b = again.load("shared").await.expect("load again");
-        assert_eq!(a.doc_id, b.doc_id);
+        assert_eq!(Some(a), b.doc_id);
         db.finish().await;
     }
 }
 
 #[tokio::test]
-async fn load_creates_document_and_returns_empty() {
-    for db in common::backends("load_creates_document_and_returns_empty").await {
+async fn load_never_creates_a_document() {
+    for db in common::backends("load_never_creates_a_document").await {
         println!("backend: {}", db.label);
         let doc = db.store.load("notes/today").await.expect("load");
-        assert!(doc.doc_id > 0);
+        assert_eq!(doc.doc_id, None);
         assert_eq!(doc.snapshot, None);
         assert!(doc.updates.is_empty());
         assert_eq!(doc.last_seq, 0);
+        assert_eq!(db.store.document("notes/today").await.expect("doc"), None);
+        assert!(
+            db.store
+                .list_documents(None, None, 10)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+        let id = db
+            .store
+            .create_document("notes/today")
+            .await
+            .expect("create");
         let same = db.store.load("notes/today").await.expect("load again");
-        assert_eq!(same.doc_id, doc.doc_id);
-        let other = db.store.load("notes/tomorrow").await.expect("load other");
-        assert_ne!(other.doc_id, doc.doc_id);
+        assert_eq!(same.doc_id, Some(id));
+        assert_eq!(
+            db.store
+                .create_document("notes/today")
+                .await
+                .expect("again"),
+            id
+        );
+        let other = db
+            .store
+            .create_document("notes/tomorrow")
+            .await
+            .expect("create other");
+        assert_ne!(other, id);
         db.finish().await;
     }
 }
 
 #[tokio::test]
-async fn concurrent_loads_create_one_document() {
-    for db in common::backends("concurrent_loads_create_one_document").await {
+async fn concurrent_creates_create_one_document() {
+    for db in common::backends("concurrent_creates_create_one_document").await {
         println!("backend: {}", db.label);
-        let loads = (0..16).map(|_| {
+        let creates = (0..16).map(|_| {
             let store = db.store.clone();
-            tokio::spawn(async move { store.load("busy").await })
+            tokio::spawn(async move { store.create_document("busy").await })
         });
         let mut ids = Vec::new();
-        for l in loads {
-            ids.push(l.await.expect("join").expect("load").doc_id);
+        for c in creates {
+            ids.push(c.await.expect("join").expect("create"));
         }
         ids.dedup();
         assert_eq!(ids.len(), 1, "{ids:?}");
@@ -71,8 +95,8 @@ async fn concurrent_loads_create_one_document() {
 async fn append_and_load_round_trip() {
     for db in common::backends("append_and_load_round_trip").await {
         println!("backend: {}", db.label);
-        let a = db.store.load("a").await.expect("load a").doc_id;
-        let b = db.store.load("b").await.expect("load b").doc_id;
+        let a = db.store.create_document("a").await.expect("load a");
+        let b = db.store.create_document("b").await.expect("load b");
         let t0 = SystemTime::now() - Duration::from_secs(60);
         let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let rows = vec![
@@ -91,7 +115,7 @@ async fn append_and_load_round_trip() {
         db.store.append(&rows).await.expect("append");
 
         let doc = db.store.load("a").await.expect("reload a");
-        assert_eq!(doc.doc_id, a);
+        assert_eq!(doc.doc_id, Some(a));
         assert_eq!(doc.last_seq, 3);
         assert_eq!(doc.snapshot, None);
         let seqs: Vec<i64> = doc.updates.iter().map(|u| u.seq).collect();
@@ -121,7 +145,7 @@ async fn append_and_load_round_trip() {
 async fn append_is_idempotent_on_retry() {
     for db in common::backends("append_is_idempotent_on_retry").await {
         println!("backend: {}", db.label);
-        let d = db.store.load("retry").await.expect("load").doc_id;
+        let d = db.store.create_document("retry").await.expect("load");
         let now = SystemTime::now();
         let first: Vec<NewUpdate> = (1..=5).map(|s| row(d, s, &[s as u8], None, now)).collect();
         db.store.append(&first).await.expect("append");
@@ -162,7 +186,7 @@ async fn append_is_idempotent_on_retry() {
 async fn large_batch_in_one_append() {
     for db in common::backends("large_batch_in_one_append").await {
         println!("backend: {}", db.label);
-        let d = db.store.load("big-batch").await.expect("load").doc_id;
+        let d = db.store.create_document("big-batch").await.expect("load");
         let now = SystemTime::now();
         // 3001 = several full SQLite chunks plus an odd tail.
         let rows: Vec<NewUpdate> = (1..=3001)
@@ -188,7 +212,7 @@ async fn large_batch_in_one_append() {
 async fn snapshot_then_load_returns_snapshot_and_later_rows() {
     for db in common::backends("snapshot_then_load_returns_snapshot_and_later_rows").await {
         println!("backend: {}", db.label);
-        let d = db.store.load("snap").await.expect("load").doc_id;
+        let d = db.store.create_document("snap").await.expect("load");
         let now = SystemTime::now();
         let rows: Vec<NewUpdate> = (1..=10).map(|s| row(d, s, &[s as u8], None, now)).collect();
         db.store.append(&rows).await.expect("append");
@@ -244,8 +268,8 @@ async fn snapshot_then_load_returns_snapshot_and_later_rows() {
 async fn prune_log_keeps_rows_not_covered_by_a_snapshot() {
     for db in common::backends("prune_log_keeps_rows_not_covered_by_a_snapshot").await {
         println!("backend: {}", db.label);
-        let d = db.store.load("prune").await.expect("load").doc_id;
-        let other = db.store.load("prune-other").await.expect("load").doc_id;
+        let d = db.store.create_document("prune").await.expect("load");
+        let other = db.store.create_document("prune-other").await.expect("load");
         let now = SystemTime::now();
         let old = now - Duration::from_secs(3600);
         let mut rows: Vec<NewUpdate> = (1..=12).map(|s| row(d, s, &[s as u8], None, old)).collect();
@@ -320,7 +344,7 @@ async fn prune_log_keeps_rows_not_covered_by_a_snapshot() {
 async fn log_page_pages_through_history() {
     for db in common::backends("log_page_pages_through_history").await {
         println!("backend: {}", db.label);
-        let d = db.store.load("paged").await.expect("load").doc_id;
+        let d = db.store.create_document("paged").await.expect("load");
         let now = SystemTime::now();
         let rows: Vec<NewUpdate> = (1..=25)
             .map(|s| {
@@ -385,7 +409,7 @@ async fn sqlite_in_memory_works() {
         .await
         .expect("open");
     store.migrate().await.expect("migrate");
-    let d = store.load("m").await.expect("load").doc_id;
+    let d = store.create_document("m").await.expect("load");
     store
         .append(&[row(d, 1, b"hi", None, SystemTime::now())])
         .await
@@ -496,7 +520,7 @@ async fn load_gives_up_on_a_silent_network_stall() {
         .await
         .expect("open via proxy");
     // Warm: the pool now holds a live connection, which is used without a ping.
-    let doc_id = store.load("stalled").await.expect("load").doc_id;
+    let doc_id = store.create_document("stalled").await.expect("load");
 
     // Packets vanish: without the load timeout this waits for TCP to give up.
     proxy.stall();
@@ -515,7 +539,7 @@ async fn load_gives_up_on_a_silent_network_stall() {
     // The network heals; the next load works (late bytes of the abandoned one are harmless).
     proxy.restore();
     let again = store.load("stalled").await.expect("load after the stall");
-    assert_eq!(again.doc_id, doc_id);
+    assert_eq!(again.doc_id, Some(doc_id));
     drop(proxy);
     pg.finish().await;
 }

@@ -14,7 +14,7 @@ use crdt_store::NewUpdate;
 #[ignore = "prints timings; run explicitly"]
 async fn append_timings_by_batch_shape() {
     for db in common::backends("append_timings_by_batch_shape").await {
-        let doc_id = db.store.load("timing").await.expect("load").doc_id;
+        let doc_id = db.store.create_document("timing").await.expect("load");
         let mut seq = 0i64;
         // (rows per batch, bytes per row, batches)
         for (rows, size, batches) in [
@@ -99,7 +99,7 @@ async fn history_reads_on_a_million_row_log() {
     const BATCH: i64 = 10_000;
     for db in common::backends("history_reads_on_a_million_row_log").await {
         let label = db.label;
-        let doc_id = db.store.load("big").await.expect("load").doc_id;
+        let doc_id = db.store.create_document("big").await.expect("load");
         // One change per millisecond, ending now.
         let t0 = SystemTime::now() - Duration::from_millis(ROWS as u64);
         let started = Instant::now();
@@ -120,7 +120,10 @@ async fn history_reads_on_a_million_row_log() {
             started.elapsed()
         );
         for i in 0..1000 {
-            db.store.load(&format!("doc/{i:04}")).await.expect("load");
+            db.store
+                .create_document(&format!("doc/{i:04}"))
+                .await
+                .expect("create");
         }
         // A snapshot every 100,000 changes, as compaction would leave them.
         for seq in (100_000..=ROWS).step_by(100_000) {

@@ -26,8 +26,11 @@ fn update(doc_id: i64, seq: i64) -> NewUpdate {
 async fn docs(store: &Store, prefix: &str, n: usize) -> Vec<(i64, Watermark)> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let doc = store.load(&format!("{prefix}-{i}")).await.expect("load");
-        out.push((doc.doc_id, Arc::new(watch::channel(0).0)));
+        let doc_id = store
+            .create_document(&format!("{prefix}-{i}"))
+            .await
+            .expect("create");
+        out.push((doc_id, Arc::new(watch::channel(0).0)));
     }
     out
 }
@@ -52,7 +55,7 @@ async fn assert_all_stored(store: &Store, prefix: &str, docs: &[(i64, Watermark)
     for (i, (doc_id, mark)) in docs.iter().enumerate() {
         assert_eq!(*mark.borrow(), per_doc, "watermark of doc {doc_id}");
         let doc = store.load(&format!("{prefix}-{i}")).await.expect("reload");
-        assert_eq!(doc.doc_id, *doc_id);
+        assert_eq!(doc.doc_id, Some(*doc_id));
         assert_eq!(doc.last_seq, per_doc);
         let seqs: Vec<i64> = doc.updates.iter().map(|u| u.seq).collect();
         assert_eq!(seqs, (1..=per_doc).collect::<Vec<_>>(), "doc {doc_id}");
@@ -359,4 +362,59 @@ async fn writer_survives_silent_network_stall() {
         .expect("shutdown");
     drop(proxy);
     pg.finish().await;
+}
+
+/// A document without a row gets exactly one, from its first row, whatever the number of
+/// rows queued for it before the id was known; a deleted name stays a tombstone and its rows
+/// are dropped (their watermark still rises: nothing is left to wait for).
+#[tokio::test]
+async fn writer_creates_a_document_row_with_its_first_row() {
+    for db in common::backends("writer_creates_a_document_row_with_its_first_row").await {
+        println!("backend: {}", db.label);
+        let store = db.store.clone();
+        let writer = Writer::spawn(store.clone(), WriterOptions::default());
+        let loaded = store.load("fresh").await.expect("load");
+        assert_eq!(loaded.doc_id, None);
+        let doc = loaded.doc_ref("fresh");
+        let mark: Watermark = Arc::new(watch::channel(0).0);
+        for seq in 1..=20 {
+            writer.append_to(&doc, update(0, seq), Arc::clone(&mark));
+        }
+        writer.flush(Duration::from_secs(30)).await.expect("flush");
+        assert_eq!(*mark.borrow(), 20);
+        let id = doc.id().expect("the writer set the id");
+        let info = store.document("fresh").await.expect("doc").expect("row");
+        assert_eq!((info.doc_id, info.last_seq, info.log_rows), (id, 20, 20));
+        let listed = store.list_documents(None, None, 10).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        // Later rows use the known id.
+        writer.append_to(&doc, update(0, 21), Arc::clone(&mark));
+        writer.flush(Duration::from_secs(30)).await.expect("flush");
+        assert_eq!(store.load("fresh").await.expect("load").last_seq, 21);
+
+        // A room that loaded a name before it was deleted: its rows are dropped.
+        let gone = store.create_document("gone").await.expect("create");
+        assert!(store.delete_document("gone").await.expect("delete"));
+        let stale = crdt_store::DocRef::new("gone", None);
+        let gone_mark: Watermark = Arc::new(watch::channel(0).0);
+        writer.append_to(&stale, update(0, 1), Arc::clone(&gone_mark));
+        writer.flush(Duration::from_secs(30)).await.expect("flush");
+        assert_eq!(*gone_mark.borrow(), 1);
+        assert_eq!(stale.id(), Some(gone));
+        let info = store.document("gone").await.expect("doc").expect("row");
+        assert!(info.deleted_at.is_some());
+        assert_eq!(info.log_rows, 0);
+        assert!(
+            store
+                .log_page(gone, 0, 10, true)
+                .await
+                .expect("page")
+                .is_empty()
+        );
+        writer
+            .shutdown(Duration::from_secs(10))
+            .await
+            .expect("shutdown");
+        db.finish().await;
+    }
 }

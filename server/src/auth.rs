@@ -11,7 +11,16 @@
 //!   document);
 //! - `access`: `"rw"` (read and write) or `"ro"` (read only);
 //! - `exp` is required; `sub`, `name`, `iat`, `jti` are optional but revocation by user needs
-//!   `sub` and revocation by token needs `jti`.
+//!   `sub` and revocation by token needs `jti`;
+//! - `nbf`, when present, is checked with the same leeway as `exp`;
+//! - `aud`: with `--jwt-audience` it is required and must contain that value; without it, it
+//!   is not checked (identity providers commonly set one, and refusing every token carrying an
+//!   audience would refuse theirs; a deployment whose key also signs tokens for other services
+//!   should set `--jwt-audience`).
+//!
+//! A header listing critical extensions (`crit`) is refused: Tandem implements none, and RFC
+//! 7515 (4.1.11) requires refusing a token whose critical extensions are not understood.
+//! Times (`exp`, `iat`) past the year 9999 are refused as out of range.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -20,8 +29,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, errors::ErrorKind};
 use serde::Deserialize;
 
-/// Seconds of clock skew tolerated on `exp`.
+/// Seconds of clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 5;
+
+/// Latest time a token claim may name (9999-12-31T23:59:59Z): later ones are refused rather
+/// than overflowing `SystemTime` or the connection's expiry timer.
+const MAX_CLAIM_SECS: u64 = 253_402_300_799;
 
 /// What a token lets a connection do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -81,6 +94,18 @@ pub enum AuthError {
     /// `exp` has passed.
     #[error("token expired")]
     Expired,
+    /// `nbf` is still in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `aud` is missing or does not name this server (`--jwt-audience`).
+    #[error("token audience does not match")]
+    WrongAudience,
+    /// The header lists critical extensions (`crit`), none of which Tandem implements.
+    #[error("token has critical header extensions that are not supported")]
+    UnsupportedCritical,
+    /// `exp` or `iat` lies beyond the year 9999.
+    #[error("token time claim out of range")]
+    TimeOutOfRange,
     /// The token does not grant this document.
     #[error("token does not grant this document")]
     WrongDocument,
@@ -105,6 +130,10 @@ impl AuthError {
             AuthError::Malformed => "malformed",
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::UnsupportedCritical => "critical_header",
+            AuthError::TimeOutOfRange => "time_out_of_range",
             AuthError::WrongDocument => "wrong_document",
             AuthError::Revoked => "revoked",
         }
@@ -191,12 +220,30 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-fn validation(alg: Algorithm) -> Validation {
+fn validation(alg: Algorithm, audience: Option<&str>) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = LEEWAY_SECS;
     v.validate_exp = true;
-    v.set_required_spec_claims(&["exp"]);
+    v.validate_nbf = true;
+    match audience {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            v.set_required_spec_claims(&["exp", "aud"]);
+        }
+        None => {
+            v.validate_aud = false;
+            v.set_required_spec_claims(&["exp"]);
+        }
+    }
     v
+}
+
+/// A claim in seconds since the epoch as a time; `None` past [`MAX_CLAIM_SECS`].
+fn claim_time(secs: u64) -> Option<SystemTime> {
+    if secs > MAX_CLAIM_SECS {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 impl Authenticator {
@@ -208,8 +255,16 @@ impl Authenticator {
         }
     }
 
-    /// Token mode with an HS256 secret and/or a PEM public key (Ed25519 or P-256).
-    pub fn token(secret: Option<&[u8]>, public_key_pem: Option<&[u8]>) -> Result<Self, String> {
+    /// Token mode with an HS256 secret and/or a PEM public key (Ed25519 or P-256); with
+    /// `audience`, tokens must carry it in `aud`.
+    pub fn token(
+        secret: Option<&[u8]>,
+        public_key_pem: Option<&[u8]>,
+        audience: Option<&str>,
+    ) -> Result<Self, String> {
+        if audience.is_some_and(|a| a.trim().is_empty()) {
+            return Err("the JWT audience must not be empty".into());
+        }
         let mut keys = Vec::new();
         if let Some(secret) = secret {
             if secret.len() < 32 {
@@ -217,14 +272,14 @@ impl Authenticator {
             }
             keys.push((
                 DecodingKey::from_secret(secret),
-                validation(Algorithm::HS256),
+                validation(Algorithm::HS256, audience),
             ));
         }
         if let Some(pem) = public_key_pem {
             if let Ok(key) = DecodingKey::from_ed_pem(pem) {
-                keys.push((key, validation(Algorithm::EdDSA)));
+                keys.push((key, validation(Algorithm::EdDSA, audience)));
             } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-                keys.push((key, validation(Algorithm::ES256)));
+                keys.push((key, validation(Algorithm::ES256, audience)));
             } else {
                 return Err("the JWT public key is neither an Ed25519 nor a P-256 PEM key".into());
             }
@@ -250,6 +305,9 @@ impl Authenticator {
         };
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if header.crit.is_some() {
+            return Err(AuthError::UnsupportedCritical);
+        }
         let mut last = AuthError::BadSignature;
         for (key, validation) in keys {
             if !validation.algorithms.contains(&header.alg) {
@@ -260,8 +318,14 @@ impl Authenticator {
                 Err(e) => {
                     last = match e.kind() {
                         ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
+                        ErrorKind::ImmatureSignature => return Err(AuthError::NotYetValid),
+                        ErrorKind::InvalidAudience => return Err(AuthError::WrongAudience),
+                        ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => {
+                            return Err(AuthError::WrongAudience);
+                        }
                         ErrorKind::InvalidSignature => AuthError::BadSignature,
                         ErrorKind::Json(_)
+                        | ErrorKind::InvalidClaimFormat(_)
                         | ErrorKind::MissingRequiredClaim(_)
                         | ErrorKind::InvalidToken
                         | ErrorKind::Base64(_)
@@ -278,22 +342,26 @@ impl Authenticator {
         if !claims.docs.iter().any(|p| grants(p, doc)) {
             return Err(AuthError::WrongDocument);
         }
-        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
         // The leeway that let the token in also applies to the live connection, and a token
         // the connection timer would close at once is refused here instead: it used to get a
         // 101 (and the room's state vector and awareness) before an immediate 4401, and
         // clients reconnecting with it looped through that for the whole leeway.
-        let expires_at = at(claims.exp.saturating_add(LEEWAY_SECS));
+        let expires_at =
+            claim_time(claims.exp.saturating_add(LEEWAY_SECS)).ok_or(AuthError::TimeOutOfRange)?;
         if expires_at <= SystemTime::now() {
             return Err(AuthError::Expired);
         }
+        let issued_at = match claims.iat {
+            Some(iat) => Some(claim_time(iat).ok_or(AuthError::TimeOutOfRange)?),
+            None => None,
+        };
         let grant = Grant {
             user: claims.sub,
             name: claims.name,
             access: claims.access,
             expires_at: Some(expires_at),
             token_id: claims.jti,
-            issued_at: claims.iat.map(at),
+            issued_at,
         };
         let revoked = self
             .revocations
@@ -332,7 +400,7 @@ mod tests {
     }
 
     fn auth() -> Authenticator {
-        Authenticator::token(Some(SECRET), None).expect("auth")
+        Authenticator::token(Some(SECRET), None, None).expect("auth")
     }
 
     #[test]
@@ -414,8 +482,114 @@ mod tests {
 
     #[test]
     fn short_secrets_are_refused() {
-        assert!(Authenticator::token(Some(b"short"), None).is_err());
-        assert!(Authenticator::token(None, None).is_err());
-        assert!(Authenticator::token(None, Some(b"not a pem")).is_err());
+        assert!(Authenticator::token(Some(b"short"), None, None).is_err());
+        assert!(Authenticator::token(None, None, None).is_err());
+        assert!(Authenticator::token(None, Some(b"not a pem"), None).is_err());
+        assert!(Authenticator::token(Some(SECRET), None, Some(" ")).is_err());
+    }
+
+    fn token_with_header(header: Header, claims: serde_json::Value) -> String {
+        encode(&header, &claims, &EncodingKey::from_secret(SECRET)).expect("encode")
+    }
+
+    #[test]
+    fn not_before_is_checked_with_the_leeway() {
+        let a = auth();
+        let later = token(
+            json!({"docs": ["d"], "access": "rw", "exp": now() + 600, "nbf": now() + 60}),
+            SECRET,
+        );
+        assert_eq!(a.authorize(Some(&later), "d"), Err(AuthError::NotYetValid));
+        let skewed = token(
+            json!({"docs": ["d"], "access": "rw", "exp": now() + 600, "nbf": now() + 2}),
+            SECRET,
+        );
+        assert!(a.authorize(Some(&skewed), "d").is_ok());
+        let bad = token(
+            json!({"docs": ["d"], "access": "rw", "exp": now() + 600, "nbf": "soon"}),
+            SECRET,
+        );
+        assert_eq!(a.authorize(Some(&bad), "d"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn critical_header_extensions_are_refused() {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp-ext".into()]);
+        header.extras.insert("exp-ext", true);
+        let t = token_with_header(
+            header,
+            json!({"docs": ["d"], "access": "rw", "exp": now() + 60}),
+        );
+        assert_eq!(
+            auth().authorize(Some(&t), "d"),
+            Err(AuthError::UnsupportedCritical)
+        );
+    }
+
+    #[test]
+    fn audience() {
+        let claims = |aud: serde_json::Value| {
+            token(
+                json!({"docs": ["d"], "access": "rw", "exp": now() + 60, "aud": aud}),
+                SECRET,
+            )
+        };
+        let none = token(
+            json!({"docs": ["d"], "access": "rw", "exp": now() + 60}),
+            SECRET,
+        );
+        // Without --jwt-audience, aud is not checked.
+        assert!(auth().authorize(Some(&claims(json!("other"))), "d").is_ok());
+        assert!(
+            auth()
+                .authorize(Some(&claims(json!(["a", "b"]))), "d")
+                .is_ok()
+        );
+        let strict = Authenticator::token(Some(SECRET), None, Some("tandem")).expect("auth");
+        assert!(
+            strict
+                .authorize(Some(&claims(json!("tandem"))), "d")
+                .is_ok()
+        );
+        assert!(
+            strict
+                .authorize(Some(&claims(json!(["x", "tandem"]))), "d")
+                .is_ok()
+        );
+        assert_eq!(
+            strict.authorize(Some(&claims(json!("other"))), "d"),
+            Err(AuthError::WrongAudience)
+        );
+        assert_eq!(
+            strict.authorize(Some(&none), "d"),
+            Err(AuthError::WrongAudience)
+        );
+    }
+
+    #[test]
+    fn huge_times_are_refused_not_a_panic() {
+        let a = auth();
+        for (exp, iat) in [
+            (u64::MAX, None),
+            (u64::MAX - 3, None),
+            (MAX_CLAIM_SECS, None),
+            (now() + 60, Some(u64::MAX)),
+        ] {
+            let mut claims = json!({"docs": ["d"], "access": "rw", "exp": exp});
+            if let Some(iat) = iat {
+                claims["iat"] = json!(iat);
+            }
+            assert_eq!(
+                a.authorize(Some(&token(claims, SECRET)), "d"),
+                Err(AuthError::TimeOutOfRange),
+                "exp {exp} iat {iat:?}"
+            );
+        }
+        let far = token(
+            json!({"docs": ["d"], "access": "rw", "exp": MAX_CLAIM_SECS - 10}),
+            SECRET,
+        );
+        assert!(a.authorize(Some(&far), "d").is_ok());
     }
 }

@@ -37,6 +37,74 @@ fn size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// Parses one entry of `--allowed-origins`: an origin as browsers send it in `Origin`
+/// (`scheme://host[:port]`, no path), surrounding spaces trimmed (`'a, b'` lists `b`), scheme
+/// and host lowercased (browsers send them so). An empty entry parses as `""`: a wholly empty
+/// setting (`TANDEM_ALLOWED_ORIGINS=`) means "any origin", while an empty entry in a list
+/// (`a,,b`, a trailing comma) is refused by [`allowed_origins`]. Anything else is refused
+/// with the reason.
+pub fn origin(s: &str) -> Result<String, String> {
+    let entry = s.trim();
+    if entry.is_empty() {
+        return Err("empty origin in the list (check for a doubled or trailing comma)".to_string());
+    }
+    let invalid = |why: &str| {
+        Err(format!(
+            "invalid origin {entry:?}: {why}; expected scheme://host[:port], e.g. https://app.example.com"
+        ))
+    };
+    let Some((scheme, authority)) = entry.split_once("://") else {
+        return invalid("no scheme");
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return invalid("bad scheme");
+    }
+    if authority.is_empty() {
+        return invalid("no host");
+    }
+    if authority
+        .chars()
+        .any(|c| matches!(c, '/' | '?' | '#' | '@' | '*') || c.is_whitespace() || c.is_control())
+    {
+        return invalid("an origin has no path, query, user or wildcard");
+    }
+    let host = match authority.rsplit_once(':') {
+        // An IPv6 literal's colons are inside brackets.
+        Some((host, port)) if !port.contains(']') => {
+            if port.is_empty() || !port.chars().all(|c| c.is_ascii_digit()) {
+                return invalid("bad port");
+            }
+            host
+        }
+        _ => authority,
+    };
+    if host.is_empty() {
+        return invalid("no host");
+    }
+    Ok(entry.to_ascii_lowercase())
+}
+
+/// The allow-list `--allowed-origins` gives, each entry checked by [`origin`]: empty (any
+/// origin) for an unset or wholly empty setting; an error for an empty entry among others.
+pub fn allowed_origins(entries: &[String]) -> Result<Vec<String>, String> {
+    if entries.iter().all(|e| e.trim().is_empty()) && entries.len() <= 1 {
+        return Ok(Vec::new());
+    }
+    entries
+        .iter()
+        .map(|e| match origin(e)? {
+            empty if empty.is_empty() => {
+                Err("empty origin in the list (check for a doubled or trailing comma)".to_string())
+            }
+            ok => Ok(ok),
+        })
+        .collect()
+}
+
 /// The `tandem` command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -185,6 +253,11 @@ pub struct Config {
     #[arg(long, env = "TANDEM_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<std::path::PathBuf>,
 
+    /// Audience tokens must name in their `aud` claim (refused with 401 otherwise, and when
+    /// they have none). Unset: `aud` is not checked.
+    #[arg(long, env = "TANDEM_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
     /// Bearer token for the admin API (`/api/v1/admin/...`); without it the admin API is off.
     #[arg(long, env = "TANDEM_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -198,8 +271,9 @@ pub struct Config {
     pub readonly_awareness: ReadOnlyAwareness,
 
     /// Allowed `Origin` headers for WebSocket upgrades, comma-separated (e.g.
-    /// `https://app.example.com`). Empty: any origin.
-    #[arg(long, env = "TANDEM_ALLOWED_ORIGINS", value_delimiter = ',')]
+    /// `https://app.example.com, https://admin.example.com`; spaces around entries are
+    /// ignored, empty or malformed entries refused at start-up). Unset: any origin.
+    #[arg(long, env = "TANDEM_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = origin)]
     pub allowed_origins: Vec<String>,
 
     /// Most connections to one document (0 = unlimited); beyond it upgrades get HTTP 429.
@@ -277,6 +351,41 @@ mod tests {
         let c = Config::default();
         assert_eq!(c.addr.port(), 1234);
         assert!(c.ping_timeout > c.ping_interval);
+    }
+
+    #[test]
+    fn origins_are_trimmed_and_checked() {
+        assert_eq!(
+            origin(" https://a.example "),
+            Ok("https://a.example".into())
+        );
+        assert_eq!(origin("HTTP://Local:8080"), Ok("http://local:8080".into()));
+        assert_eq!(origin("http://[::1]:3000"), Ok("http://[::1]:3000".into()));
+        assert_eq!(origin("app://x"), Ok("app://x".into()));
+        for bad in [
+            "",
+            " ",
+            "a.example",
+            "https://",
+            "https://a/",
+            "https://a/path",
+            "https://a:",
+            "https://a:x",
+            "https://*.a",
+            "1http://a",
+            "https://u@a",
+        ] {
+            assert!(origin(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["tandem", "--allowed-origins", "https://a, https://b"])
+            .expect("parse");
+        assert_eq!(cli.config.allowed_origins, ["https://a", "https://b"]);
+        for bad in ["https://a,", "https://a,,https://b", "https://a, nope"] {
+            let err = Cli::try_parse_from(["tandem", "--allowed-origins", bad])
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("origin"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -114,7 +114,14 @@ pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -
             .headers()
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok());
-        if !origin.is_some_and(|o| config.allowed_origins.iter().any(|a| a == o)) {
+        // Entries are lowercased at start-up; browsers send scheme and host in lowercase,
+        // other clients may not.
+        if !origin.is_some_and(|o| {
+            config
+                .allowed_origins
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(o.trim()))
+        }) {
             let reason = "origin not allowed".to_string();
             return refuse(&state, StatusCode::FORBIDDEN, reason, "origin");
         }

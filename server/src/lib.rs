@@ -59,6 +59,7 @@ fn authenticator(config: &Config) -> Result<auth::Authenticator, ServerError> {
             auth::Authenticator::token(
                 config.jwt_secret.as_deref().map(str::as_bytes),
                 pem.as_deref(),
+                config.jwt_audience.as_deref(),
             )
             .map_err(ServerError::Config)
         }
@@ -72,6 +73,12 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let mut config = config;
+    // Checked here, not only by the command line's parser: a configuration built in code
+    // (tests, embedders) is checked too, and an empty entry in a list is only visible as a
+    // list.
+    config.allowed_origins = config::allowed_origins(&config.allowed_origins)
+        .map_err(|e| ServerError::Config(format!("--allowed-origins: {e}")))?;
     let auth = authenticator(&config)?;
     let storage = storage::Storage::open(&config).await?;
     if let Some(store) = storage.store() {

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub storage_backlog_oldest_ms: Gauge,
     /// 1 while the database is failing, else 0.
     pub storage_degraded: Gauge,
+    /// Admin API requests answered with an error, by HTTP status (`status="400"`, ...).
+    pub admin_refused: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -188,8 +190,15 @@ impl Metrics {
             "1 while the database is failing and updates queue in memory",
             storage_degraded.clone(),
         );
+        let admin_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "admin_requests_refused",
+            "Admin API requests answered with an error, by HTTP status",
+            admin_refused.clone(),
+        );
         Metrics {
             registry,
+            admin_refused,
             upgrades_refused,
             readonly_updates_refused,
             storage_backlog_updates,
@@ -219,6 +228,26 @@ impl Metrics {
     pub fn closed(&self, reason: &'static str) {
         self.connections_closed
             .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Counts one admin request answered with error status `status` (4xx or 5xx).
+    pub fn admin_refused(&self, status: u16) {
+        let label = match status {
+            400 => "400",
+            401 => "401",
+            403 => "403",
+            404 => "404",
+            405 => "405",
+            409 => "409",
+            410 => "410",
+            413 => "413",
+            500 => "500",
+            503 => "503",
+            _ => "other",
+        };
+        self.admin_refused
+            .get_or_create(&vec![("status", label)])
             .inc();
     }
 

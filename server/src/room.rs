@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use crdt_store::{NewUpdate, Store, StoreError, Writer};
+use crdt_store::{DocRef, NewUpdate, Store, StoreError, Writer};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
@@ -246,7 +246,9 @@ enum Release {
 struct Durable {
     store: Store,
     writer: Writer,
-    doc_id: i64,
+    /// The document's id, unknown until its first change is logged: loading never creates a
+    /// document's row, the writer does with the first row it commits.
+    doc: DocRef,
     /// Raised by the writer as log rows commit.
     watermark: Arc<watch::Sender<i64>>,
     /// Sequence number covered by the newest snapshot.
@@ -361,6 +363,13 @@ fn apply_stored<'a>(doc: &Doc, updates: impl Iterator<Item = &'a [u8]>) -> Resul
         Ok(())
     }));
     outcome.unwrap_or_else(|_| Err("stored update made yrs panic".into()))
+}
+
+/// The id of a document some of whose changes are durable (the writer creates the row before
+/// the first of them commits).
+fn logged_id(doc: &DocRef) -> Result<i64, StoreError> {
+    doc.id()
+        .ok_or_else(|| StoreError::Deleted(format!("document {:?} has no row", doc.name())))
 }
 
 impl Room {
@@ -489,7 +498,7 @@ impl Room {
         self.durable = Some(Durable {
             store: store.clone(),
             writer: writer.clone(),
-            doc_id: loaded.doc_id,
+            doc: loaded.doc_ref(&self.name),
             watermark: Arc::new(watermark),
             snapshot_seq,
             bytes_logged: bytes_since,
@@ -801,9 +810,10 @@ impl Room {
             return;
         };
         durable.bytes_logged += changed.len() as u64;
-        durable.writer.append(
+        durable.writer.append_to(
+            &durable.doc,
             NewUpdate {
-                doc_id: durable.doc_id,
+                doc_id: 0, // set by the writer from `doc`
                 seq: self.seq,
                 data: Bytes::from(changed),
                 author,
@@ -846,9 +856,9 @@ impl Room {
             return None;
         }
         let (state, sv) = self.encode_state()?;
-        let (store, doc_id, seq, bytes_logged) = (
+        let (store, doc, seq, bytes_logged) = (
             durable.store.clone(),
-            durable.doc_id,
+            durable.doc.clone(),
             self.seq,
             durable.bytes_logged,
         );
@@ -858,6 +868,7 @@ impl Room {
             async move {
                 // The sender lives in this room, which outlives the task.
                 let _ = watermark.wait_for(|w| *w >= seq).await;
+                let doc_id = logged_id(&doc)?;
                 store.write_snapshot(doc_id, seq, &state, &sv).await?;
                 if let Some(keep) = retention {
                     let before = SystemTime::now() - keep;
@@ -919,11 +930,17 @@ impl Room {
     )> {
         let durable = self.durable.as_ref()?;
         let (state, sv) = self.encode_state()?;
-        let (store, doc_id, seq) = (durable.store.clone(), durable.doc_id, self.seq);
+        let (store, doc, seq) = (durable.store.clone(), durable.doc.clone(), self.seq);
         let mut watermark = durable.watermark.subscribe();
         Some((seq, async move {
             let _ = watermark.wait_for(|w| *w >= seq).await;
-            store.write_snapshot(doc_id, seq, &state, &sv).await
+            if seq == 0 && doc.id().is_none() {
+                // Nothing was ever written: there is nothing to store, and no row to store it in.
+                return Ok(());
+            }
+            store
+                .write_snapshot(logged_id(&doc)?, seq, &state, &sv)
+                .await
         }))
     }
 

@@ -84,7 +84,7 @@ fn token_config(db: &Db) -> Config {
 
 /// Log rows of document `name`, oldest first.
 async fn log_rows(store: &Store, name: &str) -> Vec<LogRow> {
-    let doc_id = store.load(name).await.expect("load").doc_id;
+    let doc_id = store.create_document(name).await.expect("load");
     store
         .log_page(doc_id, 0, 10_000, false)
         .await

@@ -117,6 +117,13 @@ pub(super) async fn timeline(
             )));
         }
     };
+    for (what, value) in [("after", q.after), ("before", q.before)] {
+        if value.is_some_and(|v| v < 0) {
+            return Err(AdminError::BadRequest(format!(
+                "{what} must be a sequence number >= 0"
+            )));
+        }
+    }
     let gap = std::time::Duration::from_secs(q.gap.unwrap_or(300));
     let mut rows = if descending {
         let before = q.before.unwrap_or(info.last_seq + 1);

@@ -8,8 +8,9 @@ mod documents;
 mod history;
 mod openapi;
 mod revocations;
+mod times;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -188,6 +189,17 @@ pub async fn require_admin(State(state): State<AppState>, req: Request, next: Ne
     }
 }
 
+/// Counts every admin answer with an error status in `/metrics`
+/// (`tandem_admin_requests_refused_total{status}`), the bearer check's 401 included.
+async fn count_refusals(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        state.shared.metrics.admin_refused(status.as_u16());
+    }
+    response
+}
+
 /// Admin routes, to be nested under `/api/v1/admin`.
 pub fn routes(state: AppState) -> Router<AppState> {
     let max_body = state.shared.config.max_import_size;
@@ -220,7 +232,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .fallback(|| async { AdminError::NotFound("no such admin endpoint".into()) })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(state, require_admin))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_admin,
+        ))
+        .layer(axum::middleware::from_fn_with_state(state, count_refusals))
 }
 
 /// The durable store, or 409 when the server keeps documents in memory only.
@@ -252,21 +268,27 @@ async fn document(store: &Store, name: &str) -> Result<DocumentInfo, AdminError>
 
 /// RFC 3339 UTC with milliseconds, the API's time format.
 fn time_str(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    times::format(t)
 }
 
-/// An API time: RFC 3339, or unix milliseconds.
+/// An API time: RFC 3339 with any UTC offset, or unix milliseconds (see [`times`]).
 fn parse_time(s: &str) -> Result<SystemTime, AdminError> {
-    if let Ok(ms) = s.parse::<u64>() {
-        return UNIX_EPOCH
-            .checked_add(Duration::from_millis(ms))
-            .ok_or_else(|| AdminError::BadRequest(format!("time out of range: {s}")));
+    times::parse(s).map_err(|e| AdminError::BadRequest(e.to_string()))
+}
+
+/// The latest stored instant a request's time `t` covers: API times have millisecond
+/// precision but Postgres stores microseconds, so "at 12:00:00.842" must include a change
+/// made at 12:00:00.842384 (the whole millisecond). A time given more precisely than the
+/// millisecond is taken as it is.
+fn covered_until(t: SystemTime) -> SystemTime {
+    let sub_ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1_000_000);
+    if sub_ms == 0 {
+        t + Duration::from_micros(999)
+    } else {
+        t
     }
-    humantime::parse_rfc3339_weak(s).map_err(|e| {
-        AdminError::BadRequest(format!(
-            "invalid time {s:?} ({e}); use RFC 3339 or unix milliseconds"
-        ))
-    })
 }
 
 /// A point in a document's history as a request names it: at most one of a sequence number,
@@ -302,10 +324,9 @@ impl Point {
             }
             seq
         } else if let Some(at) = &self.at {
-            // API times have millisecond precision but Postgres stores microseconds: "at
-            // 12:00:00.842" must include a change made at 12:00:00.842384.
-            let end_of_ms = parse_time(at)? + Duration::from_micros(999);
-            store.seq_at_time(doc.doc_id, end_of_ms).await?
+            store
+                .seq_at_time(doc.doc_id, covered_until(parse_time(at)?))
+                .await?
         } else if let Some(label) = &self.label {
             store
                 .label(doc.doc_id, label)
@@ -342,8 +363,16 @@ mod tests {
         assert_eq!(time_str(t), "2026-11-25T18:49:10.123Z");
         assert_eq!(
             parse_time("1000").unwrap(),
-            UNIX_EPOCH + Duration::from_secs(1)
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1)
         );
+        assert_eq!(
+            parse_time("2026-11-25T20:49:10.123+02:00").unwrap(),
+            t,
+            "one helper for every time: offsets count"
+        );
+        assert_eq!(covered_until(t), t + Duration::from_micros(999));
+        let precise = parse_time("2026-11-25T18:49:10.123456Z").unwrap();
+        assert_eq!(covered_until(precise), precise);
         assert!(parse_time("yesterday").is_err());
     }
 }

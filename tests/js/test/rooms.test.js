@@ -1,7 +1,9 @@
-// Proves: Tandem treats the whole (percent-decoded) URL path as the room name.
-// Names with slashes, non-ASCII text, spaces, and names that look like server
-// routes (`metrics`, `api/v1/admin`) each work as a room where two clients
-// converge; the percent-encoded spelling of a name reaches the same room; and
+// Proves: Tandem treats the whole URL path as the room name, with escapes of
+// non-reserved characters decoded. Names with slashes, non-ASCII text, spaces,
+// and names that look like server routes (`metrics`, `api/v1/admin`) each work
+// as a room where two clients converge; the percent-encoded spelling of each
+// segment of a name reaches the same room, but an escaped slash (`a%2Fb`) is a
+// different room from `a/b` (RFC 3986: distinct paths, distinct documents); and
 // rooms are isolated: content typed in one never shows up in another (a name
 // that is a prefix of another, `a/b` vs `a/b/c`, included). The query string
 // is not part of the name.
@@ -15,6 +17,8 @@ const TYPES = { text: ['text'], map: ['map'] }
 const ROOMS = ['a/b/c', 'ünïcödé-文档', 'with space', 'metrics', 'api/v1/admin']
 // Not required by the spec list, but a prefix of another room: catches prefix routing.
 const EXTRA = ['a/b']
+// Each segment percent-encoded, slashes literal: how a client should pass a name.
+const roomPath = (name) => name.split('/').map(encodeURIComponent).join('/')
 let server
 const pool = new ClientPool()
 
@@ -42,16 +46,25 @@ for (const name of ROOMS) {
     assert.equal(a.doc.getMap('map').get('room'), name)
   })
 
-  test(`room ${JSON.stringify(name)}: percent-encoded name ${JSON.stringify(encodeURIComponent(name))} is the same room`, { timeout: 30000 }, async () => {
+  test(`room ${JSON.stringify(name)}: percent-encoded name ${JSON.stringify(roomPath(name))} is the same room`, { timeout: 30000 }, async () => {
     const a = await pool.openSynced(server.url, name)
     a.doc.getText('text').insert(0, `written via raw name ${name}`)
-    const c = await pool.openSynced(server.url, encodeURIComponent(name))
+    const c = await pool.openSynced(server.url, roomPath(name))
     await waitConverged([a.doc, c.doc], TYPES, {
-      label: `client on ${JSON.stringify(encodeURIComponent(name))} with client on ${JSON.stringify(name)}`
+      label: `client on ${JSON.stringify(roomPath(name))} with client on ${JSON.stringify(name)}`
     })
     assert.equal(c.doc.getText('text').toString(), `written via raw name ${name}`)
   })
 }
+
+test('an escaped slash names another room: a%2Fb is not a/b', { timeout: 30000 }, async () => {
+  const plain = await pool.openSynced(server.url, 'a/b')
+  plain.doc.getText('text').insert(0, 'in a/b')
+  const escaped = await pool.openSynced(server.url, encodeURIComponent('a/b'))
+  const again = await pool.openSynced(server.url, 'a/b')
+  await waitConverged([plain.doc, again.doc], TYPES, { label: 'two clients on a/b' })
+  assert.equal(escaped.doc.getText('text').toString(), '')
+})
 
 test('rooms are isolated from each other', { timeout: 60000 }, async () => {
   const names = [...ROOMS, ...EXTRA]
