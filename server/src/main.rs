@@ -67,6 +67,7 @@ async fn main() -> ExitCode {
             }
         }
         Command::Serve => {
+            let signals = Signals::new();
             let mut config = cli.config;
             let listener = match listen(config.addr) {
                 Ok(listener) => listener,
@@ -82,7 +83,7 @@ async fn main() -> ExitCode {
                 AdminToken::Off(why) => tracing::info!("{why}"),
             }
             let drain = Drain::default();
-            let shutdown = shutdown_signal(drain.clone(), config.drain_grace);
+            let shutdown = shutdown_signal(signals, drain.clone(), config.drain_grace);
             match tandem::serve_with_drain(listener, config, drain, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -137,48 +138,57 @@ enum Signal {
     Terminate,
 }
 
-/// SIGINT and SIGTERM, listened to for the whole shutdown (a second signal must be seen).
+/// SIGINT and SIGTERM, listened to from start-up (before storage is open, so an early signal
+/// is a clean stop, not a kill) until the process exits (a second signal must be seen).
 struct Signals {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
     fn new() -> Signals {
-        Signals {
-            #[cfg(unix)]
-            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+            }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
 
+    #[cfg(unix)]
     async fn next(&mut self) -> Signal {
-        let ctrl_c = async {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        #[cfg(unix)]
-        let term = async {
-            match self.term.as_mut() {
+        async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+            match s {
                 Some(s) => {
                     s.recv().await;
                 }
                 None => std::future::pending::<()>().await,
             }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => Signal::Interrupt,
-            _ = term => Signal::Terminate,
         }
+        tokio::select! {
+            _ = recv(self.int.as_mut()) => Signal::Interrupt,
+            _ = recv(self.term.as_mut()) => Signal::Terminate,
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn next(&mut self) -> Signal {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        Signal::Interrupt
     }
 }
 
 /// Resolves when the server should shut down: at once on SIGINT; on SIGTERM after `grace`
 /// spent draining (`/readyz` 503, everything still served), or at a second signal.
-async fn shutdown_signal(drain: Drain, grace: Duration) {
-    let mut signals = Signals::new();
+async fn shutdown_signal(mut signals: Signals, drain: Drain, grace: Duration) {
     let first = signals.next().await;
     if first == Signal::Terminate && !grace.is_zero() {
         drain.start();
