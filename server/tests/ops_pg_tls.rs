@@ -64,8 +64,7 @@ async fn sslmodes_against_a_tls_postgres() {
     );
     let err = open(&bad)
         .await
-        .err()
-        .expect("verify-ca with a wrong root must fail");
+        .expect_err("verify-ca with a wrong root must fail");
     println!("verify-ca, wrong root: {err}");
     assert!(
         err.contains("UnknownIssuer") && err.contains("sslrootcert="),
@@ -75,8 +74,7 @@ async fn sslmodes_against_a_tls_postgres() {
     let system = tls_url(&schema, "localhost", port, "sslmode=verify-full");
     let err = open(&system)
         .await
-        .err()
-        .expect("a test CA is not a system root");
+        .expect_err("a test CA is not a system root");
     println!("verify-full, system roots: {err}");
 
     // verify-full: chain and host name.
@@ -97,8 +95,7 @@ async fn sslmodes_against_a_tls_postgres() {
     );
     let err = open(&bad)
         .await
-        .err()
-        .expect("verify-full with a wrong host name must fail");
+        .expect_err("verify-full with a wrong host name must fail");
     println!("verify-full, wrong host: {err}");
     assert!(
         err.contains("NotValidForName") || err.to_lowercase().contains("name"),
