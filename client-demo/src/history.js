@@ -4,15 +4,22 @@
 //
 //   /history               all documents
 //   /history?doc=<name>    one document's history
+//   /history?token=<admin> the link tandem prints at start-up (open mode, loopback): the token
+//                          moves to sessionStorage and out of the address bar
 
 import './style.css'
 import { Editor } from '@tiptap/core'
 import StarterKit from '@tiptap/starter-kit'
 import {
-  AUTHORS_MAP, COLORS, avatar, colorFor, editorHref, h, historyHref, param, timeLabel, toast
+  AUTHORS_MAP, COLORS, avatar, colorFor, editorHref, h, historyHref, param, setParams, timeLabel, toast
 } from './shared.js'
 
 const TOKEN_KEY = 'tandem-demo:admin-token'
+// An admin token in the URL (the start-up link) moves to this tab's sessionStorage and out of
+// the address bar, so it is neither bookmarked nor shared with the link of a page.
+const urlToken = param('token')
+if (urlToken !== null && urlToken.trim()) sessionStorage.setItem(TOKEN_KEY, urlToken.trim())
+if (urlToken !== null) setParams({ token: null })
 // Changes per timeline request (the API's maximum); sessions are grouped from these.
 const PAGE = 1000
 // The API's default session gap: changes by one author closer than this are one session.

@@ -215,6 +215,97 @@ macro_rules! shared_methods {
                 .await
                 .map_err(db_err("deleted_documents"))
         }
+
+        /// Every snapshot of a document, ascending by seq (for a whole-store export).
+        pub(crate) async fn snapshots(&self, doc_id: i64) -> Result<Vec<Snapshot>, StoreError> {
+            let found = sqlx::query(crate::queries::ALL_SNAPSHOTS)
+                .bind(doc_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err("snapshots"))?;
+            decode_all(&found, "snapshots", crate::rows::snapshot)
+        }
+
+        /// Whether the store holds no document (live or deleted) and no revocation.
+        pub(crate) async fn is_empty(&self) -> Result<bool, StoreError> {
+            let n: i64 = sqlx::query_scalar(crate::queries::COUNT_CONTENT)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_err("is_empty"))?;
+            Ok(n == 0)
+        }
+
+        /// Restores a document's row with its own times (see
+        /// [`Store::import_document`](crate::Store::import_document)).
+        pub(crate) async fn import_document(
+            &self,
+            name: &str,
+            created_at: SystemTime,
+            deleted_at: Option<SystemTime>,
+        ) -> Result<i64, StoreError> {
+            let inserted = sqlx::query_scalar::<_, i64>(crate::queries::IMPORT_DOCUMENT)
+                .bind(name)
+                .bind(db_time(created_at))
+                .bind(deleted_at.map(db_time))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err("import_document"))?;
+            inserted
+                .ok_or_else(|| StoreError::Conflict(format!("document {name:?} exists already")))
+        }
+
+        /// Sets the statistics the log alone cannot restore (see
+        /// [`Store::finish_import`](crate::Store::finish_import)).
+        pub(crate) async fn finish_import(
+            &self,
+            doc_id: i64,
+            last_seq: i64,
+            last_change_at: Option<SystemTime>,
+        ) -> Result<(), StoreError> {
+            sqlx::query(crate::queries::FINISH_IMPORT)
+                .bind(doc_id)
+                .bind(last_seq)
+                .bind(last_change_at.map(db_time))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("finish_import"))?;
+            Ok(())
+        }
+
+        /// Restores a snapshot with its own time.
+        pub(crate) async fn import_snapshot(
+            &self,
+            doc_id: i64,
+            snapshot: &Snapshot,
+        ) -> Result<(), StoreError> {
+            sqlx::query(crate::queries::IMPORT_SNAPSHOT)
+                .bind(doc_id)
+                .bind(snapshot.seq)
+                .bind(snapshot.state.as_slice())
+                .bind(snapshot.state_vector.as_slice())
+                .bind(db_time(snapshot.created_at))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("import_snapshot"))?;
+            Ok(())
+        }
+
+        /// Restores a label with its own time.
+        pub(crate) async fn import_label(
+            &self,
+            doc_id: i64,
+            label: &Label,
+        ) -> Result<(), StoreError> {
+            sqlx::query(crate::queries::IMPORT_LABEL)
+                .bind(doc_id)
+                .bind(label.seq)
+                .bind(label.name.as_str())
+                .bind(db_time(label.created_at))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("import_label"))?;
+            Ok(())
+        }
     };
 }
 

@@ -393,6 +393,56 @@ impl Store {
         dispatch!(self, b => b.deleted_documents().await)
     }
 
+    /// Every snapshot of a document, ascending by seq (for a whole-store export).
+    pub async fn snapshots(&self, doc_id: i64) -> Result<Vec<Snapshot>, StoreError> {
+        dispatch!(self, b => b.snapshots(doc_id).await)
+    }
+
+    /// Whether the store holds no document (live or deleted) and no revocation: an import
+    /// refuses any other store unless forced.
+    pub async fn is_empty(&self) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.is_empty().await)
+    }
+
+    /// Import: creates the row of document `name` with the creation (and, for a tombstone,
+    /// deletion) time it had in the exported store and returns its id.
+    /// [`StoreError::Conflict`] if a document of that name exists. Add the log with
+    /// [`Store::append`], then snapshots and labels, then call [`Store::finish_import`].
+    pub async fn import_document(
+        &self,
+        name: &str,
+        created_at: SystemTime,
+        deleted_at: Option<SystemTime>,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self, b => b.import_document(name, created_at, deleted_at).await)
+    }
+
+    /// Import: restores a snapshot with the time it was written.
+    pub async fn import_snapshot(
+        &self,
+        doc_id: i64,
+        snapshot: &Snapshot,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, b => b.import_snapshot(doc_id, snapshot).await)
+    }
+
+    /// Import: restores a label with the time it was made.
+    pub async fn import_label(&self, doc_id: i64, label: &Label) -> Result<(), StoreError> {
+        dispatch!(self, b => b.import_label(doc_id, label).await)
+    }
+
+    /// Import, last step of a document: sets [`DocumentInfo::last_seq`] and
+    /// [`DocumentInfo::last_change_at`] as exported (a pruned log or a tombstone no longer
+    /// holds the rows they were computed from).
+    pub async fn finish_import(
+        &self,
+        doc_id: i64,
+        last_seq: i64,
+        last_change_at: Option<SystemTime>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, b => b.finish_import(doc_id, last_seq, last_change_at).await)
+    }
+
     /// Log rows with seq in `(from_seq, to_seq]`, with data, ascending: what to
     /// apply on top of a snapshot to reconstruct the document at `to_seq`.
     pub async fn log_range(

@@ -40,6 +40,21 @@ fn db_time(t: SystemTime) -> DateTime<Utc> {
     DateTime::from(t)
 }
 
+/// A refused server certificate reads like an outage ("error communicating with database");
+/// say what to check instead.
+fn tls_hint(e: StoreError) -> StoreError {
+    const HINT: &str = " (TLS: the server's certificate was refused; check sslrootcert= names \
+        the CA that signed it and, for sslmode=verify-full, that the URL's host is a name in \
+        the certificate)";
+    match e {
+        StoreError::Unavailable(m) if m.contains("peer certificate") => {
+            StoreError::Unavailable(m + HINT)
+        }
+        StoreError::Query(m) if m.contains("peer certificate") => StoreError::Query(m + HINT),
+        other => other,
+    }
+}
+
 /// Connections kept open and warmed at start-up.
 const WARM_CONNECTIONS: u32 = 2;
 
@@ -66,7 +81,7 @@ impl PgStore {
                 // Closing politely is best effort; the check already succeeded.
                 let _ = conn.close().await;
             }
-            Ok(Err(e)) => return Err(StoreError::from_sqlx("connect", e)),
+            Ok(Err(e)) => return Err(tls_hint(StoreError::from_sqlx("connect", e))),
             Err(_) => {
                 return Err(StoreError::Unavailable(format!(
                     "connect: no answer from {}:{} within {:?}",

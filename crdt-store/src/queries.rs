@@ -214,6 +214,33 @@ fn successor(prefix: &str) -> Option<String> {
     None
 }
 
+// --- Whole-store export and import (`tandem export --all` / `tandem import`) ---------------
+
+/// Every snapshot of document `$1`, ascending.
+pub(crate) const ALL_SNAPSHOTS: &str = "SELECT seq, state, state_vector, created_at \
+     FROM snapshots WHERE doc_id = $1 ORDER BY seq";
+
+/// Documents (live or tombstones) plus revocations: 0 for a store nothing was ever written to.
+pub(crate) const COUNT_CONTENT: &str =
+    "SELECT (SELECT count(*) FROM documents) + (SELECT count(*) FROM revocations)";
+
+/// A document row with the times it had in the exported store; nothing if the name is taken.
+pub(crate) const IMPORT_DOCUMENT: &str = "INSERT INTO documents (name, created_at, deleted_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING RETURNING id";
+
+/// After a document's log is restored: the highest seq ever logged (the log may have been
+/// pruned, or the document deleted) and the time of its last change, as exported.
+pub(crate) const FINISH_IMPORT: &str =
+    "UPDATE documents SET last_seq = $2, last_change_at = $3 WHERE id = $1";
+
+/// A snapshot with its own time.
+pub(crate) const IMPORT_SNAPSHOT: &str = "INSERT INTO snapshots \
+     (doc_id, seq, state, state_vector, created_at) VALUES ($1, $2, $3, $4, $5)";
+
+/// A label with its own time.
+pub(crate) const IMPORT_LABEL: &str =
+    "INSERT INTO labels (doc_id, seq, name, created_at) VALUES ($1, $2, $3, $4)";
+
 #[cfg(test)]
 mod tests {
     use super::*;

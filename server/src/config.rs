@@ -105,11 +105,20 @@ pub fn allowed_origins(entries: &[String]) -> Result<Vec<String>, String> {
         .collect()
 }
 
+/// `tandem --version`: the crate version and the git commit it was built from (`unknown` when
+/// built outside a git checkout; see `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TANDEM_GIT_COMMIT"),
+    ")"
+);
+
 /// The `tandem` command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "tandem",
-    version,
+    version = VERSION,
     about = "Tandem: a durable Yjs (y-websocket) sync server"
 )]
 pub struct Cli {
@@ -139,6 +148,15 @@ pub enum ReadOnlyAwareness {
     Drop,
 }
 
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured only when standard error is a terminal).
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
 /// Subcommands of `tandem`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -146,6 +164,28 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Write the whole store (documents, full history, snapshots, labels, tombstones,
+    /// revocations) to a new directory; see `tandem import`. Safe while a server runs on the
+    /// same database, but updates made during the export may be missed: stop the server or
+    /// export from a quiet replica for an exact copy.
+    Export {
+        /// Export everything (required: the only kind of export; one document's state can be
+        /// exported through the admin API).
+        #[arg(long, required = true)]
+        all: bool,
+        /// Directory to create (it must not exist or be empty).
+        dir: std::path::PathBuf,
+    },
+    /// Load a directory written by `tandem export --all` into the database (migrating it
+    /// first). Refuses a store that holds any document or revocation unless `--force`.
+    Import {
+        /// Directory written by `tandem export --all`.
+        dir: std::path::PathBuf,
+        /// Import into a store that is not empty (a document whose name exists there is an
+        /// error and stops the import).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Everything the server can be told. Field docs are the `--help` text.
@@ -310,6 +350,16 @@ pub struct Config {
     /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `tandem=debug`).
     #[arg(long, env = "TANDEM_LOG", default_value = "info", global = true)]
     pub log: String,
+
+    /// Log line format: `text` (coloured only on a terminal) or `json` (one object a line).
+    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// On SIGTERM, how long `/readyz` reports 503 (draining) while everything is still
+    /// served, so load balancers stop sending new clients before sockets close. SIGINT
+    /// (Ctrl-C) and a second signal skip it.
+    #[arg(long, env = "TANDEM_DRAIN_GRACE", default_value = "5s", value_parser = duration)]
+    pub drain_grace: Duration,
 }
 
 /// The embedded default database, relative to the working directory.

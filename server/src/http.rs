@@ -38,12 +38,15 @@ pub struct AppState {
     pub shared: Arc<Shared>,
     /// Open documents.
     pub registry: Arc<Registry>,
+    /// Set while the node drains before shutdown (`/readyz` reports 503).
+    pub drain: crate::readiness::Drain,
 }
 
 /// The HTTP routes (everything that is not a WebSocket upgrade).
 pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(crate::readiness::readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(crate::admin::openapi_json))
         .nest("/api/v1/admin", crate::admin::routes(state.clone()))

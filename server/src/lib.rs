@@ -5,20 +5,24 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backup;
 pub mod close;
 pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod docname;
 pub mod error;
+pub mod first_run;
 pub mod history;
 pub mod http;
 pub mod limits;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod peer;
 pub mod presence;
 pub mod protocol;
+pub mod readiness;
 pub mod registry;
 pub mod room;
 pub mod state;
@@ -34,6 +38,7 @@ use tracing::{error, info, warn};
 
 pub use config::Config;
 pub use error::ServerError;
+pub use readiness::Drain;
 
 use crate::http::AppState;
 use crate::registry::Registry;
@@ -73,6 +78,18 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_with_drain(listener, config, Drain::default(), shutdown).await
+}
+
+/// [`serve`], with a [`Drain`] the caller can start before `shutdown` resolves: from then
+/// on `/readyz` reports 503 while everything is still served (`main` does this on SIGTERM
+/// for `--drain-grace`).
+pub async fn serve_with_drain(
+    listener: TcpListener,
+    config: Config,
+    drain: Drain,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let mut config = config;
     // Checked here, not only by the command line's parser: a configuration built in code
     // (tests, embedders) is checked too, and an empty entry in a list is only visible as a
@@ -105,6 +122,7 @@ pub async fn serve(
     let state = AppState {
         shared: shared.clone(),
         registry: registry.clone(),
+        drain,
     };
     let router = http::routes(state.clone());
     let app = axum::middleware::from_fn_with_state(state, http::dispatch).layer(router);

@@ -1,32 +1,23 @@
 //! The `tandem` binary: parse configuration, set up logging, serve until SIGINT/SIGTERM.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
-use tandem::config::{Cli, Command};
+use tandem::config::{Cli, Command, Config, LogFormat};
+use tandem::first_run::AdminToken;
+use tandem::{Drain, backup};
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.config.log).unwrap_or_else(|e| {
-        eprintln!(
-            "invalid --log filter {:?}: {e}; using \"info\"",
-            cli.config.log
-        );
-        EnvFilter::new("info")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tandem::logging::init(&cli.config);
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
-            let url = cli.config.effective_database_url();
             let result = async {
-                let store = tandem::storage::open_store(&url, &cli.config).await?;
+                let store = open_store(&cli.config).await?;
                 store.migrate().await?;
                 Ok::<_, crdt_store::StoreError>(store.backend())
             };
@@ -41,15 +32,59 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Export { all: _, dir } => {
+            let result = async {
+                let store = open_store(&cli.config).await?;
+                store.migrate().await?;
+                backup::export_all(&store, &dir).await
+            };
+            match result.await {
+                Ok(summary) => {
+                    tracing::info!(dir = %dir.display(), ?summary, "export written");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!("export failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Import { dir, force } => {
+            let result = async {
+                let store = open_store(&cli.config).await?;
+                store.migrate().await?;
+                backup::import(&store, &dir, force).await
+            };
+            match result.await {
+                Ok(summary) => {
+                    tracing::info!(dir = %dir.display(), ?summary, "import done");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!("import failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve => {
-            let listener = match listen(cli.config.addr) {
+            let signals = Signals::new();
+            let mut config = cli.config;
+            let listener = match listen(config.addr) {
                 Ok(listener) => listener,
                 Err(e) => {
-                    tracing::error!("cannot listen on {}: {e}", cli.config.addr);
+                    tracing::error!("cannot listen on {}: {e}", config.addr);
                     return ExitCode::FAILURE;
                 }
             };
-            match tandem::serve(listener, cli.config, shutdown_signal()).await {
+            let bound = listener.local_addr().unwrap_or(config.addr);
+            match tandem::first_run::admin_token(&mut config, bound) {
+                AdminToken::Configured => {}
+                AdminToken::Generated { link, .. } => show_link(&link, config.log_format),
+                AdminToken::Off(why) => tracing::info!("{why}"),
+            }
+            let drain = Drain::default();
+            let shutdown = shutdown_signal(signals, drain.clone(), config.drain_grace);
+            match tandem::serve_with_drain(listener, config, drain, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -57,6 +92,26 @@ async fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+async fn open_store(config: &Config) -> Result<crdt_store::Store, crdt_store::StoreError> {
+    tandem::storage::open_store(&config.effective_database_url(), config).await
+}
+
+/// Prints the history viewer's link. In text mode straight to standard error, so no log
+/// filter hides it and a terminal shows it on a line of its own (clickable); in JSON mode as
+/// a log object, so the output stays one object a line.
+fn show_link(link: &str, format: LogFormat) {
+    match format {
+        LogFormat::Text => eprintln!(
+            "\n    History viewer (one-time admin token, valid until this process stops):\n    \
+             {link}\n"
+        ),
+        LogFormat::Json => tracing::info!(
+            url = link,
+            "history viewer (one-time admin token, valid until this process stops)"
+        ),
     }
 }
 
@@ -76,24 +131,74 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Which signal arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+/// SIGINT and SIGTERM, listened to from start-up (before storage is open, so an early signal
+/// is a clean stop, not a kill) until the process exits (a second signal must be seen).
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    #[cfg(unix)]
+    async fn next(&mut self) -> Signal {
+        async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(self.int.as_mut()) => Signal::Interrupt,
+            _ = recv(self.term.as_mut()) => Signal::Terminate,
+        }
+    }
+
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+    async fn next(&mut self) -> Signal {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        Signal::Interrupt
+    }
+}
+
+/// Resolves when the server should shut down: at once on SIGINT; on SIGTERM after `grace`
+/// spent draining (`/readyz` 503, everything still served), or at a second signal.
+async fn shutdown_signal(mut signals: Signals, drain: Drain, grace: Duration) {
+    let first = signals.next().await;
+    if first == Signal::Terminate && !grace.is_zero() {
+        drain.start();
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "SIGTERM: draining (/readyz reports 503) before shutting down"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = signals.next() => {}
+        }
     }
 }

@@ -9,8 +9,13 @@
 //!   embedded database comes to "the database is unavailable" (writers fail with
 //!   SQLITE_BUSY; readers are not blocked in WAL mode).
 //!
+//! - [`pg_tls`]: a TLS-terminating Postgres proxy and certificates made in the test, for
+//!   `sslmode=require/verify-ca/verify-full`.
+//!
 //! It speaks SQL only to create/drop schemas and take that lock; everything else goes through
 //! `crdt-store`.
+
+pub mod pg_tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

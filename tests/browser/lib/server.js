@@ -78,7 +78,8 @@ export class Tandem {
       throw new Error(`tandem binary not found at ${TANDEM_BIN}; build it with ` +
         '`cargo build -p tandem-server` or set TANDEM_BIN')
     }
-    const env = { ...process.env, NO_COLOR: '1' }
+    // No readiness drain on SIGTERM: these servers have no load balancer to drain from.
+    const env = { ...process.env, NO_COLOR: '1', TANDEM_DRAIN_GRACE: '0s' }
     delete env.TANDEM_DATABASE_URL
     delete env.DATABASE_URL
     const db = this.schema ? ['--database-url', this.schema.url] : []

@@ -80,7 +80,8 @@ export class TandemServer {
     delete inherited.TANDEM_DATABASE_URL
     const child = spawn(TANDEM_BIN, ['--addr', '127.0.0.1:0', ...this.args], {
       cwd: this.cwd,
-      env: { ...inherited, NO_COLOR: '1', ...this.env },
+      // No readiness drain on SIGTERM: these servers have no load balancer to drain from.
+      env: { ...inherited, NO_COLOR: '1', TANDEM_DRAIN_GRACE: '0s', ...this.env },
       stdio: ['ignore', 'pipe', 'pipe']
     })
     this.child = child
