@@ -149,7 +149,7 @@ enum Phase {
 }
 
 /// Phase labels of the samples.
-const LABELS: [&str; 4] = ["load", "outage", "recovered", "drain"];
+const LABELS: [&str; 5] = ["load", "outage", "recovered", "drain", "checks"];
 
 /// Counters every task adds to.
 #[derive(Default)]
@@ -571,6 +571,7 @@ async fn run(
     let ledger_live = ctx.ledger.lock().map(|l| l.clone()).unwrap_or_default();
 
     // Live check: a fresh client of every room, on the server that took the load.
+    ctx.label.store(4, Ordering::Relaxed);
     let mut checks = Vec::new();
     let crashed_live = server.exited();
     let live = if crashed_live.is_none() {
@@ -708,6 +709,7 @@ async fn run(
         restart_ok: after.is_some(),
         restart_stop_status,
         panics_logged: panics,
+        bench_hwm_mib: procstat::sample(0).map_or(0.0, |s| mib(s.hwm_kb)),
         csv: args.csv.display().to_string(),
     };
     print_summary(&result);
@@ -1597,6 +1599,8 @@ struct SoakResult {
     restart_ok: bool,
     restart_stop_status: String,
     panics_logged: u64,
+    /// Peak RSS of this load generator (its mirrors of every room included).
+    bench_hwm_mib: f64,
     csv: String,
 }
 
@@ -1622,11 +1626,13 @@ fn print_summary(r: &SoakResult) {
         )
     );
     println!(
-        "  server fds:      start {}, max {}, end {}; CPU mean {:.1}% of one core",
+        "  server fds:      start {}, max {}, end {}; CPU mean {:.1}% of one core \
+         (load generator: peak RSS {:.1} MiB)",
         fmt_opt(s.fds_start),
         fmt_opt(s.fds_max),
         fmt_opt(s.fds_end),
-        s.cpu_mean_pct
+        s.cpu_mean_pct,
+        r.bench_hwm_mib
     );
     println!(
         "  updates:         sent {}, acknowledged {}, unacknowledged after drain {}",
