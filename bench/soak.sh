@@ -75,7 +75,8 @@ rss_table() {
     jq -r '"| measure | value |\n|---|---|\n" +
         "| load | \(.rooms) rooms × \(.writers) writers at \(.rate)/s + \(.readers) readers; \(.churners) join-type-leave loops |\n" +
         "| server RSS | start \(.rss.start_mib) MiB, peak \(.rss.peak_mib) MiB (t=\(.rss.peak_at_s) s), end \(.rss.end_mib) MiB |\n" +
-        "| RSS slope, last half | \(.rss.last_half_slope_mib_per_h) MiB/h |\n" +
+        "| RSS slope | last half \(.rss.last_half_slope_mib_per_h) MiB/h; from a minute after the database came back \(if .rss.after_recovery_slope_mib_per_h == null then "n/a (run too short)" else "\(.rss.after_recovery_slope_mib_per_h) MiB/h" end) |\n" +
+        "| RSS after the checks | \(.rss.after_checks_mib) MiB (every document loaded by fresh clients) |\n" +
         "| server fds | start \(.rss.fds_start), max \(.rss.fds_max), end \(.rss.fds_end) |\n" +
         "| server CPU (mean) | \(.rss.cpu_mean_pct)% of one core |\n" +
         "| updates sent / acknowledged | \(.sent) / \(.acked) (unacknowledged after the drain: \(.unacked_after_drain)) |\n" +
