@@ -1,6 +1,6 @@
 //! A simulated editor: one `yrs::Doc` with its own client id that types into a `Y.Text`.
 
-use yrs::{Doc, Text, TextRef, Transact};
+use yrs::{Doc, ReadTxn, Text, TextRef, Transact};
 
 use crate::proto;
 
@@ -31,6 +31,16 @@ impl Editor {
     /// The clock the next update will carry (= number of updates made so far).
     pub fn clock(&self) -> u32 {
         self.len
+    }
+
+    /// Every edit made so far as one framed sync Update message: what a client resends after
+    /// a reconnect, so edits whose acknowledgement it never saw reach the server (again).
+    pub fn full_update(&self) -> Vec<u8> {
+        let update = self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        proto::frame_update(&update)
     }
 
     /// Types one character and returns `(clock, framed sync Update message)`.

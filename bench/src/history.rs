@@ -22,6 +22,7 @@ use crate::conn::Target;
 use crate::editor::TEXT_NAME;
 use crate::http::{Client, Response, encode_component};
 use crate::procstat;
+use crate::stats::Rng;
 use crate::trace::{self, pass_root};
 use crate::{Common, Error};
 
@@ -218,27 +219,6 @@ impl CpuProbe {
             b.machine.as_ref()?,
             used,
         ))
-    }
-}
-
-/// splitmix64: reproducible random points without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi` (`lo` if the range is empty).
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo {
-            return lo;
-        }
-        lo + self.next() % (hi - lo + 1)
     }
 }
 

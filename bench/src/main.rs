@@ -13,6 +13,7 @@ mod http;
 mod idle;
 mod procstat;
 mod proto;
+mod soak;
 mod stats;
 mod throughput;
 mod trace;
@@ -91,6 +92,14 @@ enum Cmd {
         #[command(flatten)]
         args: history::HistoryArgs,
     },
+    /// Twenty minutes (by default) of mixed load with a database outage in the middle: server
+    /// RSS over time, lost updates and crashes.
+    Soak {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: soak::SoakArgs,
+    },
     /// One worker process of `idle` (started by it).
     #[command(hide = true)]
     IdleWorker(idle::WorkerArgs),
@@ -105,7 +114,8 @@ pub fn run_id() -> String {
     format!("{ms:x}{:x}", std::process::id())
 }
 
-fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+/// A single-threaded runtime for 1 thread, else a multi-threaded one.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -138,6 +148,7 @@ fn main() -> ExitCode {
             .map_err(Error::from)
             .and_then(|rt| rt.block_on(history::run(common, args))),
         Cmd::Idle { common, args } => idle::run(common, args),
+        Cmd::Soak { common, args } => soak::main(common, args),
         Cmd::IdleWorker(args) => runtime(1)
             .map_err(Error::from)
             .and_then(|rt| rt.block_on(idle::worker(args))),

@@ -120,6 +120,44 @@ pub fn frame_update(update: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Top-level message type of an awareness message.
+pub const MSG_AWARENESS: u8 = 1;
+
+/// Frames one awareness entry `[1][varUint8Array(1, client, clock, varString(state))]`;
+/// `state` is the JSON of the user's state, or `"null"` to announce that it left.
+pub fn frame_awareness(client: u64, clock: u32, state: &str) -> Vec<u8> {
+    let mut body = Vec::with_capacity(state.len() + 24);
+    write_var_uint(&mut body, 1);
+    write_var_uint(&mut body, client);
+    write_var_uint(&mut body, u64::from(clock));
+    write_var_uint(&mut body, state.len() as u64);
+    body.extend_from_slice(state.as_bytes());
+    let mut out = Vec::with_capacity(body.len() + 8);
+    out.push(MSG_AWARENESS);
+    write_var_uint(&mut out, body.len() as u64);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The entries of an awareness frame (the whole frame, type byte included): for each, the
+/// client id and whether its state is present (`false` = the JSON `null`, a removal).
+pub fn awareness_entries(frame: &[u8]) -> Result<Vec<(u64, bool)>, ParseError> {
+    let mut r = Reader::new(frame);
+    if r.var_uint()? != u64::from(MSG_AWARENESS) {
+        return Ok(Vec::new());
+    }
+    let mut body = Reader::new(r.bytes()?);
+    let n = body.var_uint()?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let client = body.var_uint()?;
+        body.var_uint()?;
+        let state = body.bytes()?;
+        out.push((client, state != b"null"));
+    }
+    Ok(out)
+}
+
 /// Parses the head of one y-websocket frame.
 pub fn parse_frame(frame: &[u8]) -> Result<Incoming<'_>, ParseError> {
     let mut r = Reader::new(frame);
@@ -351,6 +389,16 @@ mod tests {
         out.sort_by_key(|r| r.client);
         assert_eq!(out[0].end, 5);
         assert_eq!(out[1].end, 7); // "héllo😀" = 5 + 2 utf-16 units
+    }
+
+    #[test]
+    fn awareness_round_trip() {
+        let f = frame_awareness(77, 3, r#"{"user":"x"}"#);
+        assert_eq!(awareness_entries(&f), Ok(vec![(77, true)]));
+        let f = frame_awareness(1 << 40, 4, "null");
+        assert_eq!(awareness_entries(&f), Ok(vec![(1 << 40, false)]));
+        assert_eq!(awareness_entries(&STEP1_EMPTY), Ok(vec![]));
+        assert!(awareness_entries(&[1, 5, 1]).is_err());
     }
 
     #[test]
