@@ -23,6 +23,7 @@ pub mod registry;
 pub mod room;
 pub mod state;
 pub mod storage;
+pub mod update_check;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

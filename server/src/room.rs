@@ -22,8 +22,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{Instrument, debug, error, info_span, warn};
+use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update, WriteTxn};
 
 use crate::close;
 use crate::config::ReadOnlyAwareness;
@@ -53,6 +54,11 @@ const BACKLOG_FULL: CloseReason = CloseReason {
     code: close::TRY_AGAIN_LATER,
     reason: "storage backlog full, retry later",
     label: "backlog_full",
+};
+const PENDING_TOO_LARGE: CloseReason = CloseReason {
+    code: close::POLICY_VIOLATION,
+    reason: "too many updates with missing dependencies (--max-pending-bytes); reconnect to resync",
+    label: "pending_too_large",
 };
 const DISCONNECTED: CloseReason = CloseReason {
     code: close::DISCONNECTED,
@@ -273,6 +279,9 @@ struct Room {
     pending: VecDeque<(i64, Release)>,
     durable: Option<Durable>,
     poisoned: bool,
+    /// Encoded size of the updates yrs holds as pending (they arrived before updates they
+    /// depend on), as measured after the last apply; bounded by `--max-pending-bytes`.
+    yrs_pending_bytes: u64,
     /// Set by [`Command::Delete`]: the room stops, and answers once changes are durable.
     deleting: Option<(usize, oneshot::Sender<Result<usize, CommandError>>)>,
 }
@@ -297,6 +306,7 @@ pub fn spawn(
         pending: VecDeque::new(),
         durable: None,
         poisoned: false,
+        yrs_pending_bytes: 0,
         deleting: None,
         shared: shared.clone(),
     };
@@ -316,12 +326,39 @@ fn adds_anything(doc: &Doc, update: &Update) -> bool {
     inserts || !deletes.is_empty() && !deletes.diff(&txn.snapshot().delete_set).is_empty()
 }
 
+/// The updates yrs holds as pending in `txn`'s document, encoded (v1): the blocks still
+/// missing dependencies, and the deletions of items not yet known. Empty when none.
+fn encode_pending<T: ReadTxn>(txn: &T) -> Vec<Vec<u8>> {
+    let store = txn.store();
+    let mut parts = Vec::new();
+    if let Some(pending) = store.pending_update() {
+        parts.push(pending.update.encode_v1());
+    }
+    if let Some(ds) = store.pending_ds() {
+        // An update with no structs (a zero count) and this delete set.
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(&ds.encode_v1());
+        parts.push(bytes);
+    }
+    parts
+}
+
+/// What applying one update did.
+struct Integrated {
+    /// The change it made, encoded as one update; `None`: nothing new.
+    changed: Option<Vec<u8>>,
+    /// Its missing-dependency part would have taken the document past
+    /// `--max-pending-bytes`; that part was dropped (anything it made integrable is in
+    /// `changed`) and the sender must be refused.
+    pending_refused: bool,
+}
+
 /// Applies stored updates into `doc` in one transaction; errors and panics become an error.
 fn apply_stored<'a>(doc: &Doc, updates: impl Iterator<Item = &'a [u8]>) -> Result<(), String> {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let mut txn = doc.transact_mut();
         for bytes in updates {
-            let update = protocol::decode_update(bytes).map_err(|e| e.to_string())?;
+            let update = protocol::decode_stored_update(bytes).map_err(|e| e.to_string())?;
             txn.apply_update(update).map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -429,6 +466,9 @@ impl Room {
             }
         }
         self.retire(exit, &mut rx, watermark).await;
+        // Pending updates are memory only and leave with the room (their senders resend them
+        // on their next sync).
+        self.set_yrs_pending_bytes(0);
         metrics.documents_open.dec();
     }
 
@@ -511,9 +551,26 @@ impl Room {
                 author,
                 reply,
             } => {
-                let result = match protocol::decode_update(&update) {
+                let depth = self.shared.config.max_nesting_depth;
+                let result = match protocol::decode_update(&update, depth) {
                     Ok(update) => match self.integrate(update) {
-                        Ok(changed) => Ok(self.accept_admin(author, changed)),
+                        Ok(Integrated {
+                            changed,
+                            pending_refused: false,
+                        }) => Ok(self.accept_admin(author, changed)),
+                        Ok(Integrated {
+                            changed,
+                            pending_refused: true,
+                        }) => {
+                            // What did integrate is kept (and logged) like any change.
+                            self.accept_admin(author, changed);
+                            self.shared.metrics.update_refused(PENDING_TOO_LARGE.label);
+                            Err(CommandError::Invalid(
+                                "the update depends on changes the document does not have \
+                                 (pending beyond --max-pending-bytes)"
+                                    .into(),
+                            ))
+                        }
                         Err(e) => Err(e),
                     },
                     Err(e) => Err(CommandError::Invalid(format!("not a Yjs update: {e}"))),
@@ -675,12 +732,21 @@ impl Room {
             return;
         }
         match self.integrate(update) {
-            Ok(Some(changed)) => {
-                self.shared.metrics.updates_applied.inc();
-                let author = self.peers.get(&conn).and_then(|p| p.user.clone());
-                self.accept(author, changed);
+            Ok(integrated) => {
+                if let Some(changed) = integrated.changed {
+                    self.shared.metrics.updates_applied.inc();
+                    let author = self.peers.get(&conn).and_then(|p| p.user.clone());
+                    self.accept(author, changed);
+                }
+                if integrated.pending_refused {
+                    warn!(
+                        conn,
+                        "pending updates past --max-pending-bytes; refusing sender"
+                    );
+                    self.shared.metrics.update_refused(PENDING_TOO_LARGE.label);
+                    self.kick(conn, PENDING_TOO_LARGE);
+                }
             }
-            Ok(None) => {}
             Err(e) => {
                 if self.poisoned {
                     error!(
@@ -695,29 +761,75 @@ impl Room {
         }
     }
 
-    /// Applies an update to the document and returns what it changed, encoded as one update
-    /// (`None`: nothing new). yrs must not take the server down on a hostile update: a panic
-    /// is caught and the room marked poisoned, so it retires and the document reloads.
-    fn integrate(&mut self, update: Update) -> Result<Option<Vec<u8>>, CommandError> {
+    /// Applies an update to the document and returns what it changed. yrs must not take the
+    /// server down on a hostile update: a panic is caught and the room marked poisoned, so it
+    /// retires and the document reloads.
+    ///
+    /// Blocks whose dependencies the document lacks stay in yrs' pending set, in memory only,
+    /// until the gap is filled. With one durable server an honest client rarely causes any
+    /// (everything it received was durable before it was relayed), so the set is bounded by
+    /// `--max-pending-bytes`: an update that would take it past the bound has its pending part
+    /// dropped again (the set is put back as it was) and its sender is refused. Nothing is
+    /// lost: the server's state vector never covered the dropped blocks, so the client resends
+    /// them when it reconnects and resyncs.
+    fn integrate(&mut self, update: Update) -> Result<Integrated, CommandError> {
         let started = Instant::now();
+        let max_pending = self.shared.config.max_pending_bytes as u64;
+        let had_pending = self.yrs_pending_bytes > 0;
         let doc = &self.doc;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = doc.transact_mut();
-            txn.apply_update(update)?;
-            Ok::<_, yrs::error::UpdateError>(txn.has_changes().then(|| txn.encode_update_v1()))
+            // Only encoded when something is pending already (rare), to be put back on refusal.
+            let before = if had_pending {
+                encode_pending(&txn)
+            } else {
+                Vec::new()
+            };
+            txn.apply_update(update).map_err(|e| e.to_string())?;
+            let mut pending = encode_pending(&txn);
+            let mut pending_refused = false;
+            if pending.iter().map(|p| p.len() as u64).sum::<u64>() > max_pending {
+                pending_refused = true;
+                txn.prune_pending();
+                for bytes in &before {
+                    let earlier = Update::decode_v1(bytes).map_err(|e| e.to_string())?;
+                    txn.apply_update(earlier).map_err(|e| e.to_string())?;
+                }
+                pending = encode_pending(&txn);
+            }
+            let pending_bytes: u64 = pending.iter().map(|p| p.len() as u64).sum();
+            let changed = txn.has_changes().then(|| txn.encode_update_v1());
+            Ok::<_, String>((
+                Integrated {
+                    changed,
+                    pending_refused,
+                },
+                pending_bytes,
+            ))
         }));
         self.shared
             .metrics
             .update_apply_seconds
             .observe(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(Ok(changed)) => Ok(changed),
-            Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
+            Ok(Ok((integrated, pending_bytes))) => {
+                self.set_yrs_pending_bytes(pending_bytes);
+                Ok(integrated)
+            }
+            Ok(Err(e)) => Err(CommandError::Invalid(e)),
             Err(_) => {
                 self.poisoned = true;
                 Err(CommandError::Unavailable("update made yrs panic".into()))
             }
         }
+    }
+
+    /// Records the document's pending size, keeping the process-wide gauge in step.
+    fn set_yrs_pending_bytes(&mut self, bytes: u64) {
+        let delta = i64::try_from(bytes).unwrap_or(i64::MAX)
+            - i64::try_from(self.yrs_pending_bytes).unwrap_or(i64::MAX);
+        self.shared.metrics.pending_bytes.inc_by(delta);
+        self.yrs_pending_bytes = bytes;
     }
 
     /// Logs an applied change and relays it: at once with memory storage, otherwise when
