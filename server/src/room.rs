@@ -22,13 +22,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{Instrument, debug, error, info_span, warn};
-use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update, WriteTxn};
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use crate::close;
 use crate::config::ReadOnlyAwareness;
 use crate::peer::{CloseReason, Peer};
+use crate::pending::{self, Integrated};
 use crate::presence::{Change, ConnId, Presence};
 use crate::protocol::{self, Inbound};
 use crate::registry::{JoinError, Registry};
@@ -326,33 +326,6 @@ fn adds_anything(doc: &Doc, update: &Update) -> bool {
     inserts || !deletes.is_empty() && !deletes.diff(&txn.snapshot().delete_set).is_empty()
 }
 
-/// The updates yrs holds as pending in `txn`'s document, encoded (v1): the blocks still
-/// missing dependencies, and the deletions of items not yet known. Empty when none.
-fn encode_pending<T: ReadTxn>(txn: &T) -> Vec<Vec<u8>> {
-    let store = txn.store();
-    let mut parts = Vec::new();
-    if let Some(pending) = store.pending_update() {
-        parts.push(pending.update.encode_v1());
-    }
-    if let Some(ds) = store.pending_ds() {
-        // An update with no structs (a zero count) and this delete set.
-        let mut bytes = vec![0];
-        bytes.extend_from_slice(&ds.encode_v1());
-        parts.push(bytes);
-    }
-    parts
-}
-
-/// What applying one update did.
-struct Integrated {
-    /// The change it made, encoded as one update; `None`: nothing new.
-    changed: Option<Vec<u8>>,
-    /// Its missing-dependency part would have taken the document past
-    /// `--max-pending-bytes`; that part was dropped (anything it made integrable is in
-    /// `changed`) and the sender must be refused.
-    pending_refused: bool,
-}
-
 /// Applies stored updates into `doc` in one transaction; errors and panics become an error.
 fn apply_stored<'a>(doc: &Doc, updates: impl Iterator<Item = &'a [u8]>) -> Result<(), String> {
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -557,10 +530,12 @@ impl Room {
                         Ok(Integrated {
                             changed,
                             pending_refused: false,
+                            ..
                         }) => Ok(self.accept_admin(author, changed)),
                         Ok(Integrated {
                             changed,
                             pending_refused: true,
+                            ..
                         }) => {
                             // What did integrate is kept (and logged) like any change.
                             self.accept_admin(author, changed);
@@ -761,62 +736,28 @@ impl Room {
         }
     }
 
-    /// Applies an update to the document and returns what it changed. yrs must not take the
+    /// Applies an update to the document and returns what it changed, keeping yrs' pending
+    /// set within `--max-pending-bytes` (see [`pending::integrate`]). yrs must not take the
     /// server down on a hostile update: a panic is caught and the room marked poisoned, so it
     /// retires and the document reloads.
-    ///
-    /// Blocks whose dependencies the document lacks stay in yrs' pending set, in memory only,
-    /// until the gap is filled. With one durable server an honest client rarely causes any
-    /// (everything it received was durable before it was relayed), so the set is bounded by
-    /// `--max-pending-bytes`: an update that would take it past the bound has its pending part
-    /// dropped again (the set is put back as it was) and its sender is refused. Nothing is
-    /// lost: the server's state vector never covered the dropped blocks, so the client resends
-    /// them when it reconnects and resyncs.
     fn integrate(&mut self, update: Update) -> Result<Integrated, CommandError> {
         let started = Instant::now();
         let max_pending = self.shared.config.max_pending_bytes as u64;
-        let had_pending = self.yrs_pending_bytes > 0;
+        let pending_before = self.yrs_pending_bytes;
         let doc = &self.doc;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let mut txn = doc.transact_mut();
-            // Only encoded when something is pending already (rare), to be put back on refusal.
-            let before = if had_pending {
-                encode_pending(&txn)
-            } else {
-                Vec::new()
-            };
-            txn.apply_update(update).map_err(|e| e.to_string())?;
-            let mut pending = encode_pending(&txn);
-            let mut pending_refused = false;
-            if pending.iter().map(|p| p.len() as u64).sum::<u64>() > max_pending {
-                pending_refused = true;
-                txn.prune_pending();
-                for bytes in &before {
-                    let earlier = Update::decode_v1(bytes).map_err(|e| e.to_string())?;
-                    txn.apply_update(earlier).map_err(|e| e.to_string())?;
-                }
-                pending = encode_pending(&txn);
-            }
-            let pending_bytes: u64 = pending.iter().map(|p| p.len() as u64).sum();
-            let changed = txn.has_changes().then(|| txn.encode_update_v1());
-            Ok::<_, String>((
-                Integrated {
-                    changed,
-                    pending_refused,
-                },
-                pending_bytes,
-            ))
+            pending::integrate(doc, update, pending_before, max_pending)
         }));
         self.shared
             .metrics
             .update_apply_seconds
             .observe(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(Ok((integrated, pending_bytes))) => {
-                self.set_yrs_pending_bytes(pending_bytes);
+            Ok(Ok(integrated)) => {
+                self.set_yrs_pending_bytes(integrated.pending_bytes);
                 Ok(integrated)
             }
-            Ok(Err(e)) => Err(CommandError::Invalid(e)),
+            Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
             Err(_) => {
                 self.poisoned = true;
                 Err(CommandError::Unavailable("update made yrs panic".into()))

@@ -9,8 +9,8 @@
 //!
 //! The walk follows yrs 0.28's decoder (`Update::decode`, `ItemContent::decode`,
 //! `Any::decode`, `IdSet::decode`) byte for byte, so both see the same structs. Where yrs and
-//! Yjs disagree on framing (yrs reads `len + 1` strings for JSON content and no name for
-//! XmlHook) the walk follows yrs or refuses the construct. It is stricter than yrs where that
+//! Yjs disagree on framing (legacy JSON content, of which yrs reads one string more than it
+//! writes; XmlHook, whose name yrs does not read) the walk refuses the construct. It is stricter than yrs where that
 //! costs legitimate clients nothing (counts above `u32`, unknown type refs, trailing bytes),
 //! never looser: whatever it accepts, yrs frames the same way.
 //!
@@ -175,17 +175,10 @@ fn check_struct(r: &mut Reader<'_>, max_depth: usize) -> Result<(), CheckError> 
         CONTENT_DELETED => {
             var_u32(r)?;
         }
-        CONTENT_JSON => {
-            let len = var_u32(r)?;
-            if i32::try_from(len).is_err() {
-                return Err(malformed(r, "JSON content count above 2^31"));
-            }
-            // yrs 0.28 reads `len + 1` strings here (its loop runs while `remaining >= 0`);
-            // walking the same number keeps the two framings identical.
-            for _ in 0..=len {
-                check_json(var_string(r)?, max_depth)?;
-            }
-        }
+        // Legacy JSON content (Yjs has written Any content instead since v13). yrs 0.28 cannot
+        // round-trip it: it decodes `count + 1` strings but encodes `count`, so a document
+        // holding it could never be loaded again once stored. Refused.
+        CONTENT_JSON => return Err(malformed(r, "legacy JSON content is not supported")),
         CONTENT_BINARY | CONTENT_STRING => {
             var_string(r)?;
         }
