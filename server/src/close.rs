@@ -11,8 +11,8 @@ pub const PROTOCOL_ERROR: u16 = 1002;
 pub const UNSUPPORTED_DATA: u16 = 1003;
 /// Well-framed but invalid payload: not a Yjs update, invalid awareness JSON, bad UTF-8.
 pub const INVALID_PAYLOAD: u16 = 1007;
-/// Policy violation: too many messages in one frame, awareness limits, pending-update limit,
-/// writing another connection's client id. y-websocket reconnects and resyncs.
+/// Policy violation: too many messages in one frame, awareness limits, the pending-update
+/// limit, writing another connection's client id. y-websocket reconnects and resyncs.
 pub const POLICY_VIOLATION: u16 = 1008;
 /// A frame or message above the configured size limit.
 pub const MESSAGE_TOO_BIG: u16 = 1009;

@@ -114,6 +114,25 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// Parses `--max-messages-per-frame`: at least 1.
+fn messages_per_frame(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "invalid count {s:?}: expected a whole number of at least 1"
+        )),
+    }
+}
+
+/// Parses `--max-nesting-depth`: 1 to [`crate::update_check::MAX_NESTING_DEPTH_CAP`].
+fn nesting_depth(s: &str) -> Result<usize, String> {
+    let cap = crate::update_check::MAX_NESTING_DEPTH_CAP;
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=cap).contains(&n) => Ok(n),
+        _ => Err(format!("invalid depth {s:?}: expected 1 to {cap}")),
+    }
+}
+
 /// The `tandem` command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -200,6 +219,20 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_MESSAGE_SIZE", default_value = "16MiB", value_parser = size)]
     pub max_message_size: usize,
 
+    /// Most messages one WebSocket frame may carry; a frame with more closes the connection
+    /// with 1008. y-websocket 3 sends one message per frame, older clients a handful. Checked
+    /// while decoding, so a frame of millions of tiny messages is refused before it costs
+    /// memory.
+    #[arg(long, env = "TANDEM_MAX_MESSAGES_PER_FRAME", default_value_t = 64, value_parser = messages_per_frame)]
+    pub max_messages_per_frame: usize,
+
+    /// Deepest nesting of values (arrays and objects inside embedded data, JSON in formatting
+    /// attributes and embeds) an update may hold; deeper updates close the connection with
+    /// 1007 (admin import: 400). Yjs type nesting (nested lists, XML elements) does not count.
+    /// At most 1024: thousands of levels crash JavaScript clients.
+    #[arg(long, env = "TANDEM_MAX_NESTING_DEPTH", default_value_t = 128, value_parser = nesting_depth)]
+    pub max_nesting_depth: usize,
+
     /// Frames that may wait in one connection's outgoing queue before the connection is
     /// closed with 4001 (slow consumer) so its client reconnects and resyncs.
     #[arg(long, env = "TANDEM_OUTBOX_FRAMES", default_value_t = 4096)]
@@ -279,6 +312,13 @@ pub struct Config {
     /// edits, which it resends when it reconnects.
     #[arg(long, env = "TANDEM_MAX_BACKLOG_BYTES", default_value = "256MiB", value_parser = size)]
     pub max_backlog_bytes: usize,
+
+    /// Memory bound on one document's pending updates: updates that arrived before the
+    /// updates they build on, which yrs holds (in memory only) until the gap is filled. An
+    /// update that would take the document past it closes its sender with 1008 and is not
+    /// kept; the client resends it when it reconnects and resyncs.
+    #[arg(long, env = "TANDEM_MAX_PENDING_BYTES", default_value = "1MiB", value_parser = size)]
+    pub max_pending_bytes: usize,
 
     /// `open`: anyone may read and write every document (development default; a warning is
     /// logged). `token`: every connection needs a JWT granting the document.
@@ -436,6 +476,26 @@ mod tests {
                 .to_string();
             assert!(err.contains("origin"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn frame_limit_defaults_match_the_flags() {
+        let c = Config::default();
+        assert_eq!(
+            crate::protocol::FrameLimits::from_config(&c),
+            crate::protocol::FrameLimits::DEFAULT
+        );
+        assert_eq!(c.max_pending_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn limit_flags_are_checked() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["tandem"], args].concat());
+        assert!(parse(&["--max-nesting-depth", "0"]).is_err());
+        assert!(parse(&["--max-nesting-depth", "1025"]).is_err());
+        assert!(parse(&["--max-nesting-depth", "1024"]).is_ok());
+        assert!(parse(&["--max-messages-per-frame", "0"]).is_err());
+        assert!(parse(&["--max-pending-bytes", "4MiB"]).is_ok());
     }
 
     #[test]

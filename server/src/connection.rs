@@ -308,6 +308,7 @@ async fn drive<S>(
 {
     let metrics = &shared.metrics;
     let config = &shared.config;
+    let limits = protocol::FrameLimits::from_config(config);
     let now = Instant::now();
     let mut deadlines = Deadlines {
         liveness: now + config.ping_timeout,
@@ -399,7 +400,7 @@ async fn drive<S>(
             Event::Inbound(frame) => {
                 let now = Instant::now();
                 deadlines.liveness = now + config.ping_timeout;
-                let (msg, pause) = match inbound(frame, peer, metrics, &mut rate, now) {
+                let (msg, pause) = match inbound(frame, peer, metrics, &limits, &mut rate, now) {
                     Inbound::Close => return,
                     Inbound::Control => continue,
                     Inbound::Room(msg, pause) => (msg, pause),
@@ -507,13 +508,14 @@ fn inbound(
     frame: Option<Result<Message, axum::Error>>,
     peer: &Peer,
     metrics: &crate::metrics::Metrics,
+    limits: &protocol::FrameLimits,
     rate: &mut RateLimiter,
     now: Instant,
 ) -> Inbound {
     let reason = match frame {
         Some(Ok(Message::Binary(data))) => {
             metrics.bytes_in.inc_by(data.len() as u64);
-            match protocol::decode_frame(&data) {
+            match protocol::decode_frame_with(&data, limits) {
                 Ok(msgs) => {
                     metrics.messages_in.inc_by(msgs.len() as u64);
                     let count = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
@@ -535,7 +537,7 @@ fn inbound(
                     debug!(error = %e, "bad frame");
                     CloseReason {
                         code: e.close_code(),
-                        reason: e.label(),
+                        reason: e.reason(),
                         label: e.label(),
                     }
                 }

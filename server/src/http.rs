@@ -230,6 +230,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
             "last_error": backlog.last_error,
         },
         "documents_open": state.registry.len(),
+        "pending_bytes": shared.metrics.pending_bytes.get(),
     });
     (code, axum::Json(body)).into_response()
 }

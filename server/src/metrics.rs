@@ -64,6 +64,13 @@ pub struct Metrics {
     pub storage_degraded: Gauge,
     /// Admin API requests answered with an error, by HTTP status (`status="400"`, ...).
     pub admin_refused: Family<ReasonLabels, Counter>,
+    /// Updates refused after framing, by reason: `pending_too_large` (by a room) and the
+    /// admin import's `nesting_too_deep` / `invalid_update`. A refusal that closes a
+    /// WebSocket is also counted in `connections_closed` under the same label.
+    pub updates_refused: Family<ReasonLabels, Counter>,
+    /// Bytes of pending updates (waiting for missing dependencies, memory only) held by all
+    /// open documents, as last measured by each room.
+    pub pending_bytes: Gauge,
 }
 
 impl Metrics {
@@ -196,9 +203,23 @@ impl Metrics {
             "Admin API requests answered with an error, by HTTP status",
             admin_refused.clone(),
         );
+        let updates_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "updates_refused",
+            "Updates refused, by reason (pending_too_large, nesting_too_deep, invalid_update)",
+            updates_refused.clone(),
+        );
+        let pending_bytes = Gauge::default();
+        registry.register(
+            "pending_bytes",
+            "Bytes of updates held in memory waiting for missing dependencies, all documents",
+            pending_bytes.clone(),
+        );
         Metrics {
             registry,
             admin_refused,
+            updates_refused,
+            pending_bytes,
             upgrades_refused,
             readonly_updates_refused,
             storage_backlog_updates,
@@ -254,6 +275,13 @@ impl Metrics {
     /// Counts one refused upgrade under `reason`.
     pub fn refused(&self, reason: &'static str) {
         self.upgrades_refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// Counts one refused update under `reason`.
+    pub fn update_refused(&self, reason: &'static str) {
+        self.updates_refused
             .get_or_create(&vec![("reason", reason)])
             .inc();
     }

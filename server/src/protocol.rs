@@ -117,6 +117,13 @@ pub enum ProtocolError {
     /// A frame with no message at all.
     #[error("empty frame")]
     Empty,
+    /// An update holding values nested deeper than `--max-nesting-depth` (the payload is the
+    /// limit). Such updates crash yrs' recursive decoder or every JavaScript client.
+    #[error("update nested deeper than {0} levels")]
+    NestingTooDeep(usize),
+    /// More messages in one frame than `--max-messages-per-frame` (the payload is the limit).
+    #[error("more than {0} messages in one frame")]
+    TooManyMessages(usize),
 }
 
 impl ProtocolError {
@@ -127,9 +134,10 @@ impl ProtocolError {
             ProtocolError::UnknownMessageType(_) | ProtocolError::UnknownSyncType(_) => {
                 crate::close::UNSUPPORTED_DATA
             }
-            ProtocolError::InvalidUpdate(_) | ProtocolError::InvalidAwareness(_) => {
-                crate::close::INVALID_PAYLOAD
-            }
+            ProtocolError::InvalidUpdate(_)
+            | ProtocolError::InvalidAwareness(_)
+            | ProtocolError::NestingTooDeep(_) => crate::close::INVALID_PAYLOAD,
+            ProtocolError::TooManyMessages(_) => crate::close::POLICY_VIOLATION,
             ProtocolError::Truncated(_) | ProtocolError::BadVarint(_) | ProtocolError::Empty => {
                 crate::close::PROTOCOL_ERROR
             }
@@ -146,27 +154,70 @@ impl ProtocolError {
             ProtocolError::InvalidUpdate(_) => "invalid_update",
             ProtocolError::InvalidAwareness(_) => "invalid_awareness",
             ProtocolError::Empty => "empty_frame",
+            ProtocolError::NestingTooDeep(_) => "nesting_too_deep",
+            ProtocolError::TooManyMessages(_) => "too_many_messages",
+        }
+    }
+
+    /// The close frame's reason text: the label, or for a limit, which option set it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProtocolError::NestingTooDeep(_) => "update nested too deep (--max-nesting-depth)",
+            ProtocolError::TooManyMessages(_) => {
+                "too many messages in one frame (--max-messages-per-frame)"
+            }
+            other => other.label(),
         }
     }
 }
 
-/// A cursor over a lib0-encoded buffer that reports where it failed.
-struct Reader<'a> {
+/// A cursor over a lib0-encoded buffer that reports where it failed. Shared with
+/// [`crate::update_check`], which walks update payloads with it.
+pub(crate) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
+    /// Bytes not read yet.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    /// Where the next read starts.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// One raw byte.
+    pub(crate) fn u8(&mut self) -> Result<u8, ProtocolError> {
+        let byte = *self
+            .buf
+            .get(self.pos)
+            .ok_or(ProtocolError::Truncated(self.pos))?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    /// Skips `n` raw bytes.
+    pub(crate) fn skip(&mut self, n: usize) -> Result<(), ProtocolError> {
+        if n > self.remaining() {
+            return Err(ProtocolError::Truncated(self.pos));
+        }
+        self.pos += n;
+        Ok(())
+    }
+
     /// lib0 varUint: 7 bits per byte, low group first, high bit = more follows.
-    fn var_uint(&mut self) -> Result<u64, ProtocolError> {
+    pub(crate) fn var_uint(&mut self) -> Result<u64, ProtocolError> {
         let start = self.pos;
         let mut value: u64 = 0;
         let mut shift = 0u32;
@@ -187,7 +238,7 @@ impl<'a> Reader<'a> {
     }
 
     /// lib0 varUint8Array: varUint length, then that many bytes.
-    fn var_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
+    pub(crate) fn var_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
         let start = self.pos;
         let len = self.var_uint()?;
         let remaining = self.buf.len() - self.pos;
@@ -201,31 +252,80 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Limits applied while a frame is decoded (from `--max-messages-per-frame` and
+/// `--max-nesting-depth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Most messages one frame may carry.
+    pub max_messages: usize,
+    /// Deepest nesting of values inside an update.
+    pub max_nesting_depth: usize,
+}
+
+impl FrameLimits {
+    /// The limits a server with `config` applies.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        FrameLimits {
+            max_messages: config.max_messages_per_frame,
+            max_nesting_depth: config.max_nesting_depth,
+        }
+    }
+}
+
+impl FrameLimits {
+    /// The binary's defaults (a test in `config` keeps them equal to the flags' defaults).
+    pub const DEFAULT: FrameLimits = FrameLimits {
+        max_messages: 64,
+        max_nesting_depth: 128,
+    };
+}
+
+impl Default for FrameLimits {
+    fn default() -> Self {
+        FrameLimits::DEFAULT
+    }
+}
+
+/// [`decode_frame_with`] under the default limits.
+pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
+    decode_frame_with(frame, &FrameLimits::DEFAULT)
+}
+
 /// Decodes every message in one binary frame. A frame may carry several messages back to
 /// back (older clients and some providers batch them); all must be valid or none is used.
-pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
+/// Decoding stops at the first message past `limits.max_messages`, so a frame of millions of
+/// one-byte messages costs nothing before it is refused.
+pub fn decode_frame_with(
+    frame: &[u8],
+    limits: &FrameLimits,
+) -> Result<Vec<Inbound>, ProtocolError> {
     let mut reader = Reader::new(frame);
     if reader.is_empty() {
         return Err(ProtocolError::Empty);
     }
     let mut out = Vec::with_capacity(1);
     while !reader.is_empty() {
-        out.push(decode_message(&mut reader)?);
+        if out.len() >= limits.max_messages {
+            return Err(ProtocolError::TooManyMessages(limits.max_messages));
+        }
+        out.push(decode_message(&mut reader, limits)?);
     }
     Ok(out)
 }
 
-fn decode_message(reader: &mut Reader<'_>) -> Result<Inbound, ProtocolError> {
+fn decode_message(reader: &mut Reader<'_>, limits: &FrameLimits) -> Result<Inbound, ProtocolError> {
     match reader.var_uint()? {
         MSG_SYNC => match reader.var_uint()? {
             SYNC_STEP1 => {
                 let payload = reader.var_bytes()?;
-                let sv = guarded(|| StateVector::decode_v1(payload))?;
-                Ok(Inbound::SyncStep1(sv))
+                Ok(Inbound::SyncStep1(decode_state_vector(payload)?))
             }
             SYNC_STEP2 | SYNC_UPDATE => {
                 let payload = reader.var_bytes()?;
-                Ok(Inbound::Update(decode_update(payload)?))
+                Ok(Inbound::Update(decode_update(
+                    payload,
+                    limits.max_nesting_depth,
+                )?))
             }
             other => Err(ProtocolError::UnknownSyncType(other)),
         },
@@ -238,10 +338,45 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Inbound, ProtocolError> {
     }
 }
 
-/// Decodes a Yjs v1 update, turning both errors and panics inside yrs into an error: the
-/// bytes are untrusted and yrs has debug assertions on some decoded values.
-pub fn decode_update(payload: &[u8]) -> Result<Update, ProtocolError> {
+/// Decodes a Yjs v1 update from outside (a client or the admin API). The bytes are first
+/// walked without recursion ([`crate::update_check`]) and refused if any value nests deeper
+/// than `max_depth`; yrs' own recursive decoder never sees them otherwise. Errors and panics
+/// inside yrs become an error too: yrs has debug assertions on some decoded values.
+pub fn decode_update(payload: &[u8], max_depth: usize) -> Result<Update, ProtocolError> {
+    check_update(payload, max_depth)?;
     guarded(|| Update::decode_v1(payload))
+}
+
+/// The walk of [`decode_update`] alone, for paths that hand the bytes to yrs another way.
+pub fn check_update(payload: &[u8], max_depth: usize) -> Result<(), ProtocolError> {
+    use crate::update_check::{CheckError, check_update_v1};
+    check_update_v1(payload, max_depth).map_err(|e| match e {
+        CheckError::TooDeep { limit } => ProtocolError::NestingTooDeep(limit),
+        malformed @ CheckError::Malformed { .. } => {
+            ProtocolError::InvalidUpdate(malformed.to_string())
+        }
+    })
+}
+
+/// Decodes an update read back from our own storage. Everything stored passed
+/// [`decode_update`] when it arrived (or predates the nesting limit and was decoded then), so
+/// it is not walked again: a document stored before a lower limit must stay loadable.
+pub fn decode_stored_update(payload: &[u8]) -> Result<Update, ProtocolError> {
+    guarded(|| Update::decode_v1(payload))
+}
+
+/// Decodes a state vector. Its announced entry count is checked against the payload first
+/// (each entry takes at least two bytes), because yrs reserves room for that many entries
+/// before reading them.
+fn decode_state_vector(payload: &[u8]) -> Result<StateVector, ProtocolError> {
+    let mut reader = Reader::new(payload);
+    let count = reader.var_uint()?;
+    if count > (reader.remaining() / 2) as u64 {
+        return Err(ProtocolError::InvalidUpdate(
+            "state vector announces more entries than it holds".into(),
+        ));
+    }
+    guarded(|| StateVector::decode_v1(payload))
 }
 
 fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T, ProtocolError> {
@@ -501,6 +636,57 @@ mod tests {
             }
             let _ = decode_frame(&frame);
         }
+    }
+
+    #[test]
+    fn messages_per_frame_are_capped_while_decoding() {
+        let limits = FrameLimits {
+            max_messages: 64,
+            max_nesting_depth: 128,
+        };
+        assert_eq!(
+            decode_frame_with(&[3; 64], &limits).map(|m| m.len()),
+            Ok(64)
+        );
+        let err = decode_frame_with(&[3; 65], &limits).err();
+        assert_eq!(err, Some(ProtocolError::TooManyMessages(64)));
+        assert_eq!(
+            err.map(|e| e.close_code()),
+            Some(crate::close::POLICY_VIOLATION)
+        );
+        // 16 MiB of query-awareness: refused at message 65 (quickly, holding 64).
+        let huge = vec![3u8; 16 << 20];
+        assert_eq!(
+            decode_frame_with(&huge, &limits).err(),
+            Some(ProtocolError::TooManyMessages(64))
+        );
+    }
+
+    #[test]
+    fn deep_updates_are_refused_with_1007() {
+        // One Any struct under root "a" holding 8,000 nested arrays.
+        let mut update = vec![1, 1, 7, 0, 8, 1, 1, b'a', 1];
+        for _ in 0..8_000 {
+            update.extend_from_slice(&[117, 1]);
+        }
+        update.extend_from_slice(&[126, 0]);
+        let err = decode_frame(&encode_update(&update)).err();
+        assert_eq!(err, Some(ProtocolError::NestingTooDeep(128)));
+        assert_eq!(err.map(|e| e.close_code()), Some(close_code_invalid()));
+    }
+
+    fn close_code_invalid() -> u16 {
+        crate::close::INVALID_PAYLOAD
+    }
+
+    #[test]
+    fn lying_state_vector_counts_are_refused() {
+        // Announces 2^31 entries in a 6-byte payload.
+        let frame = [0, 0, 6, 0x80, 0x80, 0x80, 0x80, 0x08, 0];
+        assert!(matches!(
+            decode_frame(&frame),
+            Err(ProtocolError::InvalidUpdate(_))
+        ));
     }
 
     #[test]

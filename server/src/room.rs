@@ -28,6 +28,7 @@ use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 use crate::close;
 use crate::config::ReadOnlyAwareness;
 use crate::peer::{CloseReason, Peer};
+use crate::pending::{self, Integrated};
 use crate::presence::{Change, ConnId, Limits, Presence};
 use crate::protocol::{self, Inbound};
 use crate::registry::{JoinError, Registry};
@@ -67,6 +68,11 @@ const FOREIGN_CLIENT_ID: CloseReason = CloseReason {
     code: close::POLICY_VIOLATION,
     reason: "update writes a client id owned by another connection; reconnect to resync",
     label: "foreign_client_id",
+};
+const PENDING_TOO_LARGE: CloseReason = CloseReason {
+    code: close::POLICY_VIOLATION,
+    reason: "too many updates with missing dependencies (--max-pending-bytes); reconnect to resync",
+    label: "pending_too_large",
 };
 const DISCONNECTED: CloseReason = CloseReason {
     code: close::DISCONNECTED,
@@ -289,6 +295,9 @@ struct Room {
     pending: VecDeque<(i64, Release)>,
     durable: Option<Durable>,
     poisoned: bool,
+    /// Encoded size of the updates yrs holds as pending (they arrived before updates they
+    /// depend on), as measured after the last apply; bounded by `--max-pending-bytes`.
+    yrs_pending_bytes: u64,
     /// Set by [`Command::Delete`]: the room stops, and answers once changes are durable.
     deleting: Option<(usize, oneshot::Sender<Result<usize, CommandError>>)>,
 }
@@ -319,6 +328,7 @@ pub fn spawn(
         pending: VecDeque::new(),
         durable: None,
         poisoned: false,
+        yrs_pending_bytes: 0,
         deleting: None,
         shared: shared.clone(),
     };
@@ -357,7 +367,7 @@ fn apply_stored<'a>(doc: &Doc, updates: impl Iterator<Item = &'a [u8]>) -> Resul
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let mut txn = doc.transact_mut();
         for bytes in updates {
-            let update = protocol::decode_update(bytes).map_err(|e| e.to_string())?;
+            let update = protocol::decode_stored_update(bytes).map_err(|e| e.to_string())?;
             txn.apply_update(update).map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -472,6 +482,9 @@ impl Room {
             }
         }
         self.retire(exit, &mut rx, watermark).await;
+        // Pending updates are memory only and leave with the room (their senders resend them
+        // on their next sync).
+        self.set_yrs_pending_bytes(0);
         metrics.documents_open.dec();
     }
 
@@ -554,9 +567,28 @@ impl Room {
                 author,
                 reply,
             } => {
-                let result = match protocol::decode_update(&update) {
+                let depth = self.shared.config.max_nesting_depth;
+                let result = match protocol::decode_update(&update, depth) {
                     Ok(update) => match self.integrate(update) {
-                        Ok(changed) => Ok(self.accept_admin(author, changed)),
+                        Ok(Integrated {
+                            changed,
+                            pending_refused: false,
+                            ..
+                        }) => Ok(self.accept_admin(author, changed)),
+                        Ok(Integrated {
+                            changed,
+                            pending_refused: true,
+                            ..
+                        }) => {
+                            // What did integrate is kept (and logged) like any change.
+                            self.accept_admin(author, changed);
+                            self.shared.metrics.update_refused(PENDING_TOO_LARGE.label);
+                            Err(CommandError::Invalid(
+                                "the update depends on changes the document does not have \
+                                 (pending beyond --max-pending-bytes)"
+                                    .into(),
+                            ))
+                        }
                         Err(e) => Err(e),
                     },
                     Err(e) => Err(CommandError::Invalid(format!("not a Yjs update: {e}"))),
@@ -746,13 +778,22 @@ impl Room {
             return;
         }
         match self.integrate(update) {
-            Ok(Some(changed)) => {
-                self.presence.wrote(conn, &ids, now);
-                self.shared.metrics.updates_applied.inc();
-                let author = self.peers.get(&conn).and_then(|p| p.user.clone());
-                self.accept(author, changed);
+            Ok(integrated) => {
+                if let Some(changed) = integrated.changed {
+                    self.presence.wrote(conn, &ids, now);
+                    self.shared.metrics.updates_applied.inc();
+                    let author = self.peers.get(&conn).and_then(|p| p.user.clone());
+                    self.accept(author, changed);
+                }
+                if integrated.pending_refused {
+                    warn!(
+                        conn,
+                        "pending updates past --max-pending-bytes; refusing sender"
+                    );
+                    self.shared.metrics.update_refused(PENDING_TOO_LARGE.label);
+                    self.kick(conn, PENDING_TOO_LARGE);
+                }
             }
-            Ok(None) => {}
             Err(e) => {
                 if self.poisoned {
                     error!(
@@ -767,29 +808,41 @@ impl Room {
         }
     }
 
-    /// Applies an update to the document and returns what it changed, encoded as one update
-    /// (`None`: nothing new). yrs must not take the server down on a hostile update: a panic
-    /// is caught and the room marked poisoned, so it retires and the document reloads.
-    fn integrate(&mut self, update: Update) -> Result<Option<Vec<u8>>, CommandError> {
+    /// Applies an update to the document and returns what it changed, keeping yrs' pending
+    /// set within `--max-pending-bytes` (see [`pending::integrate`]). yrs must not take the
+    /// server down on a hostile update: a panic is caught and the room marked poisoned, so it
+    /// retires and the document reloads.
+    fn integrate(&mut self, update: Update) -> Result<Integrated, CommandError> {
         let started = Instant::now();
+        let max_pending = self.shared.config.max_pending_bytes as u64;
+        let pending_before = self.yrs_pending_bytes;
         let doc = &self.doc;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let mut txn = doc.transact_mut();
-            txn.apply_update(update)?;
-            Ok::<_, yrs::error::UpdateError>(txn.has_changes().then(|| txn.encode_update_v1()))
+            pending::integrate(doc, update, pending_before, max_pending)
         }));
         self.shared
             .metrics
             .update_apply_seconds
             .observe(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(Ok(changed)) => Ok(changed),
+            Ok(Ok(integrated)) => {
+                self.set_yrs_pending_bytes(integrated.pending_bytes);
+                Ok(integrated)
+            }
             Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
             Err(_) => {
                 self.poisoned = true;
                 Err(CommandError::Unavailable("update made yrs panic".into()))
             }
         }
+    }
+
+    /// Records the document's pending size, keeping the process-wide gauge in step.
+    fn set_yrs_pending_bytes(&mut self, bytes: u64) {
+        let delta = i64::try_from(bytes).unwrap_or(i64::MAX)
+            - i64::try_from(self.yrs_pending_bytes).unwrap_or(i64::MAX);
+        self.shared.metrics.pending_bytes.inc_by(delta);
+        self.yrs_pending_bytes = bytes;
     }
 
     /// Logs an applied change and relays it: at once with memory storage, otherwise when

@@ -222,6 +222,13 @@ pub(super) async fn import(
         ));
     }
     let author = "admin:import".to_string();
+    // Walked before anything decodes it (for both modes): a deeply nested update would crash
+    // yrs' recursive decoder. Also keeps a garbage body from creating the document by
+    // loading it.
+    crate::protocol::check_update(&body, state.shared.config.max_nesting_depth).map_err(|e| {
+        state.shared.metrics.update_refused(e.label());
+        AdminError::BadRequest(format!("not a valid Yjs update: {e}"))
+    })?;
     let applied = if replace {
         let bytes = body.to_vec();
         let target = tokio::task::spawn_blocking(move || {
@@ -232,9 +239,12 @@ pub(super) async fn import(
         .map_err(|e| AdminError::BadRequest(format!("not a valid Yjs update: {e}")))?;
         replace_content(&state, &name, target, author).await?
     } else {
-        // Checked here too, so a garbage body does not create the document by loading it.
-        crate::protocol::decode_update(&body)
-            .map_err(|e| AdminError::BadRequest(format!("not a valid Yjs update: {e}")))?;
+        crate::protocol::decode_update(&body, state.shared.config.max_nesting_depth).map_err(
+            |e| {
+                state.shared.metrics.update_refused(e.label());
+                AdminError::BadRequest(format!("not a valid Yjs update: {e}"))
+            },
+        )?;
         let update = body.to_vec();
         state
             .registry

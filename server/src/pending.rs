@@ -1,0 +1,145 @@
+//! The bound on yrs' pending updates: blocks that arrived before the blocks they depend on.
+//!
+//! yrs keeps such blocks (and deletions of items it does not know yet) in its store, in
+//! memory only, until the gap is filled: they are not logged, not relayed and not in the
+//! storage backlog. With one durable server an honest client rarely causes any (everything it
+//! received was durable before it was relayed, and its own edits arrive in order over one
+//! socket); a small amount appears when an edit overtakes its predecessor across a reconnect.
+//! An attacker, though, can send endless updates that depend on nothing that exists, so the
+//! pending set of each document is bounded.
+
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, ReadTxn, Transact, Update, WriteTxn};
+
+/// What applying one update did.
+#[derive(Debug)]
+pub struct Integrated {
+    /// The change it made, encoded as one update; `None`: nothing new.
+    pub changed: Option<Vec<u8>>,
+    /// Its missing-dependency part would have taken the document past the bound; that part
+    /// was dropped (anything it made integrable is in `changed`) and the sender must be
+    /// refused.
+    pub pending_refused: bool,
+    /// Encoded size of what the document holds pending afterwards.
+    pub pending_bytes: u64,
+}
+
+/// The updates yrs holds as pending in `txn`'s document, encoded (v1): the blocks still
+/// missing dependencies, and the deletions of items not yet known. Empty when none.
+pub fn encode_pending<T: ReadTxn>(txn: &T) -> Vec<Vec<u8>> {
+    let store = txn.store();
+    let mut parts = Vec::new();
+    if let Some(pending) = store.pending_update() {
+        parts.push(pending.update.encode_v1());
+    }
+    if let Some(ds) = store.pending_ds() {
+        // An update with no structs (a zero count) and this delete set.
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(&ds.encode_v1());
+        parts.push(bytes);
+    }
+    parts
+}
+
+fn total(parts: &[Vec<u8>]) -> u64 {
+    parts.iter().map(|p| p.len() as u64).sum()
+}
+
+/// Applies `update` to `doc` in one transaction, keeping the pending set within
+/// `max_pending` encoded bytes. `pending_before` is what the previous call reported (0 means
+/// nothing is pending, which skips encoding the set).
+///
+/// An update that would take the set past the bound has its pending part dropped: the set
+/// is put back as it was before (earlier blocks it made integrable stay integrated, and are in
+/// `changed`). Nothing is lost: the server's state vector never covered the dropped blocks,
+/// so their author resends them when it reconnects and resyncs.
+///
+/// The caller guards against panics (yrs has assertions on decoded data).
+pub fn integrate(
+    doc: &Doc,
+    update: Update,
+    pending_before: u64,
+    max_pending: u64,
+) -> Result<Integrated, yrs::error::UpdateError> {
+    let mut txn = doc.transact_mut();
+    // Only encoded when something is pending already (rare), to be put back on refusal.
+    let before = if pending_before > 0 {
+        encode_pending(&txn)
+    } else {
+        Vec::new()
+    };
+    txn.apply_update(update)?;
+    let mut pending = encode_pending(&txn);
+    let pending_refused = total(&pending) > max_pending;
+    if pending_refused {
+        txn.prune_pending();
+        for bytes in &before {
+            // Our own encoding of blocks that were accepted once: it decodes.
+            if let Ok(earlier) = Update::decode_v1(bytes) {
+                txn.apply_update(earlier)?;
+            }
+        }
+        pending = encode_pending(&txn);
+    }
+    Ok(Integrated {
+        changed: txn.has_changes().then(|| txn.encode_update_v1()),
+        pending_refused,
+        pending_bytes: total(&pending),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{GetString, Text};
+
+    fn edits(n: usize, chunk: usize) -> Vec<Vec<u8>> {
+        let doc = Doc::with_client_id(77);
+        let text = doc.get_or_insert_text("t");
+        (0..n)
+            .map(|_| {
+                let mut txn = doc.transact_mut();
+                let len = text.len(&txn);
+                text.insert(&mut txn, len, &"x".repeat(chunk));
+                txn.encode_update_v1()
+            })
+            .collect()
+    }
+
+    fn apply(doc: &Doc, bytes: &[u8], before: u64, max: u64) -> Integrated {
+        integrate(doc, Update::decode_v1(bytes).unwrap(), before, max).unwrap()
+    }
+
+    #[test]
+    fn pending_is_measured_and_drains() {
+        let doc = Doc::new();
+        let e = edits(3, 10);
+        let r = apply(&doc, &e[2], 0, 1 << 20);
+        assert!(r.changed.is_none() && !r.pending_refused && r.pending_bytes > 0);
+        let r = apply(&doc, &e[1], r.pending_bytes, 1 << 20);
+        assert!(r.changed.is_none() && r.pending_bytes > 0);
+        let r = apply(&doc, &e[0], r.pending_bytes, 1 << 20);
+        assert!(r.changed.is_some());
+        assert_eq!(r.pending_bytes, 0);
+        let text = doc.get_or_insert_text("t");
+        assert_eq!(text.get_string(&doc.transact()).len(), 30);
+    }
+
+    #[test]
+    fn past_the_bound_the_new_part_is_dropped_and_the_old_kept() {
+        let doc = Doc::new();
+        let e = edits(4, 1000);
+        let first = apply(&doc, &e[2], 0, 1500);
+        assert!(!first.pending_refused);
+        let r = apply(&doc, &e[3], first.pending_bytes, 1500);
+        assert!(r.pending_refused);
+        assert_eq!(r.pending_bytes, first.pending_bytes);
+        // The gap filled: what was kept integrates, what was dropped is simply missing.
+        apply(&doc, &e[0], r.pending_bytes, 1500);
+        let r = apply(&doc, &e[1], r.pending_bytes, 1500);
+        assert_eq!(r.pending_bytes, 0);
+        let text = doc.get_or_insert_text("t");
+        assert_eq!(text.get_string(&doc.transact()).len(), 3000);
+    }
+}
