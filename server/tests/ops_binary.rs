@@ -246,7 +246,7 @@ async fn no_link_with_token_auth_or_on_a_non_loopback_address_and_it_says_why() 
 async fn json_logs_are_one_object_a_line_with_document_connection_and_close_reason() {
     let mut bin = Bin::start(&["--log-format", "json", "--log", "info,tandem=debug"]);
     let addr = bin.addr().await;
-    let mut client = Client::join(&format!("ws://{addr}/json%2Fdoc")).await;
+    let mut client = Client::join(&format!("ws://{addr}/json/doc")).await;
     client.close().await;
     bin.wait_line("close line", |l| l.contains("\"closed\"").then_some(()))
         .await;
