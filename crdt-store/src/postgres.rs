@@ -153,6 +153,7 @@ impl SqlStore<Pg> {
         Ok(())
     }
 
+    /// See [`Store::append`](crate::Store::append): one `INSERT ... SELECT FROM UNNEST`.
     pub(crate) async fn append(&self, rows: &[NewUpdate]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());

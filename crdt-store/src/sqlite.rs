@@ -133,6 +133,8 @@ impl SqlStore<Lite> {
         Ok(SqlStore { pool })
     }
 
+    /// See [`Store::append`](crate::Store::append): multi-row VALUES inserts, in one
+    /// transaction when the batch needs more than one statement.
     pub(crate) async fn append(&self, rows: &[NewUpdate]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
