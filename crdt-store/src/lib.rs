@@ -16,12 +16,12 @@
 
 #![warn(missing_docs)]
 
-mod common;
 mod error;
 mod model;
 mod postgres;
 mod queries;
 mod rows;
+mod sql_store;
 mod sqlite;
 mod writer;
 

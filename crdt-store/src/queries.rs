@@ -92,6 +92,37 @@ pub(crate) const LABEL: &str =
 /// Removes label `$2` of document `$1`.
 pub(crate) const DELETE_LABEL: &str = "DELETE FROM labels WHERE doc_id = $1 AND name = $2";
 
+/// The newest snapshot of document `$1` (what a load starts from).
+pub(crate) const NEWEST_SNAPSHOT: &str = "SELECT seq, state, state_vector, created_at \
+     FROM snapshots WHERE doc_id = $1 ORDER BY seq DESC LIMIT 1";
+
+/// The newest snapshot of document `$1` with seq <= `$2`.
+pub(crate) const SNAPSHOT_AT_OR_BEFORE: &str = "SELECT seq, state, state_vector, created_at \
+     FROM snapshots WHERE doc_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1";
+
+/// Document `$1`'s log after seq `$2`, with data, ascending (the rest of a load).
+pub(crate) const LOG_AFTER: &str = "SELECT seq, created_at, size, author, data FROM updates \
+     WHERE doc_id = $1 AND seq > $2 ORDER BY seq";
+
+/// Document `$1`'s log with seq in `($2, $3]`, with data, ascending.
+pub(crate) const LOG_RANGE: &str = "SELECT seq, created_at, size, author, data FROM updates \
+     WHERE doc_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq";
+
+/// Retention: document `$1`'s log rows created before `$2` that its newest snapshot covers.
+/// Without a snapshot the subquery is NULL and nothing matches.
+pub(crate) const PRUNE_LOG: &str = "DELETE FROM updates WHERE doc_id = $1 AND created_at < $2 \
+     AND seq <= (SELECT max(seq) FROM snapshots WHERE doc_id = $1)";
+
+/// Revocation of kind `$1` and value `$2` at `$3`, replacing an earlier one.
+pub(crate) const PUT_REVOCATION: &str = "INSERT INTO revocations (kind, value, revoked_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (kind, value) DO UPDATE SET revoked_at = excluded.revoked_at";
+
+/// Removes the revocation of kind `$1` and value `$2`.
+pub(crate) const DELETE_REVOCATION: &str = "DELETE FROM revocations WHERE kind = $1 AND value = $2";
+
+/// Every revocation.
+pub(crate) const REVOCATIONS: &str = "SELECT kind, value, revoked_at FROM revocations";
+
 /// Which way [`log_page_sql`] walks the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Direction {

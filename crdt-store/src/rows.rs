@@ -5,7 +5,9 @@
 use std::time::SystemTime;
 
 use crate::error::{StoreError, db_err};
-use crate::model::{DocumentInfo, Label, LogRow, Snapshot, SnapshotInfo};
+use crate::model::{
+    DocumentInfo, Label, LogRow, Revocation, RevocationKind, Snapshot, SnapshotInfo,
+};
 
 /// Typed column access, implemented by each backend's row type.
 pub(crate) trait StoredRow {
@@ -119,4 +121,16 @@ pub(crate) fn document_info(r: &impl StoredRow) -> Result<DocumentInfo, sqlx::Er
         latest_snapshot,
         labels: r.int("labels")?,
     })
+}
+
+/// `kind, value, revoked_at`; `None` for a kind this version does not know.
+pub(crate) fn revocation(r: &impl StoredRow) -> Result<Option<Revocation>, sqlx::Error> {
+    let Some(kind) = RevocationKind::parse(&r.text("kind")?) else {
+        return Ok(None);
+    };
+    Ok(Some(Revocation {
+        kind,
+        value: r.text("value")?,
+        revoked_at: r.time("revoked_at")?,
+    }))
 }

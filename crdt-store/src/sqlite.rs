@@ -7,39 +7,60 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime};
 
-use sqlx::Row;
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteQueryResult, SqliteRow,
     SqliteSynchronous,
 };
+use sqlx::{Row, Sqlite};
 
-use crate::common::Dialect;
-use crate::error::{StoreError, db_err, written_unless_deleted};
-use crate::model::{
-    DocumentInfo, Label, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind, Snapshot,
-    from_unix_millis, to_unix_millis,
-};
+use crate::error::{StoreError, db_err};
+use crate::model::{NewUpdate, from_unix_millis, to_unix_millis};
 use crate::queries;
-use crate::rows::{self, StoredRow, decode_all, decode_opt};
+use crate::rows::StoredRow;
+use crate::sql_store::{Dialect, SqlStore};
 use crate::{MIGRATE_SQLITE, StoreOptions};
 
-/// The dialect-specific parts of the methods shared with Postgres.
-const DIALECT: Dialect = Dialect {
+/// The SQLite dialect of the shared methods.
+#[derive(Debug)]
+pub(crate) enum Lite {}
+
+/// SQLite-backed store: a connection pool over one database file.
+pub(crate) type SqliteStore = SqlStore<Lite>;
+
+impl Dialect for Lite {
+    type Db = Sqlite;
+    type Time = i64;
+
     // SQLite's default (BINARY) collation already orders names bytewise.
-    name_bytewise: "d.name",
+    const NAME_BYTEWISE: &'static str = "d.name";
     // Writes are serialized: the check for a live document cannot race a delete.
-    put_label: "INSERT INTO labels (doc_id, seq, name, created_at) \
-                SELECT id, $2, $3, $4 FROM documents WHERE id = $1 AND deleted_at IS NULL \
-                ON CONFLICT (doc_id, name) DO NOTHING RETURNING name, seq, created_at",
+    const PUT_LABEL: &'static str = "INSERT INTO labels (doc_id, seq, name, created_at) \
+        SELECT id, $2, $3, $4 FROM documents WHERE id = $1 AND deleted_at IS NULL \
+        ON CONFLICT (doc_id, name) DO NOTHING RETURNING name, seq, created_at";
+    // Only for a live document (writes are serialized: no race with a delete).
+    const WRITE_SNAPSHOT: &'static str = "INSERT INTO snapshots (doc_id, seq, state, state_vector, created_at) \
+        SELECT id, $2, $3, $4, $5 FROM documents WHERE id = $1 AND deleted_at IS NULL \
+        ON CONFLICT (doc_id, seq) DO UPDATE SET state = excluded.state, \
+            state_vector = excluded.state_vector, created_at = excluded.created_at";
+    // A read transaction sees one WAL snapshot for both SELECTs.
+    const BEGIN_READ: &'static str = "BEGIN";
     // Takes the write lock up front (a deferred transaction could fail with SQLITE_BUSY
     // when upgrading from a read lock).
-    begin_write: "BEGIN IMMEDIATE",
-    lock_live_doc: queries::LIVE_DOC_ID,
-};
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    const LOCK_LIVE_DOC: &'static str = queries::LIVE_DOC_ID;
 
-/// How this backend stores a time.
-fn db_time(t: SystemTime) -> i64 {
-    to_unix_millis(t)
+    fn migrator() -> &'static Migrator {
+        &MIGRATE_SQLITE
+    }
+
+    fn time(t: SystemTime) -> i64 {
+        to_unix_millis(t)
+    }
+
+    fn rows_affected(done: &SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
 }
 
 /// How long a statement waits for another connection's write lock before
@@ -64,13 +85,7 @@ static INSERT_SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
         .collect()
 });
 
-/// SQLite-backed store: a connection pool over one database file.
-#[derive(Clone, Debug)]
-pub(crate) struct SqliteStore {
-    pool: SqlitePool,
-}
-
-impl SqliteStore {
+impl SqlStore<Lite> {
     /// Opens (creating if needed) the database file and its parent folders.
     /// `sqlite::memory:` gives a private in-memory database held by exactly one
     /// connection (an in-memory database dies with its last connection).
@@ -115,66 +130,11 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .map_err(db_err("open sqlite"))?;
-        Ok(SqliteStore { pool })
+        Ok(SqlStore { pool })
     }
 
-    pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATE_SQLITE
-            .run(&self.pool)
-            .await
-            .map_err(StoreError::from_migrate)
-    }
-
-    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("ping"))?;
-        Ok(())
-    }
-
-    pub(crate) async fn load(&self, name: &str) -> Result<LoadedDoc, StoreError> {
-        // Never creates the row: a document gets one with its first logged update.
-        let Some(doc_id) = self.existing_doc_id(name).await? else {
-            return Ok(LoadedDoc {
-                doc_id: None,
-                snapshot: None,
-                updates: Vec::new(),
-                last_seq: 0,
-            });
-        };
-        // A read transaction sees one WAL snapshot for both SELECTs.
-        let mut tx = self.pool.begin().await.map_err(db_err("load"))?;
-        let snapshot = sqlx::query(
-            "SELECT seq, state, state_vector, created_at FROM snapshots \
-             WHERE doc_id = ? ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(doc_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err("load"))?;
-        let snapshot = decode_opt(snapshot, "load", rows::snapshot)?;
-        let after = snapshot.as_ref().map_or(0, |s| s.seq);
-        let updates = sqlx::query(
-            "SELECT seq, created_at, size, author, data FROM updates \
-             WHERE doc_id = ? AND seq > ? ORDER BY seq",
-        )
-        .bind(doc_id)
-        .bind(after)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err("load"))?;
-        let updates = decode_all(&updates, "load", |r| rows::log_row(r, true))?;
-        tx.commit().await.map_err(db_err("load"))?;
-        let last_seq = updates.last().map_or(after, |u| u.seq.max(after));
-        Ok(LoadedDoc {
-            doc_id: Some(doc_id),
-            snapshot,
-            updates,
-            last_seq,
-        })
-    }
-
+    /// See [`Store::append`](crate::Store::append): multi-row VALUES inserts, in one
+    /// transaction when the batch needs more than one statement.
     pub(crate) async fn append(&self, rows: &[NewUpdate]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
@@ -211,139 +171,6 @@ impl SqliteStore {
         tx.commit().await.map_err(db_err("append"))?;
         Ok(())
     }
-
-    pub(crate) async fn write_snapshot(
-        &self,
-        doc_id: i64,
-        seq: i64,
-        state: &[u8],
-        state_vector: &[u8],
-    ) -> Result<(), StoreError> {
-        // Only for a live document (writes are serialized: no race with a delete).
-        let done = sqlx::query(
-            "INSERT INTO snapshots (doc_id, seq, state, state_vector, created_at) \
-             SELECT id, $2, $3, $4, $5 FROM documents WHERE id = $1 AND deleted_at IS NULL \
-             ON CONFLICT (doc_id, seq) DO UPDATE SET state = excluded.state, \
-                 state_vector = excluded.state_vector, created_at = excluded.created_at",
-        )
-        .bind(doc_id)
-        .bind(seq)
-        .bind(state)
-        .bind(state_vector)
-        .bind(to_unix_millis(SystemTime::now()))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("write_snapshot"))?;
-        written_unless_deleted(done.rows_affected(), doc_id)
-    }
-
-    pub(crate) async fn prune_log(
-        &self,
-        doc_id: i64,
-        before: SystemTime,
-    ) -> Result<u64, StoreError> {
-        // Without a snapshot the subquery is NULL and nothing matches.
-        let done = sqlx::query(
-            "DELETE FROM updates WHERE doc_id = ? AND created_at < ? \
-             AND seq <= (SELECT max(seq) FROM snapshots WHERE doc_id = ?)",
-        )
-        .bind(doc_id)
-        .bind(to_unix_millis(before))
-        .bind(doc_id)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("prune_log"))?;
-        Ok(done.rows_affected())
-    }
-
-    pub(crate) async fn put_revocation(
-        &self,
-        kind: RevocationKind,
-        value: &str,
-        at: SystemTime,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO revocations (kind, value, revoked_at) VALUES (?, ?, ?) \
-             ON CONFLICT (kind, value) DO UPDATE SET revoked_at = excluded.revoked_at",
-        )
-        .bind(kind.as_str())
-        .bind(value)
-        .bind(to_unix_millis(at))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("put_revocation"))?;
-        Ok(())
-    }
-
-    pub(crate) async fn delete_revocation(
-        &self,
-        kind: RevocationKind,
-        value: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM revocations WHERE kind = ? AND value = ?")
-            .bind(kind.as_str())
-            .bind(value)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("delete_revocation"))?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    pub(crate) async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT kind, value, revoked_at FROM revocations")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_err("revocations"))?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(kind, value, at)| {
-                Some(Revocation {
-                    kind: RevocationKind::parse(&kind)?,
-                    value,
-                    revoked_at: from_unix_millis(at),
-                })
-            })
-            .collect())
-    }
-
-    pub(crate) async fn log_range(
-        &self,
-        doc_id: i64,
-        from_seq: i64,
-        to_seq: i64,
-    ) -> Result<Vec<LogRow>, StoreError> {
-        let found = sqlx::query(
-            "SELECT seq, created_at, size, author, data FROM updates \
-             WHERE doc_id = ? AND seq > ? AND seq <= ? ORDER BY seq",
-        )
-        .bind(doc_id)
-        .bind(from_seq)
-        .bind(to_seq)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err("log_range"))?;
-        decode_all(&found, "log_range", |r| rows::log_row(r, true))
-    }
-
-    pub(crate) async fn snapshot_at_or_before(
-        &self,
-        doc_id: i64,
-        at_seq: i64,
-    ) -> Result<Option<Snapshot>, StoreError> {
-        let found = sqlx::query(
-            "SELECT seq, state, state_vector, created_at FROM snapshots \
-             WHERE doc_id = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(doc_id)
-        .bind(at_seq)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err("snapshot_at_or_before"))?;
-        decode_opt(found, "snapshot_at_or_before", rows::snapshot)
-    }
-
-    crate::common::shared_methods!();
 }
 
 /// Largest `k <= MAX_CHUNK_LOG2` with `2^k <= n` (n > 0).
@@ -390,7 +217,7 @@ fn bind_rows<'q>(
         q = q
             .bind(r.doc_id)
             .bind(r.seq)
-            .bind(to_unix_millis(r.created_at))
+            .bind(Lite::time(r.created_at))
             .bind(i64::try_from(r.data.len()).unwrap_or(i64::MAX))
             .bind(r.author.as_deref())
             .bind(&r.data[..]);
