@@ -23,6 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tracing::{debug, error, warn};
+use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
@@ -238,6 +239,18 @@ impl RoomCore {
         }
     }
 
+    /// Applies an update (v1) to `doc` in one transaction (an encoded state into an empty
+    /// copy, or a computed restore into the document); errors and panics become an error.
+    pub fn apply_state(doc: &Doc, state: &[u8]) -> Result<(), String> {
+        catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+            let update = Update::decode_v1(state).map_err(|e| e.to_string())?;
+            doc.transact_mut()
+                .apply_update(update)
+                .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|_| Err("copying the document made yrs panic".into()))
+    }
+
     /// Applies stored updates (snapshot, then log rows) in one transaction; `last_seq` is the
     /// sequence number they end at. Errors and panics become an error.
     pub fn load<'a>(
@@ -350,9 +363,7 @@ impl RoomCore {
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
         let expired = self.presence.expire(now);
         if !expired.is_empty() {
-            self.metrics
-                .awareness_expired
-                .inc_by(expired.len() as u64);
+            self.metrics.awareness_expired.inc_by(expired.len() as u64);
             self.broadcast_awareness(&expired);
         }
         self.take()
@@ -379,6 +390,36 @@ impl RoomCore {
                 Err(CommandError::Unavailable("restore failed".into()))
             }
             Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
+        };
+        (result, self.take())
+    }
+
+    /// The Yjs client id the document's own changes (restores) are written under: a copy made
+    /// to compute a restore elsewhere uses it, so its update continues this document's clocks.
+    pub fn client_id(&self) -> u64 {
+        self.doc.client_id().get()
+    }
+
+    /// Applies a restore computed elsewhere on a copy of this document taken at the current
+    /// [`RoomCore::seq`] (the driver checks that the document did not move since), then logs
+    /// and relays it like [`RoomCore::replace`]. `None` means the copy needed no change.
+    pub fn apply_restore(
+        &mut self,
+        update: Option<Vec<u8>>,
+        author: String,
+    ) -> (Result<Option<i64>, CommandError>, Vec<Effect>) {
+        let Some(bytes) = update else {
+            return (Ok(None), self.take());
+        };
+        let result = match Self::apply_state(&self.doc, &bytes) {
+            Ok(()) => Ok(self.accept_admin(author, Some(bytes))),
+            // The update was made from this very state, so it cannot fail; if it does, part of
+            // it may be applied with nothing logged: stop trusting the document.
+            Err(_) => {
+                error!("applying a computed restore failed; reloading the document");
+                self.poisoned = true;
+                Err(CommandError::Unavailable("restore failed".into()))
+            }
         };
         (result, self.take())
     }
@@ -666,5 +707,471 @@ impl RoomCore {
                 .map(|(id, clock, state)| (*id, *clock, state.as_deref())),
         );
         self.out.push(Effect::Broadcast(frame));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Table-driven tests of the room's rules: each case feeds inputs to a core and compares
+    //! the effects, summarised as short strings ("all update", "send 2 step2", "append 1",
+    //! "close 2 foreign_client_id").
+    use super::*;
+    use crate::protocol::{decode_frame, encode_awareness, encode_sync_step1, encode_update};
+    use yrs::{GetString, Text};
+
+    const USER_A: &str = "alice";
+
+    fn config(readonly_awareness: ReadOnlyAwareness) -> CoreConfig {
+        CoreConfig {
+            awareness_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+            max_pending_bytes: 1 << 20,
+            max_nesting_depth: 64,
+            readonly_awareness,
+        }
+    }
+
+    fn core_with(readonly_awareness: ReadOnlyAwareness) -> (RoomCore, Metrics) {
+        let metrics = Metrics::new();
+        let core = RoomCore::new(config(readonly_awareness), CoreMetrics::new(&metrics));
+        (core, metrics)
+    }
+
+    /// An update (v1) inserting `text` at the start of text "t", written as Yjs client `client`.
+    fn edit(client: u64, text: &str) -> Vec<u8> {
+        let doc = Doc::with_client_id(client);
+        let t = doc.get_or_insert_text("t");
+        t.insert(&mut doc.transact_mut(), 0, text);
+        doc.transact()
+            .encode_state_as_update_v1(&StateVector::default())
+    }
+
+    fn inbound(frame: &[u8]) -> Inbound {
+        decode_frame(frame)
+            .expect("valid frame")
+            .pop()
+            .expect("one message")
+    }
+
+    fn update_msg(client: u64, text: &str) -> Inbound {
+        inbound(&encode_update(&edit(client, text)))
+    }
+
+    fn awareness_msg(client: u64, clock: u32, state: Option<&str>) -> Inbound {
+        inbound(&encode_awareness([(client, clock, state)].into_iter()))
+    }
+
+    fn step1_empty() -> Inbound {
+        inbound(&encode_sync_step1(&StateVector::default()))
+    }
+
+    fn kind(frame: &[u8]) -> &'static str {
+        match (frame.first(), frame.get(1)) {
+            (Some(0), Some(0)) => "step1",
+            (Some(0), Some(1)) => "step2",
+            (Some(0), Some(2)) => "update",
+            (Some(1), _) => "awareness",
+            _ => "other",
+        }
+    }
+
+    fn summary(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .map(|e| match e {
+                Effect::Send(conn, frame) => format!("send {conn} {}", kind(frame)),
+                Effect::Broadcast(frame) => format!("all {}", kind(frame)),
+                Effect::Append { seq, .. } => format!("append {seq}"),
+                Effect::Close(conn, reason) => format!("close {conn} {}", reason.label),
+            })
+            .collect()
+    }
+
+    /// The awareness entries of a broadcast frame.
+    fn awareness_of(effect: &Effect) -> Vec<(u64, Option<String>)> {
+        let Effect::Broadcast(frame) = effect else {
+            panic!("not a broadcast: {effect:?}");
+        };
+        let Inbound::Awareness(update) = inbound(frame) else {
+            panic!("not awareness");
+        };
+        update
+            .entries()
+            .map(|e| (e.client_id, e.state.map(str::to_owned)))
+            .collect()
+    }
+
+    /// One input of a case.
+    enum Step {
+        Join(ConnId, Option<&'static str>, bool),
+        Msg(ConnId, Inbound),
+        /// A message while the storage backlog is full.
+        MsgBacklogFull(ConnId, Inbound),
+        Leave(ConnId),
+        Durable(i64),
+        Merge(Vec<u8>),
+        Disconnect(Option<&'static str>),
+        Delete,
+    }
+
+    /// Feeds `steps` to a core and returns each step's effects. With `memory`, the test acts
+    /// as the memory driver: every append is reported durable as soon as it is seen.
+    fn run(core: &mut RoomCore, memory: bool, steps: Vec<Step>) -> Vec<Vec<String>> {
+        let now = Instant::now();
+        steps
+            .into_iter()
+            .map(|step| {
+                let effects = match step {
+                    Step::Join(conn, user, read_only) => {
+                        let meta = PeerMeta {
+                            user: user.map(str::to_owned),
+                            read_only,
+                        };
+                        core.join(conn, meta, now);
+                        Vec::new()
+                    }
+                    Step::Msg(conn, msg) => core.message(conn, msg, false, now),
+                    Step::MsgBacklogFull(conn, msg) => core.message(conn, msg, true, now),
+                    Step::Leave(conn) => core.leave(conn, now),
+                    Step::Durable(seq) => core.durable_up_to(seq),
+                    Step::Merge(update) => core.merge(&update, "admin".into()).1,
+                    Step::Disconnect(user) => core.disconnect(user, now).1,
+                    Step::Delete => core.delete().1,
+                };
+                let mut all = Vec::new();
+                for effect in effects {
+                    let seq = match &effect {
+                        Effect::Append { seq, .. } if memory => Some(*seq),
+                        _ => None,
+                    };
+                    all.push(effect);
+                    if let Some(seq) = seq {
+                        all.extend(core.durable_up_to(seq));
+                    }
+                }
+                summary(&all)
+            })
+            .collect()
+    }
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// (name, memory driver, steps, expected effects per step)
+    type Case = (&'static str, bool, Vec<Step>, Vec<Vec<&'static str>>);
+
+    /// Runs each case on a fresh core and compares every step's effects.
+    fn check(cases: Vec<Case>) {
+        for (name, memory, steps, expected) in cases {
+            let (mut core, _metrics) = core_with(ReadOnlyAwareness::Relay);
+            let got = run(&mut core, memory, steps);
+            let expected: Vec<Vec<String>> = expected.iter().map(|e| strs(e)).collect();
+            assert_eq!(got, expected, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn persist_before_relay() {
+        use Step::*;
+        let cases: Vec<Case> = vec![
+            (
+                "relay and a later SyncStep2 wait for durability",
+                false,
+                vec![
+                    Join(1, None, false),
+                    Join(2, None, false),
+                    Msg(1, update_msg(10, "hello")),
+                    Msg(2, step1_empty()),
+                    Durable(0),
+                    Durable(1),
+                ],
+                vec![
+                    vec![],
+                    vec![],
+                    vec!["append 1"],
+                    vec![],
+                    vec![],
+                    vec!["all update", "send 2 step2"],
+                ],
+            ),
+            (
+                "nothing unacknowledged: SyncStep2 at once",
+                false,
+                vec![
+                    Join(1, None, false),
+                    Msg(1, update_msg(10, "hello")),
+                    Durable(1),
+                    Msg(1, step1_empty()),
+                ],
+                vec![
+                    vec![],
+                    vec!["append 1"],
+                    vec!["all update"],
+                    vec!["send 1 step2"],
+                ],
+            ),
+            (
+                "release in sequence order, only up to the watermark",
+                false,
+                vec![
+                    Join(1, None, false),
+                    Msg(1, update_msg(10, "a")),
+                    Msg(1, update_msg(11, "b")),
+                    Durable(1),
+                    Durable(2),
+                ],
+                vec![
+                    vec![],
+                    vec!["append 1"],
+                    vec!["append 2"],
+                    vec!["all update"],
+                    vec!["all update"],
+                ],
+            ),
+            (
+                "memory storage releases at once",
+                true,
+                vec![
+                    Join(1, None, false),
+                    Join(2, None, false),
+                    Msg(1, update_msg(10, "hello")),
+                    Msg(2, step1_empty()),
+                ],
+                vec![
+                    vec![],
+                    vec![],
+                    vec!["append 1", "all update"],
+                    vec!["send 2 step2"],
+                ],
+            ),
+            (
+                "an update already applied is neither logged nor relayed",
+                true,
+                vec![
+                    Join(1, None, false),
+                    Msg(1, update_msg(10, "hello")),
+                    Msg(1, update_msg(10, "hello")),
+                ],
+                vec![vec![], vec!["append 1", "all update"], vec![]],
+            ),
+            (
+                "storage backlog full: the sender is refused with 1013",
+                false,
+                vec![Join(1, None, false), MsgBacklogFull(1, update_msg(10, "x"))],
+                vec![vec![], vec!["close 1 backlog_full"]],
+            ),
+        ];
+        check(cases);
+    }
+
+    #[test]
+    fn awareness_rules() {
+        use Step::*;
+        let (mut core, _metrics) = core_with(ReadOnlyAwareness::Relay);
+        let got = run(
+            &mut core,
+            true,
+            vec![
+                Join(1, Some(USER_A), false),
+                Msg(1, awareness_msg(10, 1, Some(r#"{"name":"a"}"#))),
+                Msg(1, Inbound::QueryAwareness),
+            ],
+        );
+        assert_eq!(got[1], strs(&["all awareness"]));
+        assert_eq!(got[2], strs(&["send 1 awareness"]));
+        // A joiner gets the document's SyncStep1, then the live states.
+        let welcome = core.welcome();
+        let kinds: Vec<&str> = welcome.iter().map(|f| kind(f)).collect();
+        assert_eq!(kinds, ["step1", "awareness"]);
+        let Inbound::Awareness(live) = inbound(&welcome[1]) else {
+            panic!("not awareness");
+        };
+        assert_eq!(live.entries().count(), 1);
+        // Another connection may not announce an id connection 1 owns.
+        core.join(2, PeerMeta::default(), Instant::now());
+        let effects = core.message(2, awareness_msg(10, 2, Some("{}")), false, Instant::now());
+        assert!(effects.is_empty(), "foreign id relayed: {effects:?}");
+        // Leaving broadcasts the removal of the leaver's states.
+        let effects = core.leave(1, Instant::now());
+        assert_eq!(effects.len(), 1);
+        assert_eq!(awareness_of(&effects[0]), vec![(10, None)]);
+        // A joiner with nothing live gets only SyncStep1.
+        assert_eq!(core.welcome().len(), 1);
+        // States expire when not renewed.
+        core.join(3, PeerMeta::default(), Instant::now());
+        core.message(3, awareness_msg(30, 1, Some("{}")), false, Instant::now());
+        let effects = core.tick(Instant::now() + Duration::from_secs(31));
+        assert_eq!(awareness_of(&effects[0]), vec![(30, None)]);
+    }
+
+    #[test]
+    fn read_only() {
+        use Step::*;
+        for (policy, awareness_effects) in [
+            (ReadOnlyAwareness::Relay, vec!["all awareness"]),
+            (ReadOnlyAwareness::Drop, vec![]),
+        ] {
+            let (mut core, metrics) = core_with(policy);
+            let got = run(
+                &mut core,
+                true,
+                vec![
+                    Join(1, None, true),
+                    Join(2, None, false),
+                    Msg(1, update_msg(10, "nope")),
+                    Msg(1, awareness_msg(10, 1, Some("{}"))),
+                    Msg(1, step1_empty()),
+                ],
+            );
+            assert_eq!(got[2], Vec::<String>::new(), "update not logged or relayed");
+            assert_eq!(got[3], strs(&awareness_effects), "{policy:?}");
+            assert_eq!(got[4], strs(&["send 1 step2"]), "a reader still syncs");
+            assert_eq!(core.seq(), 0);
+            assert!(core.has_peer(1), "the reader stays connected");
+            assert_eq!(metrics.readonly_updates_refused.get(), 1);
+            let (state, _) = core.encode_state().expect("encodes");
+            let doc = Doc::new();
+            doc.transact_mut()
+                .apply_update(Update::decode_v1(&state).expect("state"))
+                .expect("applies");
+            let text = doc.get_or_insert_text("t");
+            assert_eq!(text.get_string(&doc.transact()), "", "update not applied");
+        }
+    }
+
+    #[test]
+    fn client_id_ownership() {
+        use Step::*;
+        let cases: Vec<Case> = vec![
+            (
+                "writing new clocks under another live connection's id is refused",
+                true,
+                vec![
+                    Join(1, Some("a"), false),
+                    Join(2, Some("b"), false),
+                    Msg(1, update_msg(10, "hello")),
+                    Msg(2, update_msg(10, "longer text")),
+                ],
+                vec![
+                    vec![],
+                    vec![],
+                    vec!["append 1", "all update"],
+                    vec!["close 2 foreign_client_id"],
+                ],
+            ),
+            (
+                "the owner's user takes its id back after reconnecting",
+                true,
+                vec![
+                    Join(1, Some("a"), false),
+                    Msg(1, update_msg(10, "hello")),
+                    Leave(1),
+                    Join(3, Some("a"), false),
+                    Msg(3, update_msg(10, "longer text")),
+                ],
+                vec![
+                    vec![],
+                    vec!["append 1", "all update"],
+                    vec![],
+                    vec![],
+                    vec!["append 2", "all update"],
+                ],
+            ),
+            (
+                "awareness ownership binds writes too",
+                true,
+                vec![
+                    Join(1, None, false),
+                    Join(2, None, false),
+                    Msg(1, awareness_msg(10, 1, Some("{}"))),
+                    Msg(2, update_msg(10, "x")),
+                ],
+                vec![
+                    vec![],
+                    vec![],
+                    vec!["all awareness"],
+                    vec!["close 2 foreign_client_id"],
+                ],
+            ),
+        ];
+        check(cases);
+    }
+
+    #[test]
+    fn admin_commands() {
+        use Step::*;
+        let cases: Vec<Case> = vec![
+            (
+                "merge logs and relays once durable",
+                false,
+                vec![
+                    Join(1, None, false),
+                    Merge(edit(10, "imported")),
+                    Durable(1),
+                    Merge(edit(10, "imported")),
+                ],
+                vec![vec![], vec!["append 1"], vec!["all update"], vec![]],
+            ),
+            (
+                "merge of bytes that are not an update changes nothing",
+                true,
+                vec![Join(1, None, false), Merge(vec![0xff, 0xff, 0xff])],
+                vec![vec![], vec![]],
+            ),
+            (
+                "disconnect closes only that user's connections, announcing their states",
+                true,
+                vec![
+                    Join(1, Some("a"), false),
+                    Join(2, Some("b"), false),
+                    Join(3, Some("a"), false),
+                    Msg(1, awareness_msg(10, 1, Some("{}"))),
+                    Disconnect(Some("a")),
+                    Disconnect(None),
+                ],
+                vec![
+                    vec![],
+                    vec![],
+                    vec![],
+                    vec!["all awareness"],
+                    vec![
+                        "close 1 admin_disconnect",
+                        "all awareness",
+                        "close 3 admin_disconnect",
+                    ],
+                    vec!["close 2 admin_disconnect"],
+                ],
+            ),
+            (
+                "delete closes everyone with 4410",
+                true,
+                vec![Join(1, None, false), Join(2, None, false), Delete],
+                vec![
+                    vec![],
+                    vec![],
+                    vec!["close 1 document_deleted", "close 2 document_deleted"],
+                ],
+            ),
+        ];
+        check(cases);
+    }
+
+    #[test]
+    fn admin_merge_results() {
+        let (mut core, _metrics) = core_with(ReadOnlyAwareness::Relay);
+        let (first, _) = core.merge(&edit(10, "x"), "admin".into());
+        assert_eq!(first.expect("merged"), Some(1));
+        let (again, effects) = core.merge(&edit(10, "x"), "admin".into());
+        assert_eq!(again.expect("merged"), None, "nothing new: no change");
+        assert!(effects.is_empty());
+        let (bad, _) = core.merge(&[0xff, 0xff], "admin".into());
+        assert!(matches!(bad, Err(CommandError::Invalid(_))));
+        let (_, effects) = core.merge(&edit(11, "y"), "admin".into());
+        let Some(Effect::Append { author, seq, .. }) = effects.first() else {
+            panic!("no append: {effects:?}");
+        };
+        assert_eq!((author.as_deref(), *seq), (Some("admin"), 2));
+        assert_eq!(core.seq(), 2);
     }
 }

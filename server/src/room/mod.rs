@@ -22,12 +22,13 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use crdt_store::{DocRef, NewUpdate, Store, StoreError, Writer};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::sleep_until;
 use tracing::{Instrument, debug, error, info_span, warn};
 use yrs::Doc;
 
 use self::core::{CoreConfig, CoreMetrics, Effect, PeerMeta, RoomCore};
+use crate::history::HistoryError;
 use crate::peer::{CloseReason, Peer};
 use crate::presence::ConnId;
 use crate::protocol::Inbound;
@@ -44,6 +45,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
 /// How soon an unload is retried when updates are still waiting to become durable.
 const UNLOAD_RETRY: Duration = Duration::from_millis(50);
+/// How many times a restore computed off the room is recomputed because the document moved
+/// meanwhile, before it is computed inside the room (which cannot be overtaken).
+const RESTORE_ATTEMPTS: u32 = 3;
 
 /// A message to a room.
 #[derive(Debug)]
@@ -225,6 +229,18 @@ struct Durable {
     snapshot_not_before: Option<Instant>,
 }
 
+/// A restore being computed off the room task, on a copy of the document at `base_seq`.
+struct Restore {
+    base_seq: i64,
+    target: Doc,
+    author: String,
+    reply: oneshot::Sender<Result<Applied, CommandError>>,
+    /// Computations so far (each one found the document moved before it could apply).
+    attempts: u32,
+    /// What `restore_into` made of the copy; `Err` when the copy could not be built.
+    outcome: Result<Result<Option<Vec<u8>>, HistoryError>, String>,
+}
+
 /// Why the room's main loop ended.
 enum Exit {
     /// Idle and removed from the registry.
@@ -249,6 +265,8 @@ struct Room {
     durable: Option<Durable>,
     /// Set by [`Command::Delete`]: the room stops, and answers once changes are durable.
     deleting: Option<(usize, oneshot::Sender<Result<usize, CommandError>>)>,
+    /// Restores computed on blocking threads (see [`Room::start_restore`]).
+    restores: JoinSet<Restore>,
 }
 
 /// Starts the task for document `name` and returns its handle.
@@ -271,6 +289,7 @@ pub fn spawn(
         peers: HashMap::new(),
         durable: None,
         deleting: None,
+        restores: JoinSet::new(),
         shared: shared.clone(),
     };
     shared.rooms.spawn(room.run(rx).instrument(span));
@@ -344,6 +363,13 @@ impl Room {
                         self.execute(effects);
                     }
                 }
+                Some(done) = self.restores.join_next(), if !self.restores.is_empty() => {
+                    match done {
+                        Ok(restore) => self.restore_done(restore),
+                        // Its reply sender went with it: the caller sees the room as gone.
+                        Err(e) => error!(error = %e, "restore task failed"),
+                    }
+                }
                 done = async { snapshot.as_mut()?.await.ok() }, if snapshot.is_some() => {
                     snapshot = None;
                     self.snapshot_done(done);
@@ -356,6 +382,7 @@ impl Room {
                 _ = sleep_until(unload_at.unwrap_or_else(Instant::now).into()), if unload_at.is_some() => {
                     if !self.core.waiting()
                         && snapshot.is_none()
+                        && self.restores.is_empty()
                         && self.registry.remove_if_idle(&self.name, self.generation, &rx)
                     {
                         // Written in the background: the next load is correct without it
@@ -456,11 +483,7 @@ impl Room {
                 target,
                 author,
                 reply,
-            } => {
-                let (result, effects) = self.core.replace(&target, author);
-                self.execute(effects);
-                let _ = reply.send(result.map(|seq| self.applied(seq)));
-            }
+            } => self.start_restore(target, author, reply, 0),
             Command::Merge {
                 update,
                 author,
@@ -512,6 +535,87 @@ impl Room {
                 self.deleting = Some((closed, reply));
             }
         }
+    }
+
+    /// Computes a restore on a blocking thread, on a copy of the document made from its
+    /// encoded state, so the room keeps serving while the diff runs (134 ms on a 100 KB text).
+    /// The copy writes under the document's own client id, so its update continues the
+    /// document's clocks. Encoding the state is the only part done here.
+    fn start_restore(
+        &mut self,
+        target: Doc,
+        author: String,
+        reply: oneshot::Sender<Result<Applied, CommandError>>,
+        attempts: u32,
+    ) {
+        let Some((state, _)) = self.core.encode_state() else {
+            let _ = reply.send(Err(CommandError::Unavailable(
+                "could not encode the document".into(),
+            )));
+            return;
+        };
+        let base_seq = self.core.seq();
+        let client_id = self.core.client_id();
+        let span = tracing::Span::current();
+        self.restores.spawn_blocking(move || {
+            let _entered = span.enter();
+            let copy = Doc::with_client_id(client_id);
+            let outcome = RoomCore::apply_state(&copy, &state)
+                .map(|()| crate::history::restore::restore_into(&copy, &target));
+            Restore {
+                base_seq,
+                target,
+                author,
+                reply,
+                attempts: attempts + 1,
+                outcome,
+            }
+        });
+    }
+
+    /// Applies a restore computed off the room, if the document did not move meanwhile.
+    ///
+    /// If it moved (a client's or another admin's change was accepted), the diff was made
+    /// against a state that no longer exists: applied now it would merge with the newer
+    /// changes and the result would not equal the target. So it is recomputed on the latest
+    /// state rather than rebased; after [`RESTORE_ATTEMPTS`] computations overtaken by edits,
+    /// the last one runs inside the room, which nothing can overtake (the old behaviour).
+    fn restore_done(&mut self, restore: Restore) {
+        let Restore {
+            base_seq,
+            target,
+            author,
+            reply,
+            attempts,
+            outcome,
+        } = restore;
+        let result = match outcome {
+            Ok(Ok(changed)) if base_seq == self.core.seq() => {
+                let (result, effects) = self.core.apply_restore(changed, author);
+                self.execute(effects);
+                result
+            }
+            Ok(Ok(_)) if attempts < RESTORE_ATTEMPTS => {
+                debug!(attempts, "document moved during a restore; recomputing");
+                return self.start_restore(target, author, reply, attempts);
+            }
+            Ok(Ok(_)) => {
+                let (result, effects) = self.core.replace(&target, author);
+                self.execute(effects);
+                result
+            }
+            // Only the copy was touched: the live document is intact.
+            Ok(Err(HistoryError::Panicked(_))) => {
+                error!("restore made yrs panic on a copy; the document is unchanged");
+                Err(CommandError::Unavailable("restore failed".into()))
+            }
+            Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
+            Err(e) => {
+                error!(error = %e, "could not copy the document for a restore");
+                Err(CommandError::Unavailable("restore failed".into()))
+            }
+        };
+        let _ = reply.send(result.map(|seq| self.applied(seq)));
     }
 
     /// An administrator's change as accepted, with the durability watermark to wait on.
