@@ -1174,4 +1174,45 @@ mod tests {
         assert_eq!((author.as_deref(), *seq), (Some("admin"), 2));
         assert_eq!(core.seq(), 2);
     }
+
+    /// The text of root "t" in the core's document.
+    fn text_of(core: &RoomCore) -> String {
+        let (state, _) = core.encode_state().expect("encodes");
+        let doc = Doc::new();
+        RoomCore::apply_state(&doc, &state).expect("applies");
+        let text = doc.get_or_insert_text("t");
+        text.get_string(&doc.transact())
+    }
+
+    #[test]
+    fn restore_computed_on_a_copy_applies_in_one_step() {
+        let (mut core, _metrics) = core_with(ReadOnlyAwareness::Relay);
+        let now = Instant::now();
+        core.join(1, PeerMeta::default(), now);
+        let effects = core.message(1, update_msg(10, "old text"), false, now);
+        assert_eq!(summary(&effects), strs(&["append 1"]));
+        // What the driver does off the room: a copy from the encoded state, under the
+        // document's client id, restored to the target.
+        let (state, _) = core.encode_state().expect("encodes");
+        let copy = Doc::with_client_id(core.client_id());
+        RoomCore::apply_state(&copy, &state).expect("copies");
+        let target = Doc::new();
+        target
+            .get_or_insert_text("t")
+            .insert(&mut target.transact_mut(), 0, "new text");
+        let changed = crate::history::restore::restore_into(&copy, &target).expect("restores");
+        let (seq, effects) = core.apply_restore(changed, "admin".into());
+        assert_eq!(seq.expect("applied"), Some(2));
+        assert_eq!(summary(&effects), strs(&["append 2"]));
+        assert_eq!(text_of(&core), "new text");
+        // Its relay waits behind the client's update, like any change.
+        assert_eq!(
+            summary(&core.durable_up_to(2)),
+            strs(&["all update", "all update"])
+        );
+        // Nothing to change: no seq, no effects.
+        let (seq, effects) = core.apply_restore(None, "admin".into());
+        assert_eq!(seq.expect("nothing to do"), None);
+        assert!(effects.is_empty());
+    }
 }
