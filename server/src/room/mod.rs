@@ -1,36 +1,37 @@
-//! One task per open document: it alone owns the `Doc` and the awareness table, so there are
-//! no locks around them and every change is applied in one order.
+//! One task per open document: it alone owns the document, so there are no locks around it and
+//! every change is applied in one order.
 //!
-//! Connections talk to the room through its bounded inbox ([`RoomMsg`]); the room answers
-//! through each connection's [`Peer`] queue. Every outgoing frame is encoded once and the same
-//! `Bytes` is shared by all recipients.
+//! The rules live in [`core::RoomCore`] (no I/O: inputs in, [`Effect`]s out). This module is
+//! its driver: the task that receives [`RoomMsg`]s from connections and the admin API, feeds
+//! them to the core, and carries out the effects — frames onto each connection's [`Peer`]
+//! queue (encoded once, the same `Bytes` shared by all recipients), log rows to the store's
+//! group-commit writer, durability reports back into the core, snapshots, and the unload
+//! lifecycle with the registry.
 //!
-//! **Persist before relay.** An accepted update gets the next log sequence number and goes to
-//! the store's group-commit writer; the frames it causes (the relay to every peer, and any
-//! SyncStep2 computed after it) wait in `pending` until the writer reports the sequence
-//! durable. So no peer ever holds an update that a crash could lose. The room never waits on
-//! the database: it keeps applying and queueing while commits are in flight.
+//! **Persist before relay.** The core holds the frames an update causes until the driver
+//! reports it durable. With durable storage that is when the writer raises the watermark (the
+//! room never waits on the database: it keeps applying and queueing while commits are in
+//! flight); with memory storage the driver reports each append durable as it executes it.
 
-use std::collections::{HashMap, VecDeque};
-use std::panic::{AssertUnwindSafe, catch_unwind};
+pub mod core;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use crdt_store::{DocRef, NewUpdate, Store, StoreError, Writer};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::sleep_until;
 use tracing::{Instrument, debug, error, info_span, warn};
-use yrs::updates::encoder::Encode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+use yrs::Doc;
 
-use crate::close;
-use crate::config::ReadOnlyAwareness;
+use self::core::{CoreConfig, CoreMetrics, Effect, PeerMeta, RoomCore};
+use crate::history::HistoryError;
 use crate::peer::{CloseReason, Peer};
-use crate::pending::{self, Integrated};
-use crate::presence::{Change, ConnId, Limits, Presence};
-use crate::protocol::{self, Inbound};
+use crate::presence::ConnId;
+use crate::protocol::Inbound;
 use crate::registry::{JoinError, Registry};
 use crate::state::Shared;
 use crate::storage::Storage;
@@ -44,41 +45,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
 /// How soon an unload is retried when updates are still waiting to become durable.
 const UNLOAD_RETRY: Duration = Duration::from_millis(50);
-
-const INVALID_UPDATE: CloseReason = CloseReason {
-    code: close::INVALID_PAYLOAD,
-    reason: "invalid update",
-    label: "invalid_update",
-};
-const BACKLOG_FULL: CloseReason = CloseReason {
-    code: close::TRY_AGAIN_LATER,
-    reason: "storage backlog full, retry later",
-    label: "backlog_full",
-};
-/// The connection announced more awareness client ids, or more bytes of awareness state, than
-/// one connection may own.
-const AWARENESS_LIMIT: CloseReason = CloseReason {
-    code: close::POLICY_VIOLATION,
-    reason: "awareness limit: too many client ids or state bytes for one connection",
-    label: "awareness_limit",
-};
-/// The update adds new clocks for a Yjs client id another live connection owns (or one
-/// reserved for its user after it left).
-const FOREIGN_CLIENT_ID: CloseReason = CloseReason {
-    code: close::POLICY_VIOLATION,
-    reason: "update writes a client id owned by another connection; reconnect to resync",
-    label: "foreign_client_id",
-};
-const PENDING_TOO_LARGE: CloseReason = CloseReason {
-    code: close::POLICY_VIOLATION,
-    reason: "too many updates with missing dependencies (--max-pending-bytes); reconnect to resync",
-    label: "pending_too_large",
-};
-const DISCONNECTED: CloseReason = CloseReason {
-    code: close::DISCONNECTED,
-    reason: "disconnected by an administrator",
-    label: "admin_disconnect",
-};
+/// How many times a restore computed off the room is recomputed because the document moved
+/// meanwhile, before it is computed inside the room (which cannot be overtaken).
+const RESTORE_ATTEMPTS: u32 = 3;
 
 /// A message to a room.
 #[derive(Debug)]
@@ -240,14 +209,6 @@ pub struct RoomHandle {
     pub generation: u64,
 }
 
-/// A frame waiting for its update to become durable.
-enum Release {
-    /// A relayed update, for every peer.
-    All(Bytes),
-    /// A SyncStep2 for one peer, computed when the document held non-durable updates.
-    One(ConnId, Bytes),
-}
-
 /// The room's link to durable storage.
 struct Durable {
     store: Store,
@@ -268,6 +229,18 @@ struct Durable {
     snapshot_not_before: Option<Instant>,
 }
 
+/// A restore being computed off the room task, on a copy of the document at `base_seq`.
+struct Restore {
+    base_seq: i64,
+    target: Doc,
+    author: String,
+    reply: oneshot::Sender<Result<Applied, CommandError>>,
+    /// Computations so far (each one found the document moved before it could apply).
+    attempts: u32,
+    /// What `restore_into` made of the copy; `Err` when the copy could not be built.
+    outcome: Result<Result<Option<Vec<u8>>, HistoryError>, String>,
+}
+
 /// Why the room's main loop ended.
 enum Exit {
     /// Idle and removed from the registry.
@@ -280,26 +253,20 @@ enum Exit {
     Deleted,
 }
 
-/// State owned by the room task.
+/// State owned by the room task: the core, and the I/O it drives.
 struct Room {
     name: Arc<str>,
     generation: u64,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
-    doc: Doc,
-    presence: Presence,
+    core: RoomCore,
+    /// The joined connections' queues (the core knows the same set by id).
     peers: HashMap<ConnId, Arc<Peer>>,
-    /// Sequence number of the last accepted update.
-    seq: i64,
-    /// Frames waiting for durability, in sequence order.
-    pending: VecDeque<(i64, Release)>,
     durable: Option<Durable>,
-    poisoned: bool,
-    /// Encoded size of the updates yrs holds as pending (they arrived before updates they
-    /// depend on), as measured after the last apply; bounded by `--max-pending-bytes`.
-    yrs_pending_bytes: u64,
     /// Set by [`Command::Delete`]: the room stops, and answers once changes are durable.
     deleting: Option<(usize, oneshot::Sender<Result<usize, CommandError>>)>,
+    /// Restores computed on blocking threads (see [`Room::start_restore`]).
+    restores: JoinSet<Restore>,
 }
 
 /// Starts the task for document `name` and returns its handle.
@@ -312,67 +279,21 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
     let span = info_span!("room", doc = %name);
     let room = Room {
-        presence: Presence::new(
-            shared.config.awareness_timeout,
-            Limits {
-                ids_per_conn: shared.config.max_awareness_ids_per_conn,
-                bytes_per_conn: shared.config.max_awareness_bytes_per_conn,
-            },
+        core: RoomCore::new(
+            CoreConfig::from_config(&shared.config),
+            CoreMetrics::new(&shared.metrics),
         ),
         name,
         generation,
         registry,
-        doc: Doc::new(),
         peers: HashMap::new(),
-        seq: 0,
-        pending: VecDeque::new(),
         durable: None,
-        poisoned: false,
-        yrs_pending_bytes: 0,
         deleting: None,
+        restores: JoinSet::new(),
         shared: shared.clone(),
     };
     shared.rooms.spawn(room.run(rx).instrument(span));
     RoomHandle { tx, generation }
-}
-
-/// The client ids for which `update` holds clocks `doc` does not have yet: its blocks (items
-/// and GC ranges, including blocks that will wait in the pending set for a missing
-/// dependency) ending above the document's state vector. `Update::state_vector` cannot be
-/// used: it only counts a client's blocks when they start at clock 0.
-fn new_clocks(doc: &Doc, update: &Update) -> Vec<u64> {
-    let sv = doc.transact().state_vector();
-    update
-        .insertions(true)
-        .iter()
-        .filter(|(client, ranges)| ranges.iter().any(|r| r.end > sv.get(client)))
-        .map(|(client, _)| client.get())
-        .collect()
-}
-
-/// Whether `update` inserts or deletes anything `doc` does not already have.
-fn adds_anything(doc: &Doc, update: &Update) -> bool {
-    if !new_clocks(doc, update).is_empty() {
-        return true;
-    }
-    let deletes = update.delete_set();
-    !deletes.is_empty()
-        && !deletes
-            .diff(&doc.transact().snapshot().delete_set)
-            .is_empty()
-}
-
-/// Applies stored updates into `doc` in one transaction; errors and panics become an error.
-fn apply_stored<'a>(doc: &Doc, updates: impl Iterator<Item = &'a [u8]>) -> Result<(), String> {
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let mut txn = doc.transact_mut();
-        for bytes in updates {
-            let update = protocol::decode_stored_update(bytes).map_err(|e| e.to_string())?;
-            txn.apply_update(update).map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    }));
-    outcome.unwrap_or_else(|_| Err("stored update made yrs panic".into()))
 }
 
 /// The id of a document some of whose changes are durable (the writer creates the row before
@@ -413,13 +334,13 @@ impl Room {
         };
         metrics.documents_open.inc();
         metrics.documents_loaded.inc();
-        debug!(seq = self.seq, "loaded");
+        debug!(seq = self.core.seq(), "loaded");
 
         let mut unload_at = Some(Instant::now() + shared.config.unload_after);
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         let mut snapshot: Option<JoinHandle<Result<(i64, u64), StoreError>>> = None;
         let exit = loop {
-            if self.poisoned {
+            if self.core.poisoned() {
                 break Exit::Poisoned;
             }
             if self.deleting.is_some() {
@@ -428,8 +349,8 @@ impl Room {
             if snapshot.is_none() {
                 snapshot = self.start_snapshot_if_due();
             }
-            let sweeping = !self.presence.is_empty();
-            let waiting = !self.pending.is_empty();
+            let sweeping = self.core.has_presence();
+            let waiting = self.core.waiting();
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(RoomMsg::Shutdown) | None => break Exit::Shutdown,
@@ -437,8 +358,16 @@ impl Room {
                 },
                 changed = async { watermark.as_mut()?.changed().await.ok() }, if waiting => {
                     if changed.is_some() {
-                        let durable = watermark.as_ref().map_or(self.seq, |w| *w.borrow());
-                        self.release(durable);
+                        let durable = watermark.as_ref().map_or(self.core.seq(), |w| *w.borrow());
+                        let effects = self.core.durable_up_to(durable);
+                        self.execute(effects);
+                    }
+                }
+                Some(done) = self.restores.join_next(), if !self.restores.is_empty() => {
+                    match done {
+                        Ok(restore) => self.restore_done(restore),
+                        // Its reply sender went with it: the caller sees the room as gone.
+                        Err(e) => error!(error = %e, "restore task failed"),
                     }
                 }
                 done = async { snapshot.as_mut()?.await.ok() }, if snapshot.is_some() => {
@@ -447,11 +376,13 @@ impl Room {
                 }
                 _ = sleep_until(next_sweep.into()), if sweeping => {
                     next_sweep = Instant::now() + SWEEP_EVERY;
-                    self.sweep_awareness();
+                    let effects = self.core.tick(Instant::now());
+                    self.execute(effects);
                 }
                 _ = sleep_until(unload_at.unwrap_or_else(Instant::now).into()), if unload_at.is_some() => {
-                    if self.pending.is_empty()
+                    if !self.core.waiting()
                         && snapshot.is_none()
+                        && self.restores.is_empty()
                         && self.registry.remove_if_idle(&self.name, self.generation, &rx)
                     {
                         // Written in the background: the next load is correct without it
@@ -482,9 +413,7 @@ impl Room {
             }
         }
         self.retire(exit, &mut rx, watermark).await;
-        // Pending updates are memory only and leave with the room (their senders resend them
-        // on their next sync).
-        self.set_yrs_pending_bytes(0);
+        self.core.retire();
         metrics.documents_open.dec();
     }
 
@@ -503,8 +432,9 @@ impl Room {
             .map(|s| s.state.as_slice())
             .into_iter()
             .chain(loaded.updates.iter().map(|row| row.data.as_slice()));
-        apply_stored(&self.doc, stored).map_err(CommandError::Unavailable)?;
-        self.seq = loaded.last_seq;
+        self.core
+            .load(stored, loaded.last_seq)
+            .map_err(CommandError::Unavailable)?;
         let snapshot_seq = snapshot.map_or(0, |s| s.seq);
         let bytes_since: u64 = loaded.updates.iter().map(|r| r.size.max(0) as u64).sum();
         let (watermark, rx) = watch::channel(loaded.last_seq);
@@ -526,10 +456,13 @@ impl Room {
             RoomMsg::Join { peer, reply } => self.join(peer, reply),
             RoomMsg::Frame { conn, msgs } => {
                 for msg in msgs {
-                    if !self.peers.contains_key(&conn) || self.poisoned {
+                    if !self.core.has_peer(conn) || self.core.poisoned() {
                         break;
                     }
-                    self.inbound(conn, msg);
+                    // Asked per update: the backlog grows with each append of this frame.
+                    let backlog_full = matches!(msg, Inbound::Update(_)) && self.backlog_full();
+                    let effects = self.core.message(conn, msg, backlog_full, Instant::now());
+                    self.execute(effects);
                 }
             }
             RoomMsg::Leave { conn } => self.leave(conn),
@@ -538,62 +471,27 @@ impl Room {
         }
     }
 
+    /// Whether the storage backlog is past `--max-backlog-bytes` (never with memory storage).
+    fn backlog_full(&self) -> bool {
+        let max_backlog = self.shared.config.max_backlog_bytes as u64;
+        self.durable.is_some() && self.shared.storage.backlog().bytes > max_backlog
+    }
+
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Replace {
                 target,
                 author,
                 reply,
-            } => {
-                let doc = &self.doc;
-                let outcome = catch_unwind(AssertUnwindSafe(|| {
-                    crate::history::restore::restore_into(doc, &target)
-                }));
-                let result = match outcome {
-                    Ok(Ok(changed)) => Ok(self.accept_admin(author, changed)),
-                    // A panic inside restore_into may leave part of the restore applied with
-                    // no update describing it: the document can no longer be trusted.
-                    Ok(Err(crate::history::HistoryError::Panicked(_))) | Err(_) => {
-                        error!("restore made yrs panic; reloading the document");
-                        self.poisoned = true;
-                        Err(CommandError::Unavailable("restore failed".into()))
-                    }
-                    Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
-                };
-                let _ = reply.send(result);
-            }
+            } => self.start_restore(target, author, reply, 0),
             Command::Merge {
                 update,
                 author,
                 reply,
             } => {
-                let depth = self.shared.config.max_nesting_depth;
-                let result = match protocol::decode_update(&update, depth) {
-                    Ok(update) => match self.integrate(update) {
-                        Ok(Integrated {
-                            changed,
-                            pending_refused: false,
-                            ..
-                        }) => Ok(self.accept_admin(author, changed)),
-                        Ok(Integrated {
-                            changed,
-                            pending_refused: true,
-                            ..
-                        }) => {
-                            // What did integrate is kept (and logged) like any change.
-                            self.accept_admin(author, changed);
-                            self.shared.metrics.update_refused(PENDING_TOO_LARGE.label);
-                            Err(CommandError::Invalid(
-                                "the update depends on changes the document does not have \
-                                 (pending beyond --max-pending-bytes)"
-                                    .into(),
-                            ))
-                        }
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(CommandError::Invalid(format!("not a Yjs update: {e}"))),
-                };
-                let _ = reply.send(result);
+                let (result, effects) = self.core.merge(&update, author);
+                self.execute(effects);
+                let _ = reply.send(result.map(|seq| self.applied(seq)));
             }
             Command::Snapshot { reply } => match self.snapshot_write() {
                 Some((seq, write)) => {
@@ -618,273 +516,189 @@ impl Room {
             },
             Command::Export { reply } => {
                 let result = self
+                    .core
                     .encode_state()
-                    .map(|(state, _)| (self.seq, state))
+                    .map(|(state, _)| (self.core.seq(), state))
                     .ok_or_else(|| {
                         CommandError::Unavailable("could not encode the document".into())
                     });
                 let _ = reply.send(result);
             }
             Command::Disconnect { user, reply } => {
-                let chosen: Vec<ConnId> = self
-                    .peers
-                    .values()
-                    .filter(|p| user.is_none() || p.user == user)
-                    .map(|p| p.id)
-                    .collect();
-                for conn in &chosen {
-                    self.kick(*conn, DISCONNECTED);
-                }
-                let _ = reply.send(Ok(chosen.len()));
+                let (closed, effects) = self.core.disconnect(user.as_deref(), Instant::now());
+                self.execute(effects);
+                let _ = reply.send(Ok(closed));
             }
             Command::Delete { reply } => {
-                let closed = self.peers.len();
-                for peer in self.peers.values() {
-                    peer.close(CloseReason::DELETED);
-                }
-                self.peers.clear();
+                let (closed, effects) = self.core.delete();
+                self.execute(effects);
                 self.deleting = Some((closed, reply));
             }
         }
     }
 
-    /// Logs and relays an administrator's change (if it changed anything).
-    fn accept_admin(&mut self, author: String, changed: Option<Vec<u8>>) -> Applied {
-        let durable = self.durable.as_ref().map(|d| d.watermark.subscribe());
-        let Some(changed) = changed else {
-            return Applied { seq: None, durable };
+    /// Computes a restore on a blocking thread, on a copy of the document made from its
+    /// encoded state, so the room keeps serving while the diff runs (134 ms on a 100 KB text).
+    /// The copy writes under the document's own client id, so its update continues the
+    /// document's clocks. Encoding the state is the only part done here.
+    fn start_restore(
+        &mut self,
+        target: Doc,
+        author: String,
+        reply: oneshot::Sender<Result<Applied, CommandError>>,
+        attempts: u32,
+    ) {
+        let Some((state, _)) = self.core.encode_state() else {
+            let _ = reply.send(Err(CommandError::Unavailable(
+                "could not encode the document".into(),
+            )));
+            return;
         };
-        self.shared.metrics.updates_applied.inc();
-        self.accept(Some(author), changed);
+        let base_seq = self.core.seq();
+        let client_id = self.core.client_id();
+        let span = tracing::Span::current();
+        self.restores.spawn_blocking(move || {
+            let _entered = span.enter();
+            let copy = Doc::with_client_id(client_id);
+            let outcome = RoomCore::apply_state(&copy, &state)
+                .map(|()| crate::history::restore::restore_into(&copy, &target));
+            Restore {
+                base_seq,
+                target,
+                author,
+                reply,
+                attempts: attempts + 1,
+                outcome,
+            }
+        });
+    }
+
+    /// Applies a restore computed off the room, if the document did not move meanwhile.
+    ///
+    /// If it moved (a client's or another admin's change was accepted), the diff was made
+    /// against a state that no longer exists: applied now it would merge with the newer
+    /// changes and the result would not equal the target. So it is recomputed on the latest
+    /// state rather than rebased; after [`RESTORE_ATTEMPTS`] computations overtaken by edits,
+    /// the last one runs inside the room, which nothing can overtake (the old behaviour).
+    fn restore_done(&mut self, restore: Restore) {
+        let Restore {
+            base_seq,
+            target,
+            author,
+            reply,
+            attempts,
+            outcome,
+        } = restore;
+        let result = match outcome {
+            Ok(Ok(changed)) if base_seq == self.core.seq() => {
+                let (result, effects) = self.core.apply_restore(changed, author);
+                self.execute(effects);
+                result
+            }
+            Ok(Ok(_)) if attempts < RESTORE_ATTEMPTS => {
+                debug!(attempts, "document moved during a restore; recomputing");
+                return self.start_restore(target, author, reply, attempts);
+            }
+            Ok(Ok(_)) => {
+                let (result, effects) = self.core.replace(&target, author);
+                self.execute(effects);
+                result
+            }
+            // Only the copy was touched: the live document is intact.
+            Ok(Err(HistoryError::Panicked(_))) => {
+                error!("restore made yrs panic on a copy; the document is unchanged");
+                Err(CommandError::Unavailable("restore failed".into()))
+            }
+            Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
+            Err(e) => {
+                error!(error = %e, "could not copy the document for a restore");
+                Err(CommandError::Unavailable("restore failed".into()))
+            }
+        };
+        let _ = reply.send(result.map(|seq| self.applied(seq)));
+    }
+
+    /// An administrator's change as accepted, with the durability watermark to wait on.
+    fn applied(&self, seq: Option<i64>) -> Applied {
         Applied {
-            seq: Some(self.seq),
-            durable,
+            seq,
+            durable: self.durable.as_ref().map(|d| d.watermark.subscribe()),
         }
     }
 
     fn join(&mut self, peer: Arc<Peer>, reply: oneshot::Sender<Result<(), JoinError>>) {
-        let sv = self.doc.transact().state_vector();
-        peer.push(protocol::encode_sync_step1(&sv));
-        let live = self.presence.live();
-        if !live.is_empty() {
-            peer.push(protocol::encode_awareness(
-                live.into_iter()
-                    .map(|(id, clock, state)| (id, clock, Some(state))),
-            ));
+        for frame in self.core.welcome() {
+            peer.push(frame);
         }
         if reply.send(Ok(())).is_ok() {
-            self.presence
-                .join(peer.id, peer.user.as_deref(), Instant::now());
+            let meta = PeerMeta {
+                user: peer.user.clone(),
+                read_only: peer.read_only,
+            };
+            self.core.join(peer.id, meta, Instant::now());
             self.peers.insert(peer.id, peer);
         }
     }
 
-    fn is_read_only(&self, conn: ConnId) -> bool {
-        self.peers.get(&conn).is_some_and(|p| p.read_only)
-    }
-
+    /// A connection left, or its queue overflowed (its connection then closes with 4001).
     fn leave(&mut self, conn: ConnId) {
-        if self.peers.remove(&conn).is_some() {
-            let removed = self.presence.remove_conn(conn, Instant::now());
-            self.broadcast_awareness(&removed);
-        }
+        self.peers.remove(&conn);
+        let effects = self.core.leave(conn, Instant::now());
+        self.execute(effects);
     }
 
-    fn inbound(&mut self, conn: ConnId, msg: Inbound) {
-        match msg {
-            Inbound::SyncStep1(sv) => {
-                let update = self.doc.transact().encode_state_as_update_v1(&sv);
-                let frame = protocol::encode_sync_step2(&update);
-                if self.pending.is_empty() {
-                    self.send_to(conn, frame);
-                } else {
-                    // The diff may contain updates not yet durable: hold it with them.
-                    self.pending
-                        .push_back((self.seq, Release::One(conn, frame)));
+    /// Carries out the core's effects in order. A peer whose queue overflows is dropped and
+    /// reported to the core, whose resulting effects run before the remaining ones.
+    fn execute(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Send(conn, frame) => {
+                    let ok = self.peers.get(&conn).is_some_and(|peer| peer.push(frame));
+                    if !ok {
+                        self.leave(conn);
+                    }
                 }
-            }
-            Inbound::Update(update) if self.is_read_only(conn) => {
-                // Not applied, persisted or relayed; the connection stays open. Counted only
-                // if it holds something new: every y-websocket client answers the server's
-                // SyncStep1 with a SyncStep2, which from a reader holds nothing new, and
-                // counting those made every read-only join look like a refused write.
-                if adds_anything(&self.doc, &update) {
-                    self.shared.metrics.readonly_updates_refused.inc();
+                Effect::Broadcast(frame) => {
+                    let overflowed: Vec<ConnId> = self
+                        .peers
+                        .iter()
+                        .filter(|(_, peer)| !peer.push(frame.clone()))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for conn in overflowed {
+                        self.leave(conn);
+                    }
                 }
-            }
-            Inbound::Update(update) => self.apply(conn, update),
-            Inbound::Awareness(_)
-                if self.is_read_only(conn)
-                    && self.shared.config.readonly_awareness == ReadOnlyAwareness::Drop => {}
-            Inbound::Awareness(update) => {
-                let applied = self.presence.apply(conn, &update, Instant::now());
-                if applied.foreign > 0 {
-                    self.shared
-                        .metrics
-                        .awareness_foreign
-                        .inc_by(applied.foreign as u64);
-                    debug!(
-                        conn,
-                        refused = applied.foreign,
-                        "awareness for ids owned by another connection"
-                    );
+                Effect::Append {
+                    seq,
+                    update,
+                    author,
+                } => match &mut self.durable {
+                    Some(durable) => {
+                        durable.bytes_logged += update.len() as u64;
+                        durable.writer.append_to(
+                            &durable.doc,
+                            NewUpdate {
+                                doc_id: 0, // set by the writer from `doc`
+                                seq,
+                                data: Bytes::from(update),
+                                author,
+                                created_at: SystemTime::now(),
+                            },
+                            durable.watermark.clone(),
+                        );
+                    }
+                    // Memory storage: nothing to wait for.
+                    None => {
+                        let effects = self.core.durable_up_to(seq);
+                        self.execute(effects);
+                    }
+                },
+                Effect::Close(conn, reason) => {
+                    if let Some(peer) = self.peers.remove(&conn) {
+                        peer.close(reason);
+                    }
                 }
-                self.broadcast_awareness(&applied.changes);
-                if applied.over_limit {
-                    warn!(conn, "awareness limit reached; closing the connection");
-                    self.kick(conn, AWARENESS_LIMIT);
-                }
-            }
-            Inbound::QueryAwareness => {
-                let live = self.presence.live();
-                let frame = protocol::encode_awareness(
-                    live.into_iter()
-                        .map(|(id, clock, state)| (id, clock, Some(state))),
-                );
-                self.send_to(conn, frame);
-            }
-        }
-    }
-
-    /// Applies one update from a client; logs what it changed and relays it (once durable) to
-    /// everyone, sender included.
-    fn apply(&mut self, conn: ConnId, update: Update) {
-        let max_backlog = self.shared.config.max_backlog_bytes as u64;
-        if self.durable.is_some() && self.shared.storage.backlog().bytes > max_backlog {
-            warn!(conn, "storage backlog full; refusing update");
-            self.kick(conn, BACKLOG_FULL);
-            return;
-        }
-        // Client-id ownership: an update adding clocks for an id another live connection owns
-        // is refused whole. This is what tells the legitimate cases apart:
-        // - a client reconnecting with its id: its old connection left, and the id was
-        //   reserved for its user (token `sub`), so it takes it back (awareness or write);
-        // - an offline client resending hours of edits: they are under its own id;
-        // - a client relaying structs of others it received elsewhere: accepted when their
-        //   owners are not connected here (the relayer then holds those ids until it leaves,
-        //   yielding to their owners' awareness announcements); when an owner is connected
-        //   here, the owner delivers its edits itself, so refusing the relay loses nothing
-        //   (the relayer's provider reconnects on 1008 and resyncs).
-        // Deletions of others' content are normal editing and not checked.
-        let ids = new_clocks(&self.doc, &update);
-        let now = Instant::now();
-        if let Err(id) = self.presence.may_write(conn, &ids, now) {
-            warn!(
-                conn,
-                client_id = id,
-                "update writes a client id another connection owns; refused"
-            );
-            self.kick(conn, FOREIGN_CLIENT_ID);
-            return;
-        }
-        match self.integrate(update) {
-            Ok(integrated) => {
-                if let Some(changed) = integrated.changed {
-                    self.presence.wrote(conn, &ids, now);
-                    self.shared.metrics.updates_applied.inc();
-                    let author = self.peers.get(&conn).and_then(|p| p.user.clone());
-                    self.accept(author, changed);
-                }
-                if integrated.pending_refused {
-                    warn!(
-                        conn,
-                        "pending updates past --max-pending-bytes; refusing sender"
-                    );
-                    self.shared.metrics.update_refused(PENDING_TOO_LARGE.label);
-                    self.kick(conn, PENDING_TOO_LARGE);
-                }
-            }
-            Err(e) => {
-                if self.poisoned {
-                    error!(
-                        conn,
-                        "update made yrs panic; closing the sender and reloading the document"
-                    );
-                } else {
-                    warn!(conn, error = %e, "rejected update");
-                }
-                self.kick(conn, INVALID_UPDATE);
-            }
-        }
-    }
-
-    /// Applies an update to the document and returns what it changed, keeping yrs' pending
-    /// set within `--max-pending-bytes` (see [`pending::integrate`]). yrs must not take the
-    /// server down on a hostile update: a panic is caught and the room marked poisoned, so it
-    /// retires and the document reloads.
-    fn integrate(&mut self, update: Update) -> Result<Integrated, CommandError> {
-        let started = Instant::now();
-        let max_pending = self.shared.config.max_pending_bytes as u64;
-        let pending_before = self.yrs_pending_bytes;
-        let doc = &self.doc;
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            pending::integrate(doc, update, pending_before, max_pending)
-        }));
-        self.shared
-            .metrics
-            .update_apply_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(Ok(integrated)) => {
-                self.set_yrs_pending_bytes(integrated.pending_bytes);
-                Ok(integrated)
-            }
-            Ok(Err(e)) => Err(CommandError::Invalid(e.to_string())),
-            Err(_) => {
-                self.poisoned = true;
-                Err(CommandError::Unavailable("update made yrs panic".into()))
-            }
-        }
-    }
-
-    /// Records the document's pending size, keeping the process-wide gauge in step.
-    fn set_yrs_pending_bytes(&mut self, bytes: u64) {
-        let delta = i64::try_from(bytes).unwrap_or(i64::MAX)
-            - i64::try_from(self.yrs_pending_bytes).unwrap_or(i64::MAX);
-        self.shared.metrics.pending_bytes.inc_by(delta);
-        self.yrs_pending_bytes = bytes;
-    }
-
-    /// Logs an applied change and relays it: at once with memory storage, otherwise when
-    /// durable.
-    fn accept(&mut self, author: Option<String>, changed: Vec<u8>) {
-        let frame = protocol::encode_update(&changed);
-        self.log(author, changed);
-        match self.durable {
-            Some(_) => self.pending.push_back((self.seq, Release::All(frame))),
-            None => self.broadcast(frame),
-        }
-    }
-
-    /// Gives an accepted update the next sequence number and queues it for the log.
-    fn log(&mut self, author: Option<String>, changed: Vec<u8>) {
-        self.seq += 1;
-        let Some(durable) = &mut self.durable else {
-            return;
-        };
-        durable.bytes_logged += changed.len() as u64;
-        durable.writer.append_to(
-            &durable.doc,
-            NewUpdate {
-                doc_id: 0, // set by the writer from `doc`
-                seq: self.seq,
-                data: Bytes::from(changed),
-                author,
-                created_at: SystemTime::now(),
-            },
-            durable.watermark.clone(),
-        );
-    }
-
-    /// Sends every pending frame whose update is now durable.
-    fn release(&mut self, durable: i64) {
-        while self.pending.front().is_some_and(|(seq, _)| *seq <= durable) {
-            let Some((_, release)) = self.pending.pop_front() else {
-                break;
-            };
-            match release {
-                Release::All(frame) => self.broadcast(frame),
-                Release::One(conn, frame) => self.send_to(conn, frame),
             }
         }
     }
@@ -901,18 +715,18 @@ impl Room {
         {
             return None;
         }
-        let rows = (self.seq - durable.snapshot_seq) as u64;
+        let seq = self.core.seq();
+        let rows = (seq - durable.snapshot_seq) as u64;
         let bytes = durable.bytes_logged - durable.bytes_at_snapshot;
         if rows == 0
             || (rows < config.snapshot_every_updates && bytes < config.snapshot_every_bytes as u64)
         {
             return None;
         }
-        let (state, sv) = self.encode_state()?;
-        let (store, doc, seq, bytes_logged) = (
+        let (state, sv) = self.core.encode_state()?;
+        let (store, doc, bytes_logged) = (
             durable.store.clone(),
             durable.doc.clone(),
-            self.seq,
             durable.bytes_logged,
         );
         let mut watermark = durable.watermark.subscribe();
@@ -955,7 +769,7 @@ impl Room {
     /// log alone is still complete, so the document never depends on this write.
     fn final_snapshot(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
         let durable = self.durable.as_ref()?;
-        if self.seq == durable.snapshot_seq || self.poisoned {
+        if self.core.seq() == durable.snapshot_seq || self.core.poisoned() {
             return None;
         }
         let (seq, write) = self.snapshot_write()?;
@@ -982,8 +796,8 @@ impl Room {
         impl Future<Output = Result<(), StoreError>> + Send + 'static,
     )> {
         let durable = self.durable.as_ref()?;
-        let (state, sv) = self.encode_state()?;
-        let (store, doc, seq) = (durable.store.clone(), durable.doc.clone(), self.seq);
+        let (state, sv) = self.core.encode_state()?;
+        let (store, doc, seq) = (durable.store.clone(), durable.doc.clone(), self.core.seq());
         let mut watermark = durable.watermark.subscribe();
         Some((seq, async move {
             let _ = watermark.wait_for(|w| *w >= seq).await;
@@ -997,17 +811,6 @@ impl Room {
         }))
     }
 
-    fn encode_state(&self) -> Option<(Vec<u8>, Vec<u8>)> {
-        catch_unwind(AssertUnwindSafe(|| {
-            let txn = self.doc.transact();
-            (
-                txn.encode_state_as_update_v1(&StateVector::default()),
-                txn.state_vector().encode_v1(),
-            )
-        }))
-        .ok()
-    }
-
     /// Ends the room: waits (bounded) for pending updates to become durable and delivers them,
     /// writes a final snapshot, closes the peers, leaves the registry and answers anything
     /// still in the inbox so joiners retry against a fresh room.
@@ -1018,22 +821,24 @@ impl Room {
         mut watermark: Option<watch::Receiver<i64>>,
     ) {
         let timeout = self.shared.config.shutdown_timeout;
-        if let Some(w) = watermark.as_mut() {
-            let seq = self.seq;
-            if tokio::time::timeout(timeout, w.wait_for(|d| *d >= seq))
-                .await
-                .is_err()
-            {
-                warn!(
-                    seq,
-                    "updates not durable before the room closed; they stay queued in the writer"
-                );
+        let seq = self.core.seq();
+        let durable = match watermark.as_mut() {
+            Some(w) => {
+                if tokio::time::timeout(timeout, w.wait_for(|d| *d >= seq))
+                    .await
+                    .is_err()
+                {
+                    warn!(
+                        seq,
+                        "updates not durable before the room closed; they stay queued in the writer"
+                    );
+                }
+                *w.borrow()
             }
-            let durable = *w.borrow();
-            self.release(durable);
-        } else {
-            self.release(self.seq);
-        }
+            None => seq,
+        };
+        let effects = self.core.durable_up_to(durable);
+        self.execute(effects);
         if let Some((closed, reply)) = self.deleting.take() {
             let _ = reply.send(Ok(closed));
         }
@@ -1063,56 +868,5 @@ impl Room {
             self.shared.metrics.documents_unloaded.inc();
         }
         debug!("room closed");
-    }
-
-    fn sweep_awareness(&mut self) {
-        let expired = self.presence.expire(Instant::now());
-        if !expired.is_empty() {
-            self.shared
-                .metrics
-                .awareness_expired
-                .inc_by(expired.len() as u64);
-            self.broadcast_awareness(&expired);
-        }
-    }
-
-    fn broadcast_awareness(&mut self, changes: &[Change]) {
-        if changes.is_empty() {
-            return;
-        }
-        let frame = protocol::encode_awareness(
-            changes
-                .iter()
-                .map(|(id, clock, state)| (*id, *clock, state.as_deref())),
-        );
-        self.broadcast(frame);
-    }
-
-    /// Queues one shared frame on every peer; peers that overflow are dropped from the room
-    /// (their connection closes with 4001) and their awareness removal is announced.
-    fn broadcast(&mut self, frame: Bytes) {
-        let mut overflowed = Vec::new();
-        for (id, peer) in &self.peers {
-            if !peer.push(frame.clone()) {
-                overflowed.push(*id);
-            }
-        }
-        for conn in overflowed {
-            self.leave(conn);
-        }
-    }
-
-    fn send_to(&mut self, conn: ConnId, frame: Bytes) {
-        let ok = self.peers.get(&conn).is_some_and(|peer| peer.push(frame));
-        if !ok {
-            self.leave(conn);
-        }
-    }
-
-    fn kick(&mut self, conn: ConnId, reason: CloseReason) {
-        if let Some(peer) = self.peers.get(&conn) {
-            peer.close(reason);
-        }
-        self.leave(conn);
     }
 }
