@@ -17,6 +17,8 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::close::{Close, Malformed};
 use yrs::StateVector;
 use yrs::Update;
 use yrs::updates::decoder::Decode;
@@ -127,47 +129,26 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    /// The close code this error earns: 1003 for things we do not speak, 1007 for payloads
-    /// that are well-framed but invalid, 1002 for broken framing.
-    pub fn close_code(&self) -> u16 {
+    /// Which kind of refusal this is, as the close catalogue names it.
+    pub fn kind(&self) -> Malformed {
         match self {
-            ProtocolError::UnknownMessageType(_) | ProtocolError::UnknownSyncType(_) => {
-                crate::close::UNSUPPORTED_DATA
-            }
-            ProtocolError::InvalidUpdate(_)
-            | ProtocolError::InvalidAwareness(_)
-            | ProtocolError::NestingTooDeep(_) => crate::close::INVALID_PAYLOAD,
-            ProtocolError::TooManyMessages(_) => crate::close::POLICY_VIOLATION,
-            ProtocolError::Truncated(_) | ProtocolError::BadVarint(_) | ProtocolError::Empty => {
-                crate::close::PROTOCOL_ERROR
-            }
+            ProtocolError::Truncated(_) => Malformed::Truncated,
+            ProtocolError::BadVarint(_) => Malformed::BadVarint,
+            ProtocolError::UnknownMessageType(_) => Malformed::UnknownMessageType,
+            ProtocolError::UnknownSyncType(_) => Malformed::UnknownSyncType,
+            ProtocolError::InvalidUpdate(_) => Malformed::InvalidUpdate,
+            ProtocolError::InvalidAwareness(_) => Malformed::InvalidAwareness,
+            ProtocolError::Empty => Malformed::Empty,
+            ProtocolError::NestingTooDeep(_) => Malformed::NestingTooDeep,
+            ProtocolError::TooManyMessages(_) => Malformed::TooManyMessages,
         }
     }
+}
 
-    /// A short label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            ProtocolError::Truncated(_) => "truncated",
-            ProtocolError::BadVarint(_) => "bad_varint",
-            ProtocolError::UnknownMessageType(_) => "unknown_message_type",
-            ProtocolError::UnknownSyncType(_) => "unknown_sync_type",
-            ProtocolError::InvalidUpdate(_) => "invalid_update",
-            ProtocolError::InvalidAwareness(_) => "invalid_awareness",
-            ProtocolError::Empty => "empty_frame",
-            ProtocolError::NestingTooDeep(_) => "nesting_too_deep",
-            ProtocolError::TooManyMessages(_) => "too_many_messages",
-        }
-    }
-
-    /// The close frame's reason text: the label, or for a limit, which option set it.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ProtocolError::NestingTooDeep(_) => "update nested too deep (--max-nesting-depth)",
-            ProtocolError::TooManyMessages(_) => {
-                "too many messages in one frame (--max-messages-per-frame)"
-            }
-            other => other.label(),
-        }
+impl From<&ProtocolError> for Close {
+    /// The close a refused frame earns (code, reason and label live in [`crate::close`]).
+    fn from(e: &ProtocolError) -> Close {
+        Close::Malformed(e.kind())
     }
 }
 
@@ -651,7 +632,7 @@ mod tests {
         let err = decode_frame_with(&[3; 65], &limits).err();
         assert_eq!(err, Some(ProtocolError::TooManyMessages(64)));
         assert_eq!(
-            err.map(|e| e.close_code()),
+            err.map(|e| Close::from(&e).code()),
             Some(crate::close::POLICY_VIOLATION)
         );
         // 16 MiB of query-awareness: refused at message 65 (quickly, holding 64).
@@ -672,7 +653,10 @@ mod tests {
         update.extend_from_slice(&[126, 0]);
         let err = decode_frame(&encode_update(&update)).err();
         assert_eq!(err, Some(ProtocolError::NestingTooDeep(128)));
-        assert_eq!(err.map(|e| e.close_code()), Some(close_code_invalid()));
+        assert_eq!(
+            err.map(|e| Close::from(&e).code()),
+            Some(close_code_invalid())
+        );
     }
 
     fn close_code_invalid() -> u16 {

@@ -25,9 +25,9 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
-use crate::close;
+use crate::close::Close;
 use crate::config::ReadOnlyAwareness;
-use crate::peer::{CloseReason, Peer};
+use crate::peer::Peer;
 use crate::pending::{self, Integrated};
 use crate::presence::{Change, ConnId, Limits, Presence};
 use crate::protocol::{self, Inbound};
@@ -44,41 +44,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const SNAPSHOT_RETRY: Duration = Duration::from_secs(5);
 /// How soon an unload is retried when updates are still waiting to become durable.
 const UNLOAD_RETRY: Duration = Duration::from_millis(50);
-
-const INVALID_UPDATE: CloseReason = CloseReason {
-    code: close::INVALID_PAYLOAD,
-    reason: "invalid update",
-    label: "invalid_update",
-};
-const BACKLOG_FULL: CloseReason = CloseReason {
-    code: close::TRY_AGAIN_LATER,
-    reason: "storage backlog full, retry later",
-    label: "backlog_full",
-};
-/// The connection announced more awareness client ids, or more bytes of awareness state, than
-/// one connection may own.
-const AWARENESS_LIMIT: CloseReason = CloseReason {
-    code: close::POLICY_VIOLATION,
-    reason: "awareness limit: too many client ids or state bytes for one connection",
-    label: "awareness_limit",
-};
-/// The update adds new clocks for a Yjs client id another live connection owns (or one
-/// reserved for its user after it left).
-const FOREIGN_CLIENT_ID: CloseReason = CloseReason {
-    code: close::POLICY_VIOLATION,
-    reason: "update writes a client id owned by another connection; reconnect to resync",
-    label: "foreign_client_id",
-};
-const PENDING_TOO_LARGE: CloseReason = CloseReason {
-    code: close::POLICY_VIOLATION,
-    reason: "too many updates with missing dependencies (--max-pending-bytes); reconnect to resync",
-    label: "pending_too_large",
-};
-const DISCONNECTED: CloseReason = CloseReason {
-    code: close::DISCONNECTED,
-    reason: "disconnected by an administrator",
-    label: "admin_disconnect",
-};
 
 /// A message to a room.
 #[derive(Debug)]
@@ -582,7 +547,9 @@ impl Room {
                         }) => {
                             // What did integrate is kept (and logged) like any change.
                             self.accept_admin(author, changed);
-                            self.shared.metrics.update_refused(PENDING_TOO_LARGE.label);
+                            self.shared
+                                .metrics
+                                .update_refused(Close::PendingTooLarge.label());
                             Err(CommandError::Invalid(
                                 "the update depends on changes the document does not have \
                                  (pending beyond --max-pending-bytes)"
@@ -633,14 +600,14 @@ impl Room {
                     .map(|p| p.id)
                     .collect();
                 for conn in &chosen {
-                    self.kick(*conn, DISCONNECTED);
+                    self.kick(*conn, Close::Disconnected);
                 }
                 let _ = reply.send(Ok(chosen.len()));
             }
             Command::Delete { reply } => {
                 let closed = self.peers.len();
                 for peer in self.peers.values() {
-                    peer.close(CloseReason::DELETED);
+                    peer.close(Close::Deleted);
                 }
                 self.peers.clear();
                 self.deleting = Some((closed, reply));
@@ -732,7 +699,7 @@ impl Room {
                 self.broadcast_awareness(&applied.changes);
                 if applied.over_limit {
                     warn!(conn, "awareness limit reached; closing the connection");
-                    self.kick(conn, AWARENESS_LIMIT);
+                    self.kick(conn, Close::AwarenessLimit);
                 }
             }
             Inbound::QueryAwareness => {
@@ -752,7 +719,7 @@ impl Room {
         let max_backlog = self.shared.config.max_backlog_bytes as u64;
         if self.durable.is_some() && self.shared.storage.backlog().bytes > max_backlog {
             warn!(conn, "storage backlog full; refusing update");
-            self.kick(conn, BACKLOG_FULL);
+            self.kick(conn, Close::BacklogFull);
             return;
         }
         // Client-id ownership: an update adding clocks for an id another live connection owns
@@ -774,7 +741,7 @@ impl Room {
                 client_id = id,
                 "update writes a client id another connection owns; refused"
             );
-            self.kick(conn, FOREIGN_CLIENT_ID);
+            self.kick(conn, Close::ForeignClientId);
             return;
         }
         match self.integrate(update) {
@@ -790,8 +757,10 @@ impl Room {
                         conn,
                         "pending updates past --max-pending-bytes; refusing sender"
                     );
-                    self.shared.metrics.update_refused(PENDING_TOO_LARGE.label);
-                    self.kick(conn, PENDING_TOO_LARGE);
+                    self.shared
+                        .metrics
+                        .update_refused(Close::PendingTooLarge.label());
+                    self.kick(conn, Close::PendingTooLarge);
                 }
             }
             Err(e) => {
@@ -803,7 +772,7 @@ impl Room {
                 } else {
                     warn!(conn, error = %e, "rejected update");
                 }
-                self.kick(conn, INVALID_UPDATE);
+                self.kick(conn, Close::InvalidUpdate);
             }
         }
     }
@@ -1038,9 +1007,9 @@ impl Room {
             let _ = reply.send(Ok(closed));
         }
         let reason = match exit {
-            Exit::Poisoned => CloseReason::INTERNAL,
-            Exit::Deleted => CloseReason::DELETED,
-            Exit::Shutdown | Exit::Unloaded => CloseReason::SHUTDOWN,
+            Exit::Poisoned => Close::Internal,
+            Exit::Deleted => Close::Deleted,
+            Exit::Shutdown | Exit::Unloaded => Close::Shutdown,
         };
         let write = matches!(exit, Exit::Shutdown)
             .then(|| self.final_snapshot())
@@ -1109,7 +1078,7 @@ impl Room {
         }
     }
 
-    fn kick(&mut self, conn: ConnId, reason: CloseReason) {
+    fn kick(&mut self, conn: ConnId, reason: Close) {
         if let Some(peer) = self.peers.get(&conn) {
             peer.close(reason);
         }
