@@ -16,7 +16,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::close::{Close, Malformed};
 use yrs::StateVector;
@@ -24,18 +24,12 @@ use yrs::Update;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 
-/// Top-level message type: document sync.
-const MSG_SYNC: u64 = 0;
-/// Top-level message type: awareness (presence) update.
-const MSG_AWARENESS: u64 = 1;
-/// Top-level message type: auth (server → client only).
-const MSG_AUTH: u64 = 2;
-/// Top-level message type: request for all awareness states.
-const MSG_QUERY_AWARENESS: u64 = 3;
+use tandem_wire::{
+    MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, ReadError, SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE,
+};
 
-const SYNC_STEP1: u64 = 0;
-const SYNC_STEP2: u64 = 1;
-const SYNC_UPDATE: u64 = 2;
+/// The lib0 cursor, shared with [`crate::update_check`].
+pub(crate) use tandem_wire::Reader;
 
 /// Largest client id a JS peer can produce (ids are JS numbers, 53 bits).
 const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
@@ -152,84 +146,12 @@ impl From<&ProtocolError> for Close {
     }
 }
 
-/// A cursor over a lib0-encoded buffer that reports where it failed. Shared with
-/// [`crate::update_check`], which walks update payloads with it.
-pub(crate) struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.pos >= self.buf.len()
-    }
-
-    /// Bytes not read yet.
-    pub(crate) fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    /// Where the next read starts.
-    pub(crate) fn pos(&self) -> usize {
-        self.pos
-    }
-
-    /// One raw byte.
-    pub(crate) fn u8(&mut self) -> Result<u8, ProtocolError> {
-        let byte = *self
-            .buf
-            .get(self.pos)
-            .ok_or(ProtocolError::Truncated(self.pos))?;
-        self.pos += 1;
-        Ok(byte)
-    }
-
-    /// Skips `n` raw bytes.
-    pub(crate) fn skip(&mut self, n: usize) -> Result<(), ProtocolError> {
-        if n > self.remaining() {
-            return Err(ProtocolError::Truncated(self.pos));
+impl From<ReadError> for ProtocolError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Truncated(at) => ProtocolError::Truncated(at),
+            ReadError::BadVarint(at) => ProtocolError::BadVarint(at),
         }
-        self.pos += n;
-        Ok(())
-    }
-
-    /// lib0 varUint: 7 bits per byte, low group first, high bit = more follows.
-    pub(crate) fn var_uint(&mut self) -> Result<u64, ProtocolError> {
-        let start = self.pos;
-        let mut value: u64 = 0;
-        let mut shift = 0u32;
-        loop {
-            let Some(&byte) = self.buf.get(self.pos) else {
-                return Err(ProtocolError::Truncated(start));
-            };
-            self.pos += 1;
-            if shift >= 64 || (shift == 63 && byte & 0x7f > 1) {
-                return Err(ProtocolError::BadVarint(start));
-            }
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-            shift += 7;
-        }
-    }
-
-    /// lib0 varUint8Array: varUint length, then that many bytes.
-    pub(crate) fn var_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
-        let start = self.pos;
-        let len = self.var_uint()?;
-        let remaining = self.buf.len() - self.pos;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|len| *len <= remaining)
-            .ok_or(ProtocolError::Truncated(start))?;
-        let bytes = &self.buf[self.pos..self.pos + len];
-        self.pos += len;
-        Ok(bytes)
     }
 }
 
@@ -411,75 +333,31 @@ fn decode_awareness(payload: &[u8]) -> Result<AwarenessUpdate, ProtocolError> {
     })
 }
 
-fn put_var_uint(buf: &mut BytesMut, mut value: u64) {
-    while value >= 0x80 {
-        buf.put_u8((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    buf.put_u8(value as u8);
-}
-
-fn var_uint_len(mut value: u64) -> usize {
-    let mut len = 1;
-    while value >= 0x80 {
-        value >>= 7;
-        len += 1;
-    }
-    len
-}
-
-fn sync_frame(sub: u64, payload: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(2 + var_uint_len(payload.len() as u64) + payload.len());
-    put_var_uint(&mut buf, MSG_SYNC);
-    put_var_uint(&mut buf, sub);
-    put_var_uint(&mut buf, payload.len() as u64);
-    buf.put_slice(payload);
-    buf.freeze()
-}
-
 /// `[0][0][state vector]`: the server's SyncStep1, sent on join.
 pub fn encode_sync_step1(sv: &StateVector) -> Bytes {
-    sync_frame(SYNC_STEP1, &sv.encode_v1())
+    Bytes::from(tandem_wire::sync_step1(&sv.encode_v1()))
 }
 
 /// `[0][1][update]`: the answer to a client's SyncStep1.
 pub fn encode_sync_step2(update: &[u8]) -> Bytes {
-    sync_frame(SYNC_STEP2, update)
+    Bytes::from(tandem_wire::sync_step2(update))
 }
 
 /// `[0][2][update]`: an update relayed to the room.
 pub fn encode_update(update: &[u8]) -> Bytes {
-    sync_frame(SYNC_UPDATE, update)
+    Bytes::from(tandem_wire::update(update))
 }
 
 /// `[1][varUint8Array(n × (id, clock, json))]`: presence states (or removals as `null`).
 pub fn encode_awareness<'a>(
     entries: impl ExactSizeIterator<Item = (u64, u32, Option<&'a str>)>,
 ) -> Bytes {
-    let mut inner = BytesMut::new();
-    put_var_uint(&mut inner, entries.len() as u64);
-    for (client_id, clock, state) in entries {
-        put_var_uint(&mut inner, client_id);
-        put_var_uint(&mut inner, u64::from(clock));
-        let json = state.unwrap_or("null");
-        put_var_uint(&mut inner, json.len() as u64);
-        inner.put_slice(json.as_bytes());
-    }
-    let mut buf = BytesMut::with_capacity(1 + var_uint_len(inner.len() as u64) + inner.len());
-    put_var_uint(&mut buf, MSG_AWARENESS);
-    put_var_uint(&mut buf, inner.len() as u64);
-    buf.put_slice(&inner);
-    buf.freeze()
+    Bytes::from(tandem_wire::awareness(entries))
 }
 
 /// `[2][0][reason]`: permission denied, as the y-websocket client understands it.
 pub fn encode_permission_denied(reason: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(3 + reason.len());
-    put_var_uint(&mut buf, MSG_AUTH);
-    put_var_uint(&mut buf, 0);
-    put_var_uint(&mut buf, reason.len() as u64);
-    buf.put_slice(reason.as_bytes());
-    buf.freeze()
+    Bytes::from(tandem_wire::permission_denied(reason))
 }
 
 #[cfg(test)]
@@ -496,21 +374,11 @@ mod tests {
     }
 
     #[test]
-    fn varint_round_trip() {
-        for v in [0u64, 1, 127, 128, 300, 1 << 35, u64::MAX] {
-            let mut buf = BytesMut::new();
-            put_var_uint(&mut buf, v);
-            assert_eq!(buf.len(), var_uint_len(v));
-            assert_eq!(Reader::new(&buf).var_uint(), Ok(v));
-        }
-    }
-
-    #[test]
     fn overlong_varint_is_rejected() {
-        let buf = [0xffu8; 11];
+        let frame = tandem_wire::raw::overlong_varint();
         assert_eq!(
-            Reader::new(&buf).var_uint(),
-            Err(ProtocolError::BadVarint(0))
+            decode_frame(&frame).err(),
+            Some(ProtocolError::BadVarint(0))
         );
     }
 

@@ -17,7 +17,7 @@
 //! Because every announced count is checked against the bytes actually present, the walk also
 //! means yrs' `try_reserve(count)` calls never see a count larger than the input.
 
-use crate::protocol::{ProtocolError, Reader};
+use tandem_wire::{ReadError, Reader};
 
 /// Largest `--max-nesting-depth` accepted. yrs' recursive decoder aborted at ~8,000 levels
 /// on a 2 MiB tokio worker stack and JavaScript clients fail at a few thousand; this keeps a
@@ -43,20 +43,16 @@ pub enum CheckError {
     },
 }
 
-impl From<ProtocolError> for CheckError {
-    fn from(e: ProtocolError) -> Self {
+impl From<ReadError> for CheckError {
+    fn from(e: ReadError) -> Self {
         match e {
-            ProtocolError::BadVarint(at) => CheckError::Malformed {
+            ReadError::BadVarint(at) => CheckError::Malformed {
                 what: "malformed varint",
                 at,
             },
-            ProtocolError::Truncated(at) => CheckError::Malformed {
+            ReadError::Truncated(at) => CheckError::Malformed {
                 what: "truncated",
                 at,
-            },
-            _ => CheckError::Malformed {
-                what: "undecodable",
-                at: 0,
             },
         }
     }
