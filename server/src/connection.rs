@@ -249,7 +249,7 @@ async fn drive<S>(
 {
     let metrics = &shared.metrics;
     let config = &shared.config;
-    let limits = protocol::FrameLimits::from_config(config);
+    let limits = protocol::frame_limits(config);
     let now = Instant::now();
     let mut deadlines = Deadlines {
         liveness: now + config.ping_timeout,

@@ -5,9 +5,12 @@
 //! A y-websocket message is `[varUint type][type-specific body]`; sync messages are
 //! `[0][varUint sub-type][varUint8Array payload]`, awareness messages `[1][varUint8Array
 //! (count, then per entry: client id, clock, JSON state as a varString)]`. A WebSocket frame may
-//! carry several messages back to back. Nothing here knows about yrs, sockets or limits.
+//! carry several messages back to back. [`decode`] is the server's strict decoder (yrs decodes the
+//! updates it carries, after the [`update_check`] walk); nothing here knows about sockets.
 
+pub mod decode;
 pub mod raw;
+pub mod update_check;
 
 /// Top-level message type: document sync.
 pub const MSG_SYNC: u64 = 0;
