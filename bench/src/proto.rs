@@ -7,18 +7,11 @@
 use yrs::updates::decoder::Decode;
 
 /// Top-level message type of a sync message.
-pub const MSG_SYNC: u8 = 0;
+pub const MSG_SYNC: u8 = tandem_wire::MSG_SYNC as u8;
 /// Sync sub-type: SyncStep1 (state vector).
-pub const SYNC_STEP1: u8 = 0;
-/// Sync sub-type: SyncStep2 (update diff).
-pub const SYNC_STEP2: u8 = 1;
-/// Sync sub-type: incremental update.
-pub const SYNC_UPDATE: u8 = 2;
+pub const SYNC_STEP1: u8 = tandem_wire::SYNC_STEP1 as u8;
 
-/// SyncStep1 carrying an empty state vector (`varUint8Array([0])`).
-pub const STEP1_EMPTY: [u8; 4] = [MSG_SYNC, SYNC_STEP1, 1, 0];
-/// SyncStep2 carrying an empty update (no structs, empty delete set).
-pub const STEP2_EMPTY: [u8; 5] = [MSG_SYNC, SYNC_STEP2, 2, 0, 0];
+pub use tandem_wire::{STEP1_EMPTY, STEP2_EMPTY};
 
 /// A decoded incoming frame, borrowing its payload from the frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,84 +52,51 @@ impl std::fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// A cursor over a byte slice reading lib0 primitives.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+impl From<tandem_wire::ReadError> for ParseError {
+    fn from(e: tandem_wire::ReadError) -> Self {
+        match e {
+            tandem_wire::ReadError::Truncated(_) => ParseError::Truncated,
+            tandem_wire::ReadError::BadVarint(_) => ParseError::Overflow,
+        }
+    }
 }
+
+/// The shared lib0 cursor, with this module's error type.
+struct Reader<'a>(tandem_wire::Reader<'a>);
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Reader(tandem_wire::Reader::new(buf))
     }
 
     fn u8(&mut self) -> Result<u8, ParseError> {
-        let b = *self.buf.get(self.pos).ok_or(ParseError::Truncated)?;
-        self.pos += 1;
-        Ok(b)
+        Ok(self.0.u8()?)
     }
 
     fn var_uint(&mut self) -> Result<u64, ParseError> {
-        let mut value: u64 = 0;
-        let mut shift = 0u32;
-        loop {
-            let b = self.u8()?;
-            if shift >= 64 {
-                return Err(ParseError::Overflow);
-            }
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(value);
-            }
-            shift += 7;
-        }
+        Ok(self.0.var_uint()?)
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], ParseError> {
-        let len = usize::try_from(self.var_uint()?).map_err(|_| ParseError::Overflow)?;
-        let end = self.pos.checked_add(len).ok_or(ParseError::Overflow)?;
-        let out = self.buf.get(self.pos..end).ok_or(ParseError::Truncated)?;
-        self.pos = end;
-        Ok(out)
+        Ok(self.0.var_bytes()?)
     }
 }
 
 /// Appends `v` as a lib0 varUint.
-pub fn write_var_uint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
+pub use tandem_wire::put_var_uint as write_var_uint;
 
 /// Frames `update` as a sync Update message `[0][2][varUint8Array(update)]`.
 pub fn frame_update(update: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(update.len() + 12);
-    out.push(MSG_SYNC);
-    out.push(SYNC_UPDATE);
-    write_var_uint(&mut out, update.len() as u64);
-    out.extend_from_slice(update);
-    out
+    tandem_wire::update(update)
 }
 
 /// Top-level message type of an awareness message.
-pub const MSG_AWARENESS: u8 = 1;
+pub const MSG_AWARENESS: u8 = tandem_wire::MSG_AWARENESS as u8;
 
 /// Frames one awareness entry `[1][varUint8Array(1, client, clock, varString(state))]`;
 /// `state` is the JSON of the user's state, or `"null"` to announce that it left.
 pub fn frame_awareness(client: u64, clock: u32, state: &str) -> Vec<u8> {
-    let mut body = Vec::with_capacity(state.len() + 24);
-    write_var_uint(&mut body, 1);
-    write_var_uint(&mut body, client);
-    write_var_uint(&mut body, u64::from(clock));
-    write_var_uint(&mut body, state.len() as u64);
-    body.extend_from_slice(state.as_bytes());
-    let mut out = Vec::with_capacity(body.len() + 8);
-    out.push(MSG_AWARENESS);
-    write_var_uint(&mut out, body.len() as u64);
-    out.extend_from_slice(&body);
-    out
+    tandem_wire::awareness(std::iter::once((client, clock, Some(state))))
 }
 
 /// The entries of an awareness frame (the whole frame, type byte included): for each, the

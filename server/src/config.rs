@@ -482,7 +482,7 @@ mod tests {
     fn frame_limit_defaults_match_the_flags() {
         let c = Config::default();
         assert_eq!(
-            crate::protocol::FrameLimits::from_config(&c),
+            crate::protocol::frame_limits(&c),
             crate::protocol::FrameLimits::DEFAULT
         );
         assert_eq!(c.max_pending_bytes, 1 << 20);

@@ -17,9 +17,9 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::{Instrument, debug, debug_span};
 
 use crate::auth::Grant;
-use crate::close;
+use crate::close::{self, Close};
 use crate::limits::{RateLimiter, Verdict};
-use crate::peer::{CloseReason, Outbox, Peer};
+use crate::peer::{Outbox, Peer};
 use crate::protocol;
 use crate::registry::{JoinError, Registry};
 use crate::room::RoomMsg;
@@ -36,65 +36,6 @@ const CLOSE_QUIET: Duration = Duration::from_millis(500);
 /// Most bytes a closing connection reads and discards after its close frame; beyond it the
 /// socket is dropped even if the client still sends.
 const CLOSE_DRAIN_BYTES: usize = 4 << 20;
-
-/// The client closed the socket itself.
-const CLIENT_CLOSED: CloseReason = CloseReason {
-    code: close::NORMAL,
-    reason: "",
-    label: "client_closed",
-};
-/// The client's close frame carried a code that may not be sent on the wire (1005, 1006,
-/// 1015, below 1000, reserved ranges). tungstenite answers it with 1002 itself and hands us
-/// 1002 in place of the client's code; counting it as `client_closed` hid the violation. (A
-/// client that itself closes with 1002 is counted the same way: it saw a violation too.)
-const CLIENT_BAD_CLOSE: CloseReason = CloseReason {
-    code: close::PROTOCOL_ERROR,
-    reason: "websocket protocol violation",
-    label: "ws_protocol_error",
-};
-/// Nothing arrived within the ping timeout.
-const PING_TIMEOUT: CloseReason = CloseReason {
-    code: close::PING_TIMEOUT,
-    reason: "ping timeout",
-    label: "ping_timeout",
-};
-/// The client sent a text frame.
-const TEXT_FRAME: CloseReason = CloseReason {
-    code: close::UNSUPPORTED_DATA,
-    reason: "text frames are not supported; send binary y-websocket messages",
-    label: "text_frame",
-};
-/// The token's `exp` passed while connected.
-const TOKEN_EXPIRED: CloseReason = CloseReason {
-    code: close::TOKEN_EXPIRED,
-    reason: "token expired",
-    label: "token_expired",
-};
-/// No message within the handshake timeout.
-const HANDSHAKE_TIMEOUT: CloseReason = CloseReason {
-    code: close::HANDSHAKE_TIMEOUT,
-    reason: "handshake timeout: send SyncStep1",
-    label: "handshake_timeout",
-};
-/// No message within the idle timeout.
-const IDLE_TIMEOUT: CloseReason = CloseReason {
-    code: close::IDLE_TIMEOUT,
-    reason: "idle timeout",
-    label: "idle_timeout",
-};
-/// One frame held more messages than the whole burst allowance of the message rate (a rate
-/// that is merely exceeded only slows the connection down).
-const RATE_LIMITED: CloseReason = CloseReason {
-    code: close::RATE_LIMITED,
-    reason: "rate abuse: more messages in one frame than the message burst allows",
-    label: "rate_limited",
-};
-/// The document could not be opened.
-const UNAVAILABLE: CloseReason = CloseReason {
-    code: close::LOAD_FAILED,
-    reason: "document unavailable, retry later",
-    label: "load_failed",
-};
 
 /// What the HTTP layer established about a connection before the upgrade.
 #[derive(Debug)]
@@ -153,19 +94,19 @@ where
             Err(e) => {
                 debug!(error = %e, "join failed");
                 peer.close(match e {
-                    JoinError::Deleted => CloseReason::DELETED,
-                    JoinError::Unavailable | JoinError::LoadFailed => UNAVAILABLE,
+                    JoinError::Deleted => Close::Deleted,
+                    JoinError::Unavailable | JoinError::LoadFailed => Close::LoadFailed,
                 });
             }
         }
         // Counted when decided, not after the lingering close (which may take seconds).
-        let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
-        metrics.closed(reason.label);
+        let reason = peer.close_reason().unwrap_or(Close::ClientClosed);
+        metrics.closed(reason.label());
         Box::pin(finish(&mut socket, &outbox, &peer, &shared.metrics)).await;
         shared.unregister(id);
         drop(slots);
         metrics.connections.dec();
-        debug!(code = reason.code, reason = reason.label, "closed");
+        debug!(code = reason.code(), reason = reason.label(), "closed");
     }
     .instrument(span)
 }
@@ -207,7 +148,7 @@ enum Wake {
     /// The throttle pause is over.
     Resume,
     /// Close with this reason.
-    Close(CloseReason),
+    Close(Close),
 }
 
 impl Deadlines {
@@ -219,10 +160,10 @@ impl Deadlines {
         }
         let reading = self.paused.is_none();
         for (at, reason) in [
-            (Some(self.liveness).filter(|_| reading), PING_TIMEOUT),
-            (self.handshake, HANDSHAKE_TIMEOUT),
-            (Some(self.idle).filter(|_| reading), IDLE_TIMEOUT),
-            (self.expiry, TOKEN_EXPIRED),
+            (Some(self.liveness).filter(|_| reading), Close::PingTimeout),
+            (self.handshake, Close::HandshakeTimeout),
+            (Some(self.idle).filter(|_| reading), Close::IdleTimeout),
+            (self.expiry, Close::TokenExpired),
         ] {
             if let Some(at) = at.filter(|at| *at <= next.0) {
                 next = (at, Wake::Close(reason));
@@ -308,7 +249,7 @@ async fn drive<S>(
 {
     let metrics = &shared.metrics;
     let config = &shared.config;
-    let limits = protocol::FrameLimits::from_config(config);
+    let limits = protocol::frame_limits(config);
     let now = Instant::now();
     let mut deadlines = Deadlines {
         liveness: now + config.ping_timeout,
@@ -368,7 +309,7 @@ async fn drive<S>(
             Event::Deadline(Wake::Resume) => deadlines.throttled = None,
             Event::Closing => {
                 if peer.close_reason().is_none() {
-                    peer.close(CloseReason::SHUTDOWN);
+                    peer.close(Close::Shutdown);
                 }
                 return;
             }
@@ -381,20 +322,20 @@ async fn drive<S>(
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(msg)) => held = Some(msg),
                         Err(mpsc::error::TrySendError::Closed(_)) => {
-                            peer.close(CloseReason::INTERNAL);
+                            peer.close(Close::Internal);
                             return;
                         }
                     }
                 }
             }
             Event::RoomReady(false) => {
-                peer.close(CloseReason::INTERNAL);
+                peer.close(Close::Internal);
                 return;
             }
             Event::Outbound(first) => batch = Some(Batch::of(Some(first))),
             Event::Written(Ok(())) => batch = None,
             Event::Written(Err(_)) => {
-                peer.close(CLIENT_CLOSED);
+                peer.close(Close::ClientClosed);
                 return;
             }
             Event::Inbound(frame) => {
@@ -418,7 +359,7 @@ async fn drive<S>(
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(msg)) => held = Some(msg),
                     Err(mpsc::error::TrySendError::Closed(_)) => {
-                        peer.close(CloseReason::INTERNAL);
+                        peer.close(Close::Internal);
                         return;
                     }
                 }
@@ -523,7 +464,7 @@ fn inbound(
                         Verdict::Pass => None,
                         Verdict::Pause(pause) => Some(pause),
                         Verdict::Abuse => {
-                            peer.close(RATE_LIMITED);
+                            peer.close(Close::RateLimited);
                             return Inbound::Close;
                         }
                     };
@@ -535,23 +476,23 @@ fn inbound(
                 }
                 Err(e) => {
                     debug!(error = %e, "bad frame");
-                    CloseReason {
-                        code: e.close_code(),
-                        reason: e.reason(),
-                        label: e.label(),
-                    }
+                    Close::from(&e)
                 }
             }
         }
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Inbound::Control,
-        Some(Ok(Message::Text(_))) => TEXT_FRAME,
+        Some(Ok(Message::Text(_))) => Close::TextFrame,
+        // The client's close frame carried a code that may not be sent on the wire (1005, 1006,
+        // 1015, below 1000, reserved ranges). tungstenite answers it with 1002 itself and hands
+        // us 1002 in place of the client's code; counting it as `client_closed` hid the
+        // violation. (A client that itself closes with 1002 is counted the same way.)
         Some(Ok(Message::Close(Some(frame)))) if frame.code == close::PROTOCOL_ERROR => {
-            CLIENT_BAD_CLOSE
+            Close::WsProtocolError
         }
-        Some(Ok(Message::Close(_))) | None => CLIENT_CLOSED,
+        Some(Ok(Message::Close(_))) | None => Close::ClientClosed,
         Some(Err(e)) => {
             let reason = classify(e);
-            debug!(reason = reason.label, "socket error");
+            debug!(reason = reason.label(), "socket error");
             reason
         }
     };
@@ -560,40 +501,19 @@ fn inbound(
 }
 
 /// Maps a WebSocket-layer error to the close it earns.
-fn classify(e: axum::Error) -> CloseReason {
+fn classify(e: axum::Error) -> Close {
     use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-    let connection_error = CloseReason {
-        code: close::PROTOCOL_ERROR,
-        reason: "connection error",
-        label: "io_error",
-    };
     let inner = e.into_inner();
     match inner.downcast_ref::<WsError>() {
         // The TCP connection ended without a close frame: a network drop or a killed client,
         // like an I/O error. It used to count as `ws_protocol_error`, drowning real violations
         // in ordinary disconnects.
-        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => connection_error,
-        Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => CloseReason {
-            code: close::MESSAGE_TOO_BIG,
-            reason: "message too big",
-            label: "message_too_big",
-        },
-        Some(WsError::Capacity(_)) => CloseReason {
-            code: close::MESSAGE_TOO_BIG,
-            reason: "frame too big",
-            label: "message_too_big",
-        },
-        Some(WsError::Protocol(_)) => CloseReason {
-            code: close::PROTOCOL_ERROR,
-            reason: "websocket protocol violation",
-            label: "ws_protocol_error",
-        },
-        Some(WsError::Utf8(_)) => CloseReason {
-            code: close::INVALID_PAYLOAD,
-            reason: "invalid UTF-8",
-            label: "invalid_utf8",
-        },
-        _ => connection_error,
+        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => Close::IoError,
+        Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => Close::MessageTooBig,
+        Some(WsError::Capacity(_)) => Close::FrameTooBig,
+        Some(WsError::Protocol(_)) => Close::WsProtocolError,
+        Some(WsError::Utf8(_)) => Close::InvalidUtf8,
+        _ => Close::IoError,
     }
 }
 
@@ -615,9 +535,9 @@ async fn finish<S>(socket: &mut S, outbox: &Outbox, peer: &Peer, metrics: &crate
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    let reason = peer.close_reason().unwrap_or(CLIENT_CLOSED);
+    let reason = peer.close_reason().unwrap_or(Close::ClientClosed);
     let mut drain = Drain::default();
-    let mut stage = if reason == CloseReason::SLOW_CONSUMER {
+    let mut stage = if reason == Close::SlowConsumer {
         Stage::Close
     } else {
         Stage::Queued
@@ -663,7 +583,7 @@ fn poll_close_frame<S>(
     sink: &mut S,
     outbox: &Outbox,
     stage: &mut Stage,
-    reason: CloseReason,
+    reason: Close,
     metrics: &crate::metrics::Metrics,
 ) -> Poll<()>
 where
@@ -695,8 +615,8 @@ where
                     None => {
                         *stage = Stage::Close;
                         Message::Close(Some(CloseFrame {
-                            code: reason.code,
-                            reason: reason.reason.into(),
+                            code: reason.code(),
+                            reason: reason.reason().into(),
                         }))
                     }
                 };
@@ -797,21 +717,21 @@ mod tests {
             paused: None,
         };
         assert!(
-            matches!(d.next(), (at, Wake::Close(r)) if at == t0 + secs(25) && r == PING_TIMEOUT)
+            matches!(d.next(), (at, Wake::Close(r)) if at == t0 + secs(25) && r == Close::PingTimeout)
         );
         d.set_reading(false, t0 + secs(1));
         // Paused: no ping timeout, no idle; the throttle end and the token expiry still run.
         assert!(matches!(d.next(), (at, Wake::Resume) if at == t0 + secs(30)));
         d.throttled = None;
         assert!(
-            matches!(d.next(), (at, Wake::Close(r)) if at == t0 + secs(40) && r == TOKEN_EXPIRED)
+            matches!(d.next(), (at, Wake::Close(r)) if at == t0 + secs(40) && r == Close::TokenExpired)
         );
         // Reading again after 29 s of pause: the silence timers moved by the pause.
         d.set_reading(true, t0 + secs(30));
         assert_eq!(d.liveness, t0 + secs(54));
         assert_eq!(d.idle, t0 + secs(89));
         assert!(
-            matches!(d.next(), (at, Wake::Close(r)) if at == t0 + secs(40) && r == TOKEN_EXPIRED)
+            matches!(d.next(), (at, Wake::Close(r)) if at == t0 + secs(40) && r == Close::TokenExpired)
         );
     }
 

@@ -1,7 +1,7 @@
 //! A connection as a room sees it: a bounded outgoing queue and a way to close it.
 //!
 //! The room never waits on a connection. It pushes shared frames with `try_send`; a connection
-//! whose queue is full (by frames or by bytes) is closed with [`close::SLOW_CONSUMER`] so its
+//! whose queue is full (by frames or by bytes) is closed with [`Close::SlowConsumer`] (4001) so its
 //! provider reconnects and resyncs from its state vector. Nothing is dropped silently.
 
 use std::collections::VecDeque;
@@ -11,47 +11,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::close;
+use crate::close::Close;
 use crate::presence::ConnId;
-
-/// Why a connection is being closed: a WebSocket close code, a short reason sent to the client
-/// (at most 123 bytes) and a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CloseReason {
-    /// WebSocket close code (see [`crate::close`]).
-    pub code: u16,
-    /// Reason text sent in the close frame.
-    pub reason: &'static str,
-    /// Label for the `tandem_connections_closed_total` metric.
-    pub label: &'static str,
-}
-
-impl CloseReason {
-    /// The outgoing queue overflowed.
-    pub const SLOW_CONSUMER: CloseReason = CloseReason {
-        code: close::SLOW_CONSUMER,
-        reason: "too slow: outgoing queue full, reconnect to resync",
-        label: "slow_consumer",
-    };
-    /// The server is shutting down.
-    pub const SHUTDOWN: CloseReason = CloseReason {
-        code: close::GOING_AWAY,
-        reason: "server shutting down",
-        label: "shutdown",
-    };
-    /// An administrator deleted the document (permanent: do not reconnect).
-    pub const DELETED: CloseReason = CloseReason {
-        code: close::DOCUMENT_DELETED,
-        reason: "document deleted",
-        label: "document_deleted",
-    };
-    /// The document failed in a way that needs a reload.
-    pub const INTERNAL: CloseReason = CloseReason {
-        code: close::INTERNAL_ERROR,
-        reason: "internal error, reconnect to resync",
-        label: "internal_error",
-    };
-}
 
 /// A connection's outgoing frames. A plain deque (rather than a channel) because it costs
 /// nothing while empty: an idle connection holds no queue memory at all.
@@ -122,7 +83,7 @@ pub struct Peer {
     queue: Arc<Queue>,
     max_frames: usize,
     max_bytes: usize,
-    close: OnceLock<CloseReason>,
+    close: OnceLock<Close>,
     closing: CancellationToken,
 }
 
@@ -153,7 +114,7 @@ impl Peer {
     }
 
     /// Queues a frame. Returns `false` if the peer is (now) closing: its queue overflowed, in
-    /// which case it has been told to close with [`CloseReason::SLOW_CONSUMER`].
+    /// which case it has been told to close with [`Close::SlowConsumer`].
     pub fn push(&self, frame: Bytes) -> bool {
         if self.closing.is_cancelled() {
             return false;
@@ -173,7 +134,7 @@ impl Peer {
             }
         };
         if overflow {
-            self.close(CloseReason::SLOW_CONSUMER);
+            self.close(Close::SlowConsumer);
             return false;
         }
         self.queue.ready.notify_one();
@@ -181,13 +142,13 @@ impl Peer {
     }
 
     /// Asks the connection to close with `reason`. The first reason wins.
-    pub fn close(&self, reason: CloseReason) {
+    pub fn close(&self, reason: Close) {
         let _ = self.close.set(reason);
         self.closing.cancel();
     }
 
     /// Why the connection was asked to close, if it was.
-    pub fn close_reason(&self) -> Option<CloseReason> {
+    pub fn close_reason(&self) -> Option<Close> {
         self.close.get().copied()
     }
 
@@ -216,7 +177,7 @@ mod tests {
         assert!(peer.push(Bytes::from_static(b"a")));
         assert!(peer.push(Bytes::from_static(b"b")));
         assert!(!peer.push(Bytes::from_static(b"c")));
-        assert_eq!(peer.close_reason(), Some(CloseReason::SLOW_CONSUMER));
+        assert_eq!(peer.close_reason(), Some(Close::SlowConsumer));
         assert!(!peer.push(Bytes::from_static(b"d")));
     }
 
@@ -227,6 +188,6 @@ mod tests {
         rx.try_recv().expect("queued");
         assert!(peer.push(Bytes::from(vec![0; 8])));
         assert!(!peer.push(Bytes::from(vec![0; 8])));
-        assert_eq!(peer.close_reason(), Some(CloseReason::SLOW_CONSUMER));
+        assert_eq!(peer.close_reason(), Some(Close::SlowConsumer));
     }
 }

@@ -1,504 +1,75 @@
-//! The y-websocket wire protocol: bytes in, [`Inbound`] messages out, and the encoders for
-//! every frame the server sends.
-//!
-//! The envelope (message type, sync sub-type, length prefixes) is parsed here by hand rather
-//! than with `yrs::sync::MessageReader`, for three reasons that matter on a server facing
-//! untrusted peers:
-//! - `MessageReader` treats a truncated message as "end of frame" and silently drops it; we must
-//!   reject it.
-//! - `yrs::ClientID::new` debug-asserts that ids fit in 53 bits, so decoding a hostile awareness
-//!   payload through yrs can panic; we check the range ourselves.
-//! - Awareness states are JSON that every JS peer will `JSON.parse`; one invalid state would
-//!   break every other client in the room, so it is validated here.
-//!
-//! Updates and state vectors are still decoded by yrs (they are the CRDT's own format).
-//! Nothing in this module knows about sockets, rooms or storage.
+//! The y-websocket wire protocol as the server uses it: the strict decoder of
+//! [`tandem_wire::decode`] (re-exported), the encoders of every frame the server sends (as shared
+//! `Bytes`), and the link from decoding errors to the close catalogue. Nothing in this module
+//! knows about sockets, rooms or storage.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use yrs::StateVector;
-use yrs::Update;
-use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 
-/// Top-level message type: document sync.
-const MSG_SYNC: u64 = 0;
-/// Top-level message type: awareness (presence) update.
-const MSG_AWARENESS: u64 = 1;
-/// Top-level message type: auth (server → client only).
-const MSG_AUTH: u64 = 2;
-/// Top-level message type: request for all awareness states.
-const MSG_QUERY_AWARENESS: u64 = 3;
+use crate::close::{Close, Malformed};
 
-const SYNC_STEP1: u64 = 0;
-const SYNC_STEP2: u64 = 1;
-const SYNC_UPDATE: u64 = 2;
+pub use tandem_wire::decode::{
+    AwarenessEntry, AwarenessUpdate, FrameLimits, Inbound, ProtocolError, check_update,
+    decode_frame, decode_frame_with, decode_stored_update, decode_update,
+};
 
-/// Largest client id a JS peer can produce (ids are JS numbers, 53 bits).
-const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
-
-/// One decoded message from a client frame.
-#[derive(Debug)]
-pub enum Inbound {
-    /// The client's state vector: it wants everything it lacks (answered with SyncStep2).
-    SyncStep1(StateVector),
-    /// An update to apply: both SyncStep2 and Update carry one, and are treated alike.
-    Update(Update),
-    /// Presence changes for one or more client ids, validated but not unpacked.
-    Awareness(AwarenessUpdate),
-    /// The client asks for every known awareness state.
-    QueryAwareness,
-}
-
-/// One client's presence entry as carried on the wire, borrowed from its message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AwarenessEntry<'a> {
-    /// The Yjs client id (53-bit).
-    pub client_id: u64,
-    /// Lamport clock of this state; higher wins.
-    pub clock: u32,
-    /// The JSON state, or `None` for the literal `null` (the client left).
-    pub state: Option<&'a str>,
-}
-
-/// An awareness message whose every entry was validated (ids, clocks, UTF-8, JSON) but that is
-/// kept as its bytes. y-websocket clients echo every awareness change they receive, so an
-/// honest client in a big room sends messages listing thousands of other users' entries, which
-/// the room ignores; reading entries in place means those cost no allocation beyond the
-/// message itself, and only the entries the room accepts are copied.
-#[derive(Debug, Clone)]
-pub struct AwarenessUpdate {
-    payload: Bytes,
-    count: usize,
-}
-
-impl AwarenessUpdate {
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    /// Whether the message lists no entry.
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// The entries, in order, borrowed from the message.
-    pub fn entries(&self) -> impl Iterator<Item = AwarenessEntry<'_>> + '_ {
-        let mut reader = Reader::new(&self.payload);
-        // The count was read and every entry validated by `decode_awareness`; these reads
-        // cannot fail, and if they somehow did the iteration would just end.
-        let _ = reader.var_uint();
-        (0..self.count).map_while(move |_| read_awareness_entry(&mut reader).ok())
-    }
-}
-/// Why a frame was rejected; each maps to a WebSocket close code.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ProtocolError {
-    /// The frame ended inside a message (truncated varint or length prefix).
-    #[error("truncated message at byte {0}")]
-    Truncated(usize),
-    /// A varint longer than 64 bits.
-    #[error("malformed varint at byte {0}")]
-    BadVarint(usize),
-    /// A message type this server does not speak.
-    #[error("unknown message type {0}")]
-    UnknownMessageType(u64),
-    /// A sync sub-type other than step 1, step 2 or update.
-    #[error("unknown sync message type {0}")]
-    UnknownSyncType(u64),
-    /// The payload is not a valid Yjs update or state vector.
-    #[error("invalid Yjs payload: {0}")]
-    InvalidUpdate(String),
-    /// The awareness payload is malformed (bad id, bad JSON, bad UTF-8).
-    #[error("invalid awareness payload: {0}")]
-    InvalidAwareness(String),
-    /// A frame with no message at all.
-    #[error("empty frame")]
-    Empty,
-    /// An update holding values nested deeper than `--max-nesting-depth` (the payload is the
-    /// limit). Such updates crash yrs' recursive decoder or every JavaScript client.
-    #[error("update nested deeper than {0} levels")]
-    NestingTooDeep(usize),
-    /// More messages in one frame than `--max-messages-per-frame` (the payload is the limit).
-    #[error("more than {0} messages in one frame")]
-    TooManyMessages(usize),
-}
-
-impl ProtocolError {
-    /// The close code this error earns: 1003 for things we do not speak, 1007 for payloads
-    /// that are well-framed but invalid, 1002 for broken framing.
-    pub fn close_code(&self) -> u16 {
-        match self {
-            ProtocolError::UnknownMessageType(_) | ProtocolError::UnknownSyncType(_) => {
-                crate::close::UNSUPPORTED_DATA
-            }
-            ProtocolError::InvalidUpdate(_)
-            | ProtocolError::InvalidAwareness(_)
-            | ProtocolError::NestingTooDeep(_) => crate::close::INVALID_PAYLOAD,
-            ProtocolError::TooManyMessages(_) => crate::close::POLICY_VIOLATION,
-            ProtocolError::Truncated(_) | ProtocolError::BadVarint(_) | ProtocolError::Empty => {
-                crate::close::PROTOCOL_ERROR
-            }
-        }
-    }
-
-    /// A short label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            ProtocolError::Truncated(_) => "truncated",
-            ProtocolError::BadVarint(_) => "bad_varint",
-            ProtocolError::UnknownMessageType(_) => "unknown_message_type",
-            ProtocolError::UnknownSyncType(_) => "unknown_sync_type",
-            ProtocolError::InvalidUpdate(_) => "invalid_update",
-            ProtocolError::InvalidAwareness(_) => "invalid_awareness",
-            ProtocolError::Empty => "empty_frame",
-            ProtocolError::NestingTooDeep(_) => "nesting_too_deep",
-            ProtocolError::TooManyMessages(_) => "too_many_messages",
-        }
-    }
-
-    /// The close frame's reason text: the label, or for a limit, which option set it.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ProtocolError::NestingTooDeep(_) => "update nested too deep (--max-nesting-depth)",
-            ProtocolError::TooManyMessages(_) => {
-                "too many messages in one frame (--max-messages-per-frame)"
-            }
-            other => other.label(),
-        }
-    }
-}
-
-/// A cursor over a lib0-encoded buffer that reports where it failed. Shared with
-/// [`crate::update_check`], which walks update payloads with it.
-pub(crate) struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.pos >= self.buf.len()
-    }
-
-    /// Bytes not read yet.
-    pub(crate) fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    /// Where the next read starts.
-    pub(crate) fn pos(&self) -> usize {
-        self.pos
-    }
-
-    /// One raw byte.
-    pub(crate) fn u8(&mut self) -> Result<u8, ProtocolError> {
-        let byte = *self
-            .buf
-            .get(self.pos)
-            .ok_or(ProtocolError::Truncated(self.pos))?;
-        self.pos += 1;
-        Ok(byte)
-    }
-
-    /// Skips `n` raw bytes.
-    pub(crate) fn skip(&mut self, n: usize) -> Result<(), ProtocolError> {
-        if n > self.remaining() {
-            return Err(ProtocolError::Truncated(self.pos));
-        }
-        self.pos += n;
-        Ok(())
-    }
-
-    /// lib0 varUint: 7 bits per byte, low group first, high bit = more follows.
-    pub(crate) fn var_uint(&mut self) -> Result<u64, ProtocolError> {
-        let start = self.pos;
-        let mut value: u64 = 0;
-        let mut shift = 0u32;
-        loop {
-            let Some(&byte) = self.buf.get(self.pos) else {
-                return Err(ProtocolError::Truncated(start));
-            };
-            self.pos += 1;
-            if shift >= 64 || (shift == 63 && byte & 0x7f > 1) {
-                return Err(ProtocolError::BadVarint(start));
-            }
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-            shift += 7;
-        }
-    }
-
-    /// lib0 varUint8Array: varUint length, then that many bytes.
-    pub(crate) fn var_bytes(&mut self) -> Result<&'a [u8], ProtocolError> {
-        let start = self.pos;
-        let len = self.var_uint()?;
-        let remaining = self.buf.len() - self.pos;
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|len| *len <= remaining)
-            .ok_or(ProtocolError::Truncated(start))?;
-        let bytes = &self.buf[self.pos..self.pos + len];
-        self.pos += len;
-        Ok(bytes)
-    }
-}
-
-/// Limits applied while a frame is decoded (from `--max-messages-per-frame` and
+/// The limits a server with `config` applies (`--max-messages-per-frame`,
 /// `--max-nesting-depth`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameLimits {
-    /// Most messages one frame may carry.
-    pub max_messages: usize,
-    /// Deepest nesting of values inside an update.
-    pub max_nesting_depth: usize,
-}
-
-impl FrameLimits {
-    /// The limits a server with `config` applies.
-    pub fn from_config(config: &crate::config::Config) -> Self {
-        FrameLimits {
-            max_messages: config.max_messages_per_frame,
-            max_nesting_depth: config.max_nesting_depth,
-        }
+pub fn frame_limits(config: &crate::config::Config) -> FrameLimits {
+    FrameLimits {
+        max_messages: config.max_messages_per_frame,
+        max_nesting_depth: config.max_nesting_depth,
     }
 }
 
-impl FrameLimits {
-    /// The binary's defaults (a test in `config` keeps them equal to the flags' defaults).
-    pub const DEFAULT: FrameLimits = FrameLimits {
-        max_messages: 64,
-        max_nesting_depth: 128,
-    };
-}
-
-impl Default for FrameLimits {
-    fn default() -> Self {
-        FrameLimits::DEFAULT
+/// Which kind of refusal a decoding error is, as the close catalogue names it.
+pub fn malformed(e: &ProtocolError) -> Malformed {
+    match e {
+        ProtocolError::Truncated(_) => Malformed::Truncated,
+        ProtocolError::BadVarint(_) => Malformed::BadVarint,
+        ProtocolError::UnknownMessageType(_) => Malformed::UnknownMessageType,
+        ProtocolError::UnknownSyncType(_) => Malformed::UnknownSyncType,
+        ProtocolError::InvalidUpdate(_) => Malformed::InvalidUpdate,
+        ProtocolError::InvalidAwareness(_) => Malformed::InvalidAwareness,
+        ProtocolError::Empty => Malformed::Empty,
+        ProtocolError::NestingTooDeep(_) => Malformed::NestingTooDeep,
+        ProtocolError::TooManyMessages(_) => Malformed::TooManyMessages,
     }
 }
 
-/// [`decode_frame_with`] under the default limits.
-pub fn decode_frame(frame: &[u8]) -> Result<Vec<Inbound>, ProtocolError> {
-    decode_frame_with(frame, &FrameLimits::DEFAULT)
-}
-
-/// Decodes every message in one binary frame. A frame may carry several messages back to
-/// back (older clients and some providers batch them); all must be valid or none is used.
-/// Decoding stops at the first message past `limits.max_messages`, so a frame of millions of
-/// one-byte messages costs nothing before it is refused.
-pub fn decode_frame_with(
-    frame: &[u8],
-    limits: &FrameLimits,
-) -> Result<Vec<Inbound>, ProtocolError> {
-    let mut reader = Reader::new(frame);
-    if reader.is_empty() {
-        return Err(ProtocolError::Empty);
+impl From<&ProtocolError> for Close {
+    /// The close a refused frame earns (code, reason and label live in [`crate::close`]).
+    fn from(e: &ProtocolError) -> Close {
+        Close::Malformed(malformed(e))
     }
-    let mut out = Vec::with_capacity(1);
-    while !reader.is_empty() {
-        if out.len() >= limits.max_messages {
-            return Err(ProtocolError::TooManyMessages(limits.max_messages));
-        }
-        out.push(decode_message(&mut reader, limits)?);
-    }
-    Ok(out)
-}
-
-fn decode_message(reader: &mut Reader<'_>, limits: &FrameLimits) -> Result<Inbound, ProtocolError> {
-    match reader.var_uint()? {
-        MSG_SYNC => match reader.var_uint()? {
-            SYNC_STEP1 => {
-                let payload = reader.var_bytes()?;
-                Ok(Inbound::SyncStep1(decode_state_vector(payload)?))
-            }
-            SYNC_STEP2 | SYNC_UPDATE => {
-                let payload = reader.var_bytes()?;
-                Ok(Inbound::Update(decode_update(
-                    payload,
-                    limits.max_nesting_depth,
-                )?))
-            }
-            other => Err(ProtocolError::UnknownSyncType(other)),
-        },
-        MSG_AWARENESS => {
-            let payload = reader.var_bytes()?;
-            Ok(Inbound::Awareness(decode_awareness(payload)?))
-        }
-        MSG_QUERY_AWARENESS => Ok(Inbound::QueryAwareness),
-        other => Err(ProtocolError::UnknownMessageType(other)),
-    }
-}
-
-/// Decodes a Yjs v1 update from outside (a client or the admin API). The bytes are first
-/// walked without recursion ([`crate::update_check`]) and refused if any value nests deeper
-/// than `max_depth`; yrs' own recursive decoder never sees them otherwise. Errors and panics
-/// inside yrs become an error too: yrs has debug assertions on some decoded values.
-pub fn decode_update(payload: &[u8], max_depth: usize) -> Result<Update, ProtocolError> {
-    check_update(payload, max_depth)?;
-    guarded(|| Update::decode_v1(payload))
-}
-
-/// The walk of [`decode_update`] alone, for paths that hand the bytes to yrs another way.
-pub fn check_update(payload: &[u8], max_depth: usize) -> Result<(), ProtocolError> {
-    use crate::update_check::{CheckError, check_update_v1};
-    check_update_v1(payload, max_depth).map_err(|e| match e {
-        CheckError::TooDeep { limit } => ProtocolError::NestingTooDeep(limit),
-        malformed @ CheckError::Malformed { .. } => {
-            ProtocolError::InvalidUpdate(malformed.to_string())
-        }
-    })
-}
-
-/// Decodes an update read back from our own storage. Everything stored passed
-/// [`decode_update`] when it arrived (or predates the nesting limit and was decoded then), so
-/// it is not walked again: a document stored before a lower limit must stay loadable.
-pub fn decode_stored_update(payload: &[u8]) -> Result<Update, ProtocolError> {
-    guarded(|| Update::decode_v1(payload))
-}
-
-/// Decodes a state vector. Its announced entry count is checked against the payload first
-/// (each entry takes at least two bytes), because yrs reserves room for that many entries
-/// before reading them.
-fn decode_state_vector(payload: &[u8]) -> Result<StateVector, ProtocolError> {
-    let mut reader = Reader::new(payload);
-    let count = reader.var_uint()?;
-    if count > (reader.remaining() / 2) as u64 {
-        return Err(ProtocolError::InvalidUpdate(
-            "state vector announces more entries than it holds".into(),
-        ));
-    }
-    guarded(|| StateVector::decode_v1(payload))
-}
-
-fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T, ProtocolError> {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(ProtocolError::InvalidUpdate(e.to_string())),
-        Err(_) => Err(ProtocolError::InvalidUpdate("undecodable".into())),
-    }
-}
-
-/// Reads one awareness entry (client id, clock, state) and checks it: id within 53 bits, clock
-/// within 32 bits, state UTF-8 and either `null` or valid JSON.
-fn read_awareness_entry<'a>(reader: &mut Reader<'a>) -> Result<AwarenessEntry<'a>, ProtocolError> {
-    let bad = |what: &str| ProtocolError::InvalidAwareness(what.to_string());
-    let client_id = reader.var_uint()?;
-    if client_id > MAX_CLIENT_ID {
-        return Err(bad("client id above 2^53"));
-    }
-    let clock = u32::try_from(reader.var_uint()?).map_err(|_| bad("clock above 2^32"))?;
-    let json = std::str::from_utf8(reader.var_bytes()?).map_err(|_| bad("state is not UTF-8"))?;
-    let state = if json == "null" {
-        None
-    } else {
-        serde_json::from_str::<serde::de::IgnoredAny>(json)
-            .map_err(|_| bad("state is not JSON"))?;
-        Some(json)
-    };
-    Ok(AwarenessEntry {
-        client_id,
-        clock,
-        state,
-    })
-}
-
-/// Validates an awareness payload entry by entry without keeping anything, then keeps the
-/// payload as one buffer (see [`AwarenessUpdate`]).
-fn decode_awareness(payload: &[u8]) -> Result<AwarenessUpdate, ProtocolError> {
-    let mut reader = Reader::new(payload);
-    let count = reader.var_uint()?;
-    let mut seen: usize = 0;
-    for _ in 0..count {
-        read_awareness_entry(&mut reader)?;
-        seen += 1;
-    }
-    if !reader.is_empty() {
-        return Err(ProtocolError::InvalidAwareness("trailing bytes".into()));
-    }
-    Ok(AwarenessUpdate {
-        payload: Bytes::copy_from_slice(payload),
-        count: seen,
-    })
-}
-
-fn put_var_uint(buf: &mut BytesMut, mut value: u64) {
-    while value >= 0x80 {
-        buf.put_u8((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    buf.put_u8(value as u8);
-}
-
-fn var_uint_len(mut value: u64) -> usize {
-    let mut len = 1;
-    while value >= 0x80 {
-        value >>= 7;
-        len += 1;
-    }
-    len
-}
-
-fn sync_frame(sub: u64, payload: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(2 + var_uint_len(payload.len() as u64) + payload.len());
-    put_var_uint(&mut buf, MSG_SYNC);
-    put_var_uint(&mut buf, sub);
-    put_var_uint(&mut buf, payload.len() as u64);
-    buf.put_slice(payload);
-    buf.freeze()
 }
 
 /// `[0][0][state vector]`: the server's SyncStep1, sent on join.
 pub fn encode_sync_step1(sv: &StateVector) -> Bytes {
-    sync_frame(SYNC_STEP1, &sv.encode_v1())
+    Bytes::from(tandem_wire::sync_step1(&sv.encode_v1()))
 }
 
 /// `[0][1][update]`: the answer to a client's SyncStep1.
 pub fn encode_sync_step2(update: &[u8]) -> Bytes {
-    sync_frame(SYNC_STEP2, update)
+    Bytes::from(tandem_wire::sync_step2(update))
 }
 
 /// `[0][2][update]`: an update relayed to the room.
 pub fn encode_update(update: &[u8]) -> Bytes {
-    sync_frame(SYNC_UPDATE, update)
+    Bytes::from(tandem_wire::update(update))
 }
 
 /// `[1][varUint8Array(n × (id, clock, json))]`: presence states (or removals as `null`).
 pub fn encode_awareness<'a>(
     entries: impl ExactSizeIterator<Item = (u64, u32, Option<&'a str>)>,
 ) -> Bytes {
-    let mut inner = BytesMut::new();
-    put_var_uint(&mut inner, entries.len() as u64);
-    for (client_id, clock, state) in entries {
-        put_var_uint(&mut inner, client_id);
-        put_var_uint(&mut inner, u64::from(clock));
-        let json = state.unwrap_or("null");
-        put_var_uint(&mut inner, json.len() as u64);
-        inner.put_slice(json.as_bytes());
-    }
-    let mut buf = BytesMut::with_capacity(1 + var_uint_len(inner.len() as u64) + inner.len());
-    put_var_uint(&mut buf, MSG_AWARENESS);
-    put_var_uint(&mut buf, inner.len() as u64);
-    buf.put_slice(&inner);
-    buf.freeze()
+    Bytes::from(tandem_wire::awareness(entries))
 }
 
 /// `[2][0][reason]`: permission denied, as the y-websocket client understands it.
 pub fn encode_permission_denied(reason: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(3 + reason.len());
-    put_var_uint(&mut buf, MSG_AUTH);
-    put_var_uint(&mut buf, 0);
-    put_var_uint(&mut buf, reason.len() as u64);
-    buf.put_slice(reason.as_bytes());
-    buf.freeze()
+    Bytes::from(tandem_wire::permission_denied(reason))
 }
 
 #[cfg(test)]
@@ -515,21 +86,11 @@ mod tests {
     }
 
     #[test]
-    fn varint_round_trip() {
-        for v in [0u64, 1, 127, 128, 300, 1 << 35, u64::MAX] {
-            let mut buf = BytesMut::new();
-            put_var_uint(&mut buf, v);
-            assert_eq!(buf.len(), var_uint_len(v));
-            assert_eq!(Reader::new(&buf).var_uint(), Ok(v));
-        }
-    }
-
-    #[test]
     fn overlong_varint_is_rejected() {
-        let buf = [0xffu8; 11];
+        let frame = tandem_wire::raw::overlong_varint();
         assert_eq!(
-            Reader::new(&buf).var_uint(),
-            Err(ProtocolError::BadVarint(0))
+            decode_frame(&frame).err(),
+            Some(ProtocolError::BadVarint(0))
         );
     }
 
@@ -651,7 +212,7 @@ mod tests {
         let err = decode_frame_with(&[3; 65], &limits).err();
         assert_eq!(err, Some(ProtocolError::TooManyMessages(64)));
         assert_eq!(
-            err.map(|e| e.close_code()),
+            err.map(|e| Close::from(&e).code()),
             Some(crate::close::POLICY_VIOLATION)
         );
         // 16 MiB of query-awareness: refused at message 65 (quickly, holding 64).
@@ -672,7 +233,10 @@ mod tests {
         update.extend_from_slice(&[126, 0]);
         let err = decode_frame(&encode_update(&update)).err();
         assert_eq!(err, Some(ProtocolError::NestingTooDeep(128)));
-        assert_eq!(err.map(|e| e.close_code()), Some(close_code_invalid()));
+        assert_eq!(
+            err.map(|e| Close::from(&e).code()),
+            Some(close_code_invalid())
+        );
     }
 
     fn close_code_invalid() -> u16 {

@@ -9,10 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::close::Close;
 use crate::config::Config;
 use crate::limits::Counter;
 use crate::metrics::Metrics;
-use crate::peer::{CloseReason, Peer};
+use crate::peer::Peer;
 use crate::presence::ConnId;
 use crate::storage::Storage;
 
@@ -79,7 +80,7 @@ impl Shared {
     }
 
     /// Closes every live connection `matches` selects; returns how many.
-    pub fn close_matching(&self, matches: impl Fn(&Peer) -> bool, reason: CloseReason) -> usize {
+    pub fn close_matching(&self, matches: impl Fn(&Peer) -> bool, reason: Close) -> usize {
         let live = self.live();
         let mut closed = 0;
         for peer in live.values().filter(|p| matches(p)) {

@@ -226,7 +226,10 @@ pub(super) async fn import(
     // yrs' recursive decoder. Also keeps a garbage body from creating the document by
     // loading it.
     crate::protocol::check_update(&body, state.shared.config.max_nesting_depth).map_err(|e| {
-        state.shared.metrics.update_refused(e.label());
+        state
+            .shared
+            .metrics
+            .update_refused(crate::protocol::malformed(&e).label());
         AdminError::BadRequest(format!("not a valid Yjs update: {e}"))
     })?;
     let applied = if replace {
@@ -241,7 +244,10 @@ pub(super) async fn import(
     } else {
         crate::protocol::decode_update(&body, state.shared.config.max_nesting_depth).map_err(
             |e| {
-                state.shared.metrics.update_refused(e.label());
+                state
+                    .shared
+                    .metrics
+                    .update_refused(crate::protocol::malformed(&e).label());
                 AdminError::BadRequest(format!("not a valid Yjs update: {e}"))
             },
         )?;

@@ -10,8 +10,8 @@ use crdt_store::RevocationKind;
 use serde::Deserialize;
 
 use super::AdminError;
+use crate::close::Close;
 use crate::http::AppState;
-use crate::peer::CloseReason;
 
 /// Body of a revocation request: a token id, a user id, or both.
 #[derive(Debug, Deserialize)]
@@ -34,13 +34,6 @@ impl RevocationRequest {
         Ok(())
     }
 }
-
-/// Live connections of a revoked token or user are closed with this.
-const REVOKED: CloseReason = CloseReason {
-    code: crate::close::REVOKED,
-    reason: "token revoked",
-    label: "revoked",
-};
 
 /// `POST /api/v1/admin/revocations`: revoke, and close matching live connections at once.
 pub(super) async fn revoke(
@@ -69,7 +62,7 @@ pub(super) async fn revoke(
             req.token_id.is_some() && peer.token_id == req.token_id
                 || req.user.is_some() && peer.user == req.user
         },
-        REVOKED,
+        Close::Revoked,
     );
     // In memory and on live connections first (that is what protects), then stored so a
     // restart keeps refusing the token.

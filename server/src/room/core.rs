@@ -28,48 +28,12 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
 
 use super::CommandError;
-use crate::close;
+use crate::close::Close;
 use crate::config::ReadOnlyAwareness;
 use crate::metrics::Metrics;
-use crate::peer::CloseReason;
 use crate::pending::{self, Integrated};
 use crate::presence::{Change, ConnId, Limits, Presence};
 use crate::protocol::{self, Inbound};
-
-pub(crate) const INVALID_UPDATE: CloseReason = CloseReason {
-    code: close::INVALID_PAYLOAD,
-    reason: "invalid update",
-    label: "invalid_update",
-};
-pub(crate) const BACKLOG_FULL: CloseReason = CloseReason {
-    code: close::TRY_AGAIN_LATER,
-    reason: "storage backlog full, retry later",
-    label: "backlog_full",
-};
-/// The connection announced more awareness client ids, or more bytes of awareness state, than
-/// one connection may own.
-pub(crate) const AWARENESS_LIMIT: CloseReason = CloseReason {
-    code: close::POLICY_VIOLATION,
-    reason: "awareness limit: too many client ids or state bytes for one connection",
-    label: "awareness_limit",
-};
-/// The update adds new clocks for a Yjs client id another live connection owns (or one
-/// reserved for its user after it left).
-pub(crate) const FOREIGN_CLIENT_ID: CloseReason = CloseReason {
-    code: close::POLICY_VIOLATION,
-    reason: "update writes a client id owned by another connection; reconnect to resync",
-    label: "foreign_client_id",
-};
-pub(crate) const PENDING_TOO_LARGE: CloseReason = CloseReason {
-    code: close::POLICY_VIOLATION,
-    reason: "too many updates with missing dependencies (--max-pending-bytes); reconnect to resync",
-    label: "pending_too_large",
-};
-pub(crate) const DISCONNECTED: CloseReason = CloseReason {
-    code: close::DISCONNECTED,
-    reason: "disconnected by an administrator",
-    label: "admin_disconnect",
-};
 
 /// The options the core's rules depend on (a subset of the server's `Config`).
 #[derive(Debug, Clone)]
@@ -155,7 +119,7 @@ pub enum Effect {
         author: Option<String>,
     },
     /// Close a peer's connection; the core already removed it.
-    Close(ConnId, CloseReason),
+    Close(ConnId, Close),
 }
 
 /// What the core knows about a joined connection.
@@ -444,7 +408,7 @@ impl RoomCore {
                 }) => {
                     // What did integrate is kept (and logged) like any change.
                     self.accept_admin(author, changed);
-                    self.metrics.update_refused(PENDING_TOO_LARGE.label);
+                    self.metrics.update_refused(Close::PendingTooLarge.label());
                     Err(CommandError::Invalid(
                         "the update depends on changes the document does not have \
                          (pending beyond --max-pending-bytes)"
@@ -468,7 +432,7 @@ impl RoomCore {
             .collect();
         chosen.sort_unstable();
         for conn in &chosen {
-            self.kick(*conn, DISCONNECTED, now);
+            self.kick(*conn, Close::Disconnected, now);
         }
         (chosen.len(), self.take())
     }
@@ -480,7 +444,7 @@ impl RoomCore {
         let mut conns: Vec<ConnId> = self.peers.drain().map(|(id, _)| id).collect();
         conns.sort_unstable();
         for conn in conns {
-            self.out.push(Effect::Close(conn, CloseReason::DELETED));
+            self.out.push(Effect::Close(conn, Close::Deleted));
         }
         (closed, self.take())
     }
@@ -518,7 +482,7 @@ impl RoomCore {
         }
     }
 
-    fn kick(&mut self, conn: ConnId, reason: CloseReason, now: Instant) {
+    fn kick(&mut self, conn: ConnId, reason: Close, now: Instant) {
         if self.peers.contains_key(&conn) {
             self.out.push(Effect::Close(conn, reason));
         }
@@ -566,7 +530,7 @@ impl RoomCore {
                 self.broadcast_awareness(&applied.changes);
                 if applied.over_limit {
                     warn!(conn, "awareness limit reached; closing the connection");
-                    self.kick(conn, AWARENESS_LIMIT, now);
+                    self.kick(conn, Close::AwarenessLimit, now);
                 }
             }
             Inbound::QueryAwareness => {
@@ -585,7 +549,7 @@ impl RoomCore {
     fn apply(&mut self, conn: ConnId, update: Update, backlog_full: bool, now: Instant) {
         if backlog_full {
             warn!(conn, "storage backlog full; refusing update");
-            self.kick(conn, BACKLOG_FULL, now);
+            self.kick(conn, Close::BacklogFull, now);
             return;
         }
         // Client-id ownership: an update adding clocks for an id another live connection owns
@@ -606,7 +570,7 @@ impl RoomCore {
                 client_id = id,
                 "update writes a client id another connection owns; refused"
             );
-            self.kick(conn, FOREIGN_CLIENT_ID, now);
+            self.kick(conn, Close::ForeignClientId, now);
             return;
         }
         match self.integrate(update) {
@@ -622,8 +586,8 @@ impl RoomCore {
                         conn,
                         "pending updates past --max-pending-bytes; refusing sender"
                     );
-                    self.metrics.update_refused(PENDING_TOO_LARGE.label);
-                    self.kick(conn, PENDING_TOO_LARGE, now);
+                    self.metrics.update_refused(Close::PendingTooLarge.label());
+                    self.kick(conn, Close::PendingTooLarge, now);
                 }
             }
             Err(e) => {
@@ -635,7 +599,7 @@ impl RoomCore {
                 } else {
                     warn!(conn, error = %e, "rejected update");
                 }
-                self.kick(conn, INVALID_UPDATE, now);
+                self.kick(conn, Close::InvalidUpdate, now);
             }
         }
     }
@@ -782,7 +746,7 @@ mod tests {
                 Effect::Send(conn, frame) => format!("send {conn} {}", kind(frame)),
                 Effect::Broadcast(frame) => format!("all {}", kind(frame)),
                 Effect::Append { seq, .. } => format!("append {seq}"),
-                Effect::Close(conn, reason) => format!("close {conn} {}", reason.label),
+                Effect::Close(conn, reason) => format!("close {conn} {}", reason.label()),
             })
             .collect()
     }

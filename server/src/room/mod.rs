@@ -28,8 +28,9 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use yrs::Doc;
 
 use self::core::{CoreConfig, CoreMetrics, Effect, PeerMeta, RoomCore};
+use crate::close::Close;
 use crate::history::HistoryError;
-use crate::peer::{CloseReason, Peer};
+use crate::peer::Peer;
 use crate::presence::ConnId;
 use crate::protocol::Inbound;
 use crate::registry::{JoinError, Registry};
@@ -843,9 +844,9 @@ impl Room {
             let _ = reply.send(Ok(closed));
         }
         let reason = match exit {
-            Exit::Poisoned => CloseReason::INTERNAL,
-            Exit::Deleted => CloseReason::DELETED,
-            Exit::Shutdown | Exit::Unloaded => CloseReason::SHUTDOWN,
+            Exit::Poisoned => Close::Internal,
+            Exit::Deleted => Close::Deleted,
+            Exit::Shutdown | Exit::Unloaded => Close::Shutdown,
         };
         let write = matches!(exit, Exit::Shutdown)
             .then(|| self.final_snapshot())

@@ -285,7 +285,7 @@ impl Client {
     }
 
     async fn handle(&mut self, data: &[u8]) {
-        let mut r = Reader(data, 0);
+        let mut r = Reader::new(data);
         let kind = r.var();
         match kind {
             0 => {
@@ -311,7 +311,7 @@ impl Client {
             }
             1 => {
                 let payload = r.bytes();
-                let mut a = Reader(payload, 0);
+                let mut a = Reader::new(payload);
                 let n = a.var();
                 self.awareness_frames += 1;
                 self.last_awareness_frame.clear();
@@ -380,59 +380,34 @@ impl Client {
     }
 }
 
-/// Builds `[kind][sub?][varUint8Array(payload)]`.
+/// Builds `[kind][sub?][varUint8Array(payload)]` (see [`tandem_wire::raw`] for more hostile
+/// shapes).
 pub fn frame(kind: u64, sub: Option<u64>, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    put_var(&mut out, kind);
-    if let Some(sub) = sub {
-        put_var(&mut out, sub);
-    }
-    put_var(&mut out, payload.len() as u64);
-    out.extend_from_slice(payload);
-    out
+    tandem_wire::raw::message(kind, sub, payload)
 }
 
+/// An awareness message; each state is written as given (`"null"` announces a removal).
 pub fn awareness_frame(entries: &[(u64, u32, &str)]) -> Vec<u8> {
-    let mut inner = Vec::new();
-    put_var(&mut inner, entries.len() as u64);
-    for (id, clock, json) in entries {
-        put_var(&mut inner, *id);
-        put_var(&mut inner, u64::from(*clock));
-        put_var(&mut inner, json.len() as u64);
-        inner.extend_from_slice(json.as_bytes());
-    }
-    frame(1, None, &inner)
+    tandem_wire::raw::awareness(entries)
 }
 
-pub fn put_var(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+/// Appends a lib0 varUint.
+pub fn put_var(out: &mut Vec<u8>, v: u64) {
+    tandem_wire::put_var_uint(out, v);
 }
 
-struct Reader<'a>(&'a [u8], usize);
+/// The test client trusts the server: anything it cannot read is a failed test.
+struct Reader<'a>(tandem_wire::Reader<'a>);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Reader(tandem_wire::Reader::new(data))
+    }
     fn var(&mut self) -> u64 {
-        let mut v = 0u64;
-        let mut shift = 0;
-        loop {
-            let b = self.0[self.1];
-            self.1 += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return v;
-            }
-            shift += 7;
-        }
+        self.0.var_uint().expect("varint from server")
     }
-    fn bytes(&mut self) -> &[u8] {
-        let n = self.var() as usize;
-        let s = &self.0[self.1..self.1 + n];
-        self.1 += n;
-        s
+    fn bytes(&mut self) -> &'a [u8] {
+        self.0.var_bytes().expect("bytes from server")
     }
 }
 
