@@ -76,16 +76,12 @@ if [[ " $BACKENDS " == *" postgres "* ]]; then
     command -v psql >/dev/null || { echo "history.sh needs psql for the postgres backend" >&2; exit 1; }
 fi
 [[ -r "$TRACE_FILE" ]] || { echo "no trace $TRACE_FILE" >&2; exit 1; }
-if [[ -z "${SKIP_BUILD:-}" ]]; then
-    echo "building release binaries..." >&2
-    (cd "$ROOT" && cargo build --release -p tandem-server -p tandem-bench) >&2
-fi
-[[ -x "$SERVER" && -x "$BENCH" ]] || { echo "missing $SERVER or $BENCH" >&2; exit 1; }
 if [[ -n "${PERF:-}" ]]; then
     command -v perf >/dev/null || { echo "PERF=1 needs perf" >&2; exit 1; }
 fi
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+release_binaries
 
 SERVER_PID=""
 PORT=""

@@ -1,4 +1,7 @@
-# Sourced by bench/run.sh and bench/storage.sh.
+# Sourced by the bench drivers (run.sh, storage.sh, history.sh, soak.sh).
+#
+# release_binaries: builds the release server and load generator (unless SKIP_BUILD=1) and
+# checks that $SERVER and $BENCH exist.
 #
 # wait_quiet: wait (bounded) until other processes leave the CPU alone before a case, since the
 # numbers mean little otherwise.
@@ -39,4 +42,12 @@ free_port() {
     done
     echo "no free port in 21000-21999" >&2
     return 1
+}
+
+release_binaries() {
+    if [[ -z "${SKIP_BUILD:-}" ]]; then
+        echo "building release binaries..." >&2
+        (cd "$ROOT" && cargo build --release -p tandem-server -p tandem-bench) >&2
+    fi
+    [[ -x "$SERVER" && -x "$BENCH" ]] || { echo "missing $SERVER or $BENCH" >&2; exit 1; }
 }

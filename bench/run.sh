@@ -32,13 +32,9 @@ OUT=$(mktemp -d /tmp/tandem-bench.XXXXXX)
 
 command -v jq >/dev/null || { echo "run.sh needs jq" >&2; exit 1; }
 
-if [[ -z "${SKIP_BUILD:-}" ]]; then
-    echo "building release binaries..." >&2
-    (cd "$ROOT" && cargo build --release -p tandem-server -p tandem-bench) >&2
-fi
-[[ -x "$SERVER" && -x "$BENCH" ]] || { echo "missing $SERVER or $BENCH" >&2; exit 1; }
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+release_binaries
 
 SERVER_PID=""
 PORT=""

@@ -32,13 +32,9 @@ BENCH="$ROOT/target/release/tandem-bench"
 OUT=$(mktemp -d /tmp/tandem-soak.XXXXXX)
 
 command -v jq >/dev/null || { echo "soak.sh needs jq" >&2; exit 1; }
-if [[ -z "${SKIP_BUILD:-}" ]]; then
-    echo "building release binaries..." >&2
-    (cd "$ROOT" && cargo build --release -p tandem-server -p tandem-bench) >&2
-fi
-[[ -x "$SERVER" && -x "$BENCH" ]] || { echo "missing $SERVER or $BENCH" >&2; exit 1; }
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+release_binaries
 
 PORT=$(free_port)
 wait_quiet

@@ -42,13 +42,9 @@ command -v jq >/dev/null || { echo "storage.sh needs jq" >&2; exit 1; }
 if [[ " $BACKENDS " == *" postgres "* ]]; then
     command -v psql >/dev/null || { echo "storage.sh needs psql for the postgres backend" >&2; exit 1; }
 fi
-if [[ -z "${SKIP_BUILD:-}" ]]; then
-    echo "building release binaries..." >&2
-    (cd "$ROOT" && cargo build --release -p tandem-server -p tandem-bench) >&2
-fi
-[[ -x "$SERVER" && -x "$BENCH" ]] || { echo "missing $SERVER or $BENCH" >&2; exit 1; }
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+release_binaries
 
 SERVER_PID=""
 PORT=""
