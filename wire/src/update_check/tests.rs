@@ -280,3 +280,25 @@ fn legacy_json_content_is_refused() {
         Err(CheckError::Malformed { .. })
     ));
 }
+
+#[test]
+fn two_blocks_of_one_client_are_refused() {
+    // The admin_import fuzz target's heap-use-after-free in yrs 0.28 (fuzz/found/): two
+    // blocks for client 0, an item and then a GC range over its clock.
+    let found = [
+        0x03, 0x01, 0x00, 0x58, 0x03, 0x01, 0x03, 0x00, 0x00, 0x03, 0x00, 0x01, 0x00, 0x58, 0x00,
+        0x06, 0x00, 0x00, 0x00, 0x00,
+    ];
+    assert!(matches!(
+        check_update_v1(&found, LIMIT),
+        Err(CheckError::Malformed { .. })
+    ));
+    // What yrs itself writes (one block per client) still passes.
+    let doc = Doc::with_client_id(1);
+    let text = doc.get_or_insert_text("t");
+    text.push(&mut doc.transact_mut(), "ab");
+    let update = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    assert!(check_update_v1(&update, LIMIT).is_ok());
+}
