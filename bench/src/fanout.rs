@@ -44,6 +44,21 @@ pub struct FanoutArgs {
     /// Seconds allowed for all clients to connect and sync.
     #[arg(long, default_value_t = 30.0)]
     pub connect_timeout: f64,
+    /// Use this existing document instead of fresh ones (needs `--rooms 1`): e.g. one loaded
+    /// with `trace-load`, so the fan-out runs on a large document.
+    #[arg(long)]
+    pub room: Option<String>,
+    /// During the measured window, restore the document through the admin API every this
+    /// many seconds (0 = never): shows what a restore does to the keystrokes of everyone else.
+    /// Needs `--room` and `--admin-token`.
+    #[arg(long, default_value_t = 0.0)]
+    pub restore_every: f64,
+    /// Sequence numbers the restores go to, in turn (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub restore_seqs: Vec<i64>,
+    /// Admin token for the restores.
+    #[arg(long, env = "TANDEM_BENCH_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
 }
 
 /// The timetable every client follows, fixed once all are synced.
@@ -124,6 +139,9 @@ struct FanoutResult {
     bench: Option<procstat::Usage>,
     /// CPU used by other processes on the machine during the window, % of one core.
     other_cpu_pct: Option<f64>,
+    /// Restores made during the window (`--restore-every`), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restore: Option<RestoreOut>,
 }
 
 /// Client id of the client with global index `gi` (ids are unique per run: rooms are fresh).
@@ -143,6 +161,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
         return Err("--duration must be in (0, 3600]".into());
     }
     let target = Target::parse(&common.url)?;
+    let restores = restore_plan(args)?;
     let total = args.rooms * args.clients_per_room;
     let per_client = (args.rate * (args.warmup + args.duration + 2.0)).ceil() as usize + 16;
     let shared = Arc::new(Shared {
@@ -159,7 +178,10 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
     let (plan_tx, plan_rx) = watch::channel::<Option<Plan>>(None);
     let mut handles = Vec::with_capacity(total);
     for gi in 0..total {
-        let room = format!("fanout-{run}-{}", gi / args.clients_per_room);
+        let room = match &args.room {
+            Some(room) => room.clone(),
+            None => format!("fanout-{run}-{}", gi / args.clients_per_room),
+        };
         let url = target.room_url(&room);
         let ctx = ClientCtx {
             gi,
@@ -216,6 +238,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
         deadline: measure_end + Duration::from_secs_f64(args.drain),
     };
     plan_tx.send_replace(Some(plan));
+    let restorer = restores.map(|r| tokio::spawn(r.run(target.addr, measure_start, measure_end)));
 
     let window = procstat::measure_window(
         common.server_pid,
@@ -253,6 +276,10 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
         }
         sent_total += out.sent_total;
     }
+    let restore = match restorer {
+        Some(h) => Some(h.await.map_err(|e| format!("restore task failed: {e}"))?),
+        None => None,
+    };
     let delivered = others.len();
     let result = FanoutResult {
         scenario: "fanout",
@@ -279,6 +306,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
         server: window.server,
         bench: window.bench,
         other_cpu_pct: window.other_cpu_pct,
+        restore,
     };
     print_summary(&result, errors.len());
     stats::print_json(&result);
@@ -312,6 +340,96 @@ fn print_summary(r: &FanoutResult, error_count: usize) {
         println!("  load generator:       {}", procstat::describe(b));
     }
     procstat::describe_other(r.other_cpu_pct);
+    if let Some(x) = &r.restore {
+        println!(
+            "  restores during window: {} done, {} failed; request time {}",
+            x.done,
+            x.failed,
+            x.latency.describe()
+        );
+        if let Some(e) = &x.first_error {
+            println!("  first restore error: {e}");
+        }
+    }
+}
+
+/// Restores of one document at a fixed interval during the measured window.
+struct Restores {
+    room: String,
+    every: Duration,
+    seqs: Vec<i64>,
+    token: String,
+}
+
+/// What the restores did, in the result.
+#[derive(Debug, Serialize)]
+struct RestoreOut {
+    done: u64,
+    failed: u64,
+    /// Time of each `POST .../restore` until its answer (the restore is then applied).
+    latency: Latency,
+    first_error: Option<String>,
+}
+
+fn restore_plan(args: &FanoutArgs) -> Result<Option<Restores>, Error> {
+    if args.restore_every <= 0.0 {
+        return Ok(None);
+    }
+    let (Some(room), Some(token)) = (&args.room, &args.admin_token) else {
+        return Err("--restore-every needs --room and --admin-token".into());
+    };
+    if args.rooms != 1 || args.restore_seqs.is_empty() {
+        return Err("--restore-every needs --rooms 1 and --restore-seqs".into());
+    }
+    Ok(Some(Restores {
+        room: room.clone(),
+        every: Duration::from_secs_f64(args.restore_every),
+        seqs: args.restore_seqs.clone(),
+        token: token.clone(),
+    }))
+}
+
+impl Restores {
+    async fn run(self, addr: std::net::SocketAddr, start: Instant, end: Instant) -> RestoreOut {
+        let mut http =
+            crate::http::Client::new(addr, Some(self.token.clone()), Duration::from_secs(60));
+        let path = format!(
+            "/api/v1/admin/documents/{}/restore",
+            crate::http::encode_component(&self.room)
+        );
+        let mut hist = stats::new_histogram();
+        let (mut done, mut failed, mut first_error) = (0, 0, None);
+        let mut next = start + self.every / 2;
+        for seq in self.seqs.iter().cycle() {
+            if next >= end {
+                break;
+            }
+            tokio::time::sleep_until(next.into()).await;
+            next += self.every;
+            let t0 = Instant::now();
+            let body = format!("{{\"seq\":{seq}}}");
+            match http.post_json(&path, &body).await {
+                Ok(r) if r.status == 200 => {
+                    done += 1;
+                    hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+                }
+                Ok(r) => {
+                    failed += 1;
+                    first_error.get_or_insert(format!("HTTP {}: {}", r.status, r.snippet()));
+                }
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        RestoreOut {
+            done,
+            failed,
+            latency: Latency::of(&hist),
+            first_error,
+        }
+    }
 }
 
 /// Everything a client task needs.

@@ -85,12 +85,29 @@ impl Client {
     /// `GET path` (path includes the query). Retries once on a fresh connection if a reused
     /// one turns out to be closed before any response byte arrived.
     pub async fn get(&mut self, path: &str) -> Result<Response, Error> {
+        self.send("GET", path, None).await
+    }
+
+    /// `POST path` with a JSON body. Retried like [`Client::get`]: only when a reused
+    /// connection was closed before the request could have been read.
+    pub async fn post_json(&mut self, path: &str, body: &str) -> Result<Response, Error> {
+        self.send("POST", path, Some(body)).await
+    }
+
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<Response, Error> {
         let reused = self.conn.is_some();
-        match self.try_get(path).await {
+        match self.try_send(method, path, body).await {
             Ok(r) => Ok(r),
             Err(GetError::Closed) if reused => {
                 self.conn = None;
-                self.try_get(path).await.map_err(GetError::into_error)
+                self.try_send(method, path, body)
+                    .await
+                    .map_err(GetError::into_error)
             }
             Err(e) => {
                 self.conn = None;
@@ -99,10 +116,15 @@ impl Client {
         }
     }
 
-    async fn try_get(&mut self, path: &str) -> Result<Response, GetError> {
+    async fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<Response, GetError> {
         self.connect().await.map_err(GetError::Other)?;
         let timeout = self.timeout;
-        let request = self.request(path);
+        let request = self.request(method, path, body);
         let conn = self
             .conn
             .as_mut()
@@ -110,7 +132,7 @@ impl Client {
         let response = tokio::time::timeout(timeout, exchange(conn, &request))
             .await
             .map_err(|_| {
-                GetError::Other(format!("GET {path}: no response within {timeout:?}").into())
+                GetError::Other(format!("{method} {path}: no response within {timeout:?}").into())
             })??;
         let close = response
             .header("connection")
@@ -121,17 +143,24 @@ impl Client {
         Ok(response)
     }
 
-    fn request(&self, path: &str) -> Vec<u8> {
+    fn request(&self, method: &str, path: &str, body: Option<&str>) -> Vec<u8> {
         let mut r = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: */*\r\nUser-Agent: tandem-bench\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAccept: */*\r\nUser-Agent: tandem-bench\r\n",
             self.addr
         );
+        if let Some(body) = body {
+            r.push_str("Content-Type: application/json\r\n");
+            r.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
         if let Some(token) = &self.bearer {
             r.push_str("Authorization: Bearer ");
             r.push_str(token);
             r.push_str("\r\n");
         }
         r.push_str("\r\n");
+        if let Some(body) = body {
+            r.push_str(body);
+        }
         r.into_bytes()
     }
 }
