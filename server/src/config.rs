@@ -8,9 +8,17 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Parses durations like `500ms`, `10s`, `2m`.
+/// Longest duration any option accepts. Timers add durations to the clock, and a clock plus
+/// an absurd duration (`1000000y`) overflows; ten years is longer than any server runs.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Parses durations like `500ms`, `10s`, `2m` (at most [`MAX_DURATION`]).
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+    let d = humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!("invalid duration {s:?}: longer than 10 years"));
+    }
+    Ok(d)
 }
 
 /// Parses sizes like `1048576`, `512KiB`, `16MiB`.
@@ -434,6 +442,15 @@ mod tests {
         assert_eq!(size("100"), Ok(100));
         assert!(size("12 parsecs").is_err());
         assert!(size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn durations_parse_within_ten_years() {
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("3650days"), Ok(MAX_DURATION));
+        // A clock plus this would overflow in the timers: refused at start-up instead.
+        assert!(duration("1000000years").is_err());
+        assert!(duration("ten seconds").is_err());
     }
 
     #[test]

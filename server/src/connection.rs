@@ -111,11 +111,13 @@ where
     .instrument(span)
 }
 
-/// Converts a wall-clock expiry into a timer deadline.
+/// Converts a wall-clock expiry into a timer deadline. A token may expire centuries from now;
+/// the deadline is capped so the clock arithmetic cannot overflow.
 fn deadline_at(at: SystemTime) -> Instant {
     let left = at
         .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
+        .unwrap_or(Duration::ZERO)
+        .min(crate::config::MAX_DURATION);
     Instant::now() + left
 }
 

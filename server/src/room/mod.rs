@@ -739,7 +739,10 @@ impl Room {
                 let doc_id = logged_id(&doc)?;
                 store.write_snapshot(doc_id, seq, &state, &sv).await?;
                 if let Some(keep) = retention {
-                    let before = SystemTime::now() - keep;
+                    // A retention longer than the clock's past keeps everything.
+                    let before = SystemTime::now()
+                        .checked_sub(keep)
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
                     let pruned = store.prune_log(doc_id, before).await?;
                     debug!(pruned, "log retention applied");
                 }
