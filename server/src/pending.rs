@@ -63,8 +63,21 @@ pub fn integrate(
     max_pending: u64,
 ) -> Result<Integrated, yrs::error::UpdateError> {
     let mut txn = doc.transact_mut();
+    // yrs merges a new pending part into the old one; when both hold structs of one client
+    // over the same clocks (the same ids with different content: no honest client sends that,
+    // a resend carries the same structs), the merged set is inconsistent and integrating it
+    // later reads freed memory (a heap-use-after-free in yrs 0.28 found by fuzzing). The old
+    // pending part is dropped first: it was never acknowledged, so its author resends it on
+    // its next sync.
+    let overlapping = txn
+        .store()
+        .pending_update()
+        .is_some_and(|p| clocks_overlap(&p.update, &update));
+    if overlapping {
+        txn.prune_pending();
+    }
     // Only encoded when something is pending already (rare), to be put back on refusal.
-    let before = if pending_before > 0 {
+    let before = if pending_before > 0 && !overlapping {
         encode_pending(&txn)
     } else {
         Vec::new()
@@ -87,6 +100,11 @@ pub fn integrate(
         pending_refused,
         pending_bytes: total(&pending),
     })
+}
+
+/// Whether `a` and `b` hold structs of one client at the same clocks (GC ranges included).
+fn clocks_overlap(a: &Update, b: &Update) -> bool {
+    !a.insertions(true).intersect(&b.insertions(true)).is_empty()
 }
 
 #[cfg(test)]
@@ -124,6 +142,57 @@ mod tests {
         assert_eq!(r.pending_bytes, 0);
         let text = doc.get_or_insert_text("t");
         assert_eq!(text.get_string(&doc.transact()).len(), 30);
+    }
+
+    /// Updates of a client whose pending structs claim the same clocks with other content
+    /// (what the update_admission fuzz target found: freed memory read by yrs while
+    /// integrating the merged pending set).
+    #[test]
+    fn pending_structs_claimed_twice_are_dropped_not_merged() {
+        let frames: [&[u8]; 3] = [
+            b"\x01\x01\x0e\x0b\x84\x01\x01\x07edit 2d\x00",
+            b"\x01\x01\x0e\x07\x84\x0e\x06\x07edmt 1 \x00",
+            b"\x01\x01\x0e\x00\x04\x01\x01t\x07edit 0 \x00",
+        ];
+        let doc = Doc::new();
+        let first = apply(&doc, frames[0], 0, 1 << 20);
+        assert!(first.changed.is_none() && first.pending_bytes > 0);
+        // Clocks 7..14 overlap the pending 11..18: the old pending part goes.
+        let second = apply(&doc, frames[1], first.pending_bytes, 1 << 20);
+        assert!(second.changed.is_none() && second.pending_bytes > 0);
+        let third = apply(&doc, frames[2], second.pending_bytes, 1 << 20);
+        assert!(third.changed.is_some());
+        assert_eq!(third.pending_bytes, 0);
+        let text = doc.get_or_insert_text("t");
+        assert_eq!(text.get_string(&doc.transact()), "edit 0 edmt 1 ");
+    }
+
+    /// The honest overlap: an edit overtook its predecessor across a reconnect (pending),
+    /// then the client resends everything. Dropping the pending part loses nothing.
+    #[test]
+    fn a_resend_over_pending_structs_loses_nothing() {
+        let source = Doc::with_client_id(77);
+        let e = {
+            let text = source.get_or_insert_text("t");
+            let mut out = Vec::new();
+            for chunk in ["abc", "def", "ghi"] {
+                let mut txn = source.transact_mut();
+                let len = text.len(&txn);
+                text.insert(&mut txn, len, chunk);
+                out.push(txn.encode_update_v1());
+            }
+            out
+        };
+        let doc = Doc::new();
+        let r = apply(&doc, &e[2], 0, 1 << 20);
+        assert!(r.pending_bytes > 0);
+        let all = source
+            .transact()
+            .encode_state_as_update_v1(&yrs::StateVector::default());
+        let r = apply(&doc, &all, r.pending_bytes, 1 << 20);
+        assert_eq!(r.pending_bytes, 0);
+        let text = doc.get_or_insert_text("t");
+        assert_eq!(text.get_string(&doc.transact()), "abcdefghi");
     }
 
     #[test]
