@@ -56,12 +56,13 @@ pub fn update_admission(data: &[u8]) {
         return;
     };
     let doc = seeded_doc();
+    let mut held = pending::Held::default();
     let mut pending_bytes = 0;
     for msg in msgs {
         match msg {
             Inbound::Update(update) => {
                 let outcome = catch_unwind(AssertUnwindSafe(|| {
-                    pending::integrate(&doc, update, pending_bytes, MAX_PENDING)
+                    pending::integrate(&doc, &mut held, update, pending_bytes, MAX_PENDING)
                 }));
                 match outcome {
                     Ok(Ok(integrated)) => {
@@ -148,7 +149,7 @@ pub fn admin_import(data: &[u8]) {
     if let Ok(update) = protocol::decode_update(data, LIMITS.max_nesting_depth) {
         let doc = seeded_doc();
         if let Ok(Ok(integrated)) = catch_unwind(AssertUnwindSafe(|| {
-            pending::integrate(&doc, update, 0, MAX_PENDING)
+            pending::integrate(&doc, &mut pending::Held::default(), update, 0, MAX_PENDING)
         })) && let Some(changed) = integrated.changed
         {
             assert_relayable(&changed);

@@ -10,7 +10,7 @@
 
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, ReadTxn, Transact, Update, WriteTxn};
+use yrs::{Doc, ReadTxn, Transact, TransactionMut, Update, WriteTxn};
 
 /// What applying one update did.
 #[derive(Debug)]
@@ -58,33 +58,39 @@ fn total(parts: &[Vec<u8>]) -> u64 {
 /// The caller guards against panics (yrs has assertions on decoded data).
 pub fn integrate(
     doc: &Doc,
+    held: &mut Held,
     update: Update,
     pending_before: u64,
     max_pending: u64,
 ) -> Result<Integrated, yrs::error::UpdateError> {
     let mut txn = doc.transact_mut();
-    // yrs merges a new pending part into the old one; when both hold structs of one client
-    // over the same clocks (the same ids with different content: no honest client sends that,
-    // a resend carries the same structs), the merged set is inconsistent and integrating it
-    // later reads freed memory (a heap-use-after-free in yrs 0.28 found by fuzzing). The old
-    // pending part is dropped first: it was never acknowledged, so its author resends it on
-    // its next sync.
-    let overlapping = txn
-        .store()
-        .pending_update()
-        .is_some_and(|p| clocks_overlap(&p.update, &update));
-    if overlapping {
-        txn.prune_pending();
+    if starts_past_clock(&txn, &update) {
+        let bytes = update.encode_v1();
+        if pending_before + bytes.len() as u64 > max_pending {
+            return Ok(Integrated {
+                changed: None,
+                pending_refused: true,
+                pending_bytes: pending_before,
+            });
+        }
+        held.bytes += bytes.len() as u64;
+        held.updates.push(bytes);
+        return Ok(Integrated {
+            changed: None,
+            pending_refused: false,
+            pending_bytes: pending_before + held.updates.last().map_or(0, |b| b.len() as u64),
+        });
     }
     // Only encoded when something is pending already (rare), to be put back on refusal.
-    let before = if pending_before > 0 && !overlapping {
+    let before = if pending_before > 0 {
         encode_pending(&txn)
     } else {
         Vec::new()
     };
-    txn.apply_update(update)?;
+    apply(&mut txn, update)?;
+    held.release(&mut txn)?;
     let mut pending = encode_pending(&txn);
-    let pending_refused = total(&pending) > max_pending;
+    let pending_refused = total(&pending) + held.bytes > max_pending;
     if pending_refused {
         txn.prune_pending();
         for bytes in &before {
@@ -98,8 +104,72 @@ pub fn integrate(
     Ok(Integrated {
         changed: txn.has_changes().then(|| txn.encode_update_v1()),
         pending_refused,
-        pending_bytes: total(&pending),
+        pending_bytes: total(&pending) + held.bytes,
     })
+}
+
+/// Updates held back because they start past the document's clock for one of their
+/// clients (an edit that overtook its predecessor, typically across a reconnect).
+///
+/// yrs would integrate such structs at once when their origins exist, leaving a hole in the
+/// client's clocks; an update that later spans the hole's end makes yrs 0.28 free a struct it
+/// still points to (a heap-use-after-free the update_admission fuzz target found). So they
+/// wait here, counted in the pending bound, until the clocks before them arrived.
+#[derive(Debug, Default)]
+pub struct Held {
+    updates: Vec<Vec<u8>>,
+    bytes: u64,
+}
+
+impl Held {
+    /// Encoded bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Applies every held update whose clocks now follow the document's, until none does.
+    fn release(&mut self, txn: &mut TransactionMut) -> Result<(), yrs::error::UpdateError> {
+        loop {
+            let ready = self.updates.iter().position(|bytes| {
+                Update::decode_v1(bytes).is_ok_and(|u| !starts_past_clock(&*txn, &u))
+            });
+            let Some(at) = ready else {
+                return Ok(());
+            };
+            let bytes = self.updates.remove(at);
+            self.bytes -= bytes.len() as u64;
+            // Our own encoding of an update that decoded once.
+            if let Ok(update) = Update::decode_v1(&bytes) {
+                apply(txn, update)?;
+            }
+        }
+    }
+}
+
+/// Whether some client's structs in `update` start past the document's clock for it.
+fn starts_past_clock<T: ReadTxn>(txn: &T, update: &Update) -> bool {
+    let known = txn.state_vector();
+    update
+        .state_vector_lower()
+        .iter()
+        .any(|(client, &start)| start > known.get(client))
+}
+
+/// Applies one update.
+///
+/// yrs merges a new pending part into the old one; when both hold structs of one client over
+/// the same clocks (the same ids with different content: no honest client sends that, a
+/// resend carries the same structs), the merged set is inconsistent, so the old pending part
+/// is dropped first: it was never acknowledged, and its author resends it on its next sync.
+fn apply(txn: &mut TransactionMut, update: Update) -> Result<(), yrs::error::UpdateError> {
+    let overlapping = txn
+        .store()
+        .pending_update()
+        .is_some_and(|p| clocks_overlap(&p.update, &update));
+    if overlapping {
+        txn.prune_pending();
+    }
+    txn.apply_update(update)
 }
 
 /// Whether `a` and `b` hold structs of one client at the same clocks (GC ranges included).
@@ -126,7 +196,17 @@ mod tests {
     }
 
     fn apply(doc: &Doc, bytes: &[u8], before: u64, max: u64) -> Integrated {
-        integrate(doc, Update::decode_v1(bytes).unwrap(), before, max).unwrap()
+        thread_local!(static HELD: std::cell::RefCell<Held> = Default::default());
+        HELD.with(|held| {
+            integrate(
+                doc,
+                &mut held.borrow_mut(),
+                Update::decode_v1(bytes).unwrap(),
+                before,
+                max,
+            )
+            .unwrap()
+        })
     }
 
     #[test]
@@ -157,14 +237,15 @@ mod tests {
         let doc = Doc::new();
         let first = apply(&doc, frames[0], 0, 1 << 20);
         assert!(first.changed.is_none() && first.pending_bytes > 0);
-        // Clocks 7..14 overlap the pending 11..18: the old pending part goes.
         let second = apply(&doc, frames[1], first.pending_bytes, 1 << 20);
         assert!(second.changed.is_none() && second.pending_bytes > 0);
         let third = apply(&doc, frames[2], second.pending_bytes, 1 << 20);
         assert!(third.changed.is_some());
         assert_eq!(third.pending_bytes, 0);
+        // Clocks 11..14 were claimed twice: the first struct to integrate keeps them, the
+        // rest of the other continues after it (yrs' rule for duplicate ids).
         let text = doc.get_or_insert_text("t");
-        assert_eq!(text.get_string(&doc.transact()), "edit 0 edmt 1 ");
+        assert_eq!(text.get_string(&doc.transact()), "edit 0 edmt 1 t 2d");
     }
 
     /// The honest overlap: an edit overtook its predecessor across a reconnect (pending),

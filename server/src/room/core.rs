@@ -156,6 +156,8 @@ pub struct RoomCore {
     /// Encoded size of the updates yrs holds as pending (they arrived before updates they
     /// depend on), as measured after the last apply; bounded by `--max-pending-bytes`.
     yrs_pending_bytes: u64,
+    /// Updates held until the clocks before them arrive (see [`pending::Held`]).
+    held: pending::Held,
     /// Effects of the input being handled.
     out: Vec<Effect>,
 }
@@ -199,6 +201,7 @@ impl RoomCore {
             pending: VecDeque::new(),
             poisoned: false,
             yrs_pending_bytes: 0,
+            held: pending::Held::default(),
             out: Vec::new(),
         }
     }
@@ -464,6 +467,7 @@ impl RoomCore {
     /// The room is retiring: yrs' pending updates are memory only and leave with it (their
     /// senders resend them on their next sync), so they leave the process-wide gauge too.
     pub fn retire(&mut self) {
+        self.held = pending::Held::default();
         self.set_yrs_pending_bytes(0);
     }
 
@@ -613,8 +617,9 @@ impl RoomCore {
         let max_pending = self.config.max_pending_bytes;
         let pending_before = self.yrs_pending_bytes;
         let doc = &self.doc;
+        let held = &mut self.held;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            pending::integrate(doc, update, pending_before, max_pending)
+            pending::integrate(doc, held, update, pending_before, max_pending)
         }));
         self.metrics
             .update_apply_seconds
