@@ -745,7 +745,7 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> HttpResponse {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Added for tests/admin.rs: HTTP requests with any method, headers and a binary body.
+// Added for the admin tests (tests/admin_*.rs): HTTP requests with any method, headers and a binary body.
 // ---------------------------------------------------------------------------------------------
 
 /// Sends `method path` with `headers` and `body` (its `Content-Length` is added) on a fresh
