@@ -360,6 +360,18 @@ fn the_schema_check_rejects_answers_that_do_not_match() {
     assert_eq!(conforms(&restore_ok, &restored), Ok(()), "seq is nullable");
     restored.as_object_mut().unwrap().remove("seq");
     assert!(conforms(&restore_ok, &restored).is_err(), "seq is required");
+    let state = json!({"$ref": "#/components/schemas/State"});
+    let mut answer = json!({"seq": 1, "time": null, "content": {
+        "t": {"kind": "text", "value": "hi"}, "d": {"kind": "xml", "value": {"type": "doc"}},
+        "m": {"kind": "map", "value": {"k": 1}}, "a": {"kind": "array", "value": [1, "x"]}}});
+    assert_eq!(conforms(&state, &answer), Ok(()));
+    answer["content"]["t"] = json!({"kind": "rope", "value": "hi"});
+    assert!(conforms(&state, &answer).is_err(), "root kinds are checked");
+    answer["content"]["t"] = json!({"kind": "text", "value": ["hi"]});
+    assert!(
+        conforms(&state, &answer).is_err(),
+        "a text root's value is a string"
+    );
     assert!(operation_for("GET", &format!("{API}/documents/a%2Fb/timeline?x=1")).is_some());
     assert!(operation_for("PUT", &format!("{API}/documents/a")).is_none());
 }

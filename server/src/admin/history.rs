@@ -1,5 +1,7 @@
 //! History: timeline, state at a point, diff, restore and labels.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -300,11 +302,27 @@ pub struct StateAt {
     /// Time of change seq; null for seq 0 (or when retention removed it).
     #[schema(format = DateTime, required = true)]
     time: Option<String>,
-    /// By root name: `{"kind": "text", "value": "..."}`, `{"kind": "xml", "value":
-    /// <ProseMirror JSON>}`, `{"kind": "map", "value": {...}}` or `{"kind": "array", "value":
-    /// [...]}`.
-    #[schema(value_type = Object)]
+    /// By root name.
+    // Rendered by `history::json` as free JSON; `RootContent` describes its shape.
+    #[schema(value_type = BTreeMap<String, RootContent>)]
     content: serde_json::Value,
+}
+
+/// One root type's content, as `history::json` renders it. Describes the answer only: the
+/// content is built as JSON directly.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
+#[allow(dead_code)] // described, never built
+pub(super) enum RootContent {
+    /// A `Y.Text`: its characters.
+    Text(String),
+    /// A `Y.XmlFragment` as ProseMirror JSON, e.g. `{"type": "doc", "content": [{"type":
+    /// "paragraph", "content": [{"type": "text", "text": "Hi", "marks": [{"type": "bold"}]}]}]}`.
+    Xml(BTreeMap<String, serde_json::Value>),
+    /// A `Y.Map`: its entries.
+    Map(BTreeMap<String, serde_json::Value>),
+    /// A `Y.Array`: its values.
+    Array(Vec<serde_json::Value>),
 }
 
 /// `GET /documents/{name}/state`: the content at a point, as JSON or as a Yjs update.
