@@ -372,6 +372,17 @@ fn the_schema_check_rejects_answers_that_do_not_match() {
         conforms(&state, &answer).is_err(),
         "a text root's value is a string"
     );
+    // Request bodies: which optional fields must be given.
+    let revocation = json!({"$ref": "#/components/schemas/RevocationRequest"});
+    assert_eq!(conforms(&revocation, &json!({"user": "u"})), Ok(()));
+    assert!(conforms(&revocation, &json!({})).is_err());
+    let restore = json!({"$ref": "#/components/schemas/RestoreRequest"});
+    assert_eq!(
+        conforms(&restore, &json!({"seq": 1, "author": "a"})),
+        Ok(())
+    );
+    assert!(conforms(&restore, &json!({"seq": 1, "label": "v1"})).is_err());
+    assert!(conforms(&restore, &json!({"author": "a"})).is_err());
     assert!(operation_for("GET", &format!("{API}/documents/a%2Fb/timeline?x=1")).is_some());
     assert!(operation_for("PUT", &format!("{API}/documents/a")).is_none());
 }

@@ -133,10 +133,32 @@ fn close_objects(v: &mut serde_json::Value) {
     }
 }
 
+/// Adds what the request types cannot say by themselves: which of their optional fields a
+/// request must give (the handlers answer 400 otherwise).
+fn require_fields(v: &mut serde_json::Value) {
+    let rules = [
+        ("RevocationRequest", "anyOf", &["token_id", "user"][..]),
+        ("RestoreRequest", "oneOf", &["seq", "at", "label"][..]),
+    ];
+    for (name, keyword, fields) in rules {
+        let schema = v
+            .pointer_mut(&format!("/components/schemas/{name}"))
+            .and_then(serde_json::Value::as_object_mut);
+        if let Some(schema) = schema {
+            let choices = fields
+                .iter()
+                .map(|f| serde_json::json!({ "required": [f] }))
+                .collect();
+            schema.insert(keyword.into(), serde_json::Value::Array(choices));
+        }
+    }
+}
+
 /// The description as JSON (what `/api/v1/openapi.json` serves).
 pub fn openapi() -> serde_json::Value {
     let mut v = serde_json::to_value(AdminApi::openapi()).unwrap_or_default();
     close_objects(&mut v);
+    require_fields(&mut v);
     v
 }
 
