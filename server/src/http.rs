@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tower::Layer;
 use tracing::debug;
 
 use crate::connection::{self, Admission};
@@ -40,6 +41,16 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Set while the node drains before shutdown (`/readyz` reports 503).
     pub drain: crate::readiness::Drain,
+}
+
+/// The whole HTTP surface as one router: WebSocket upgrades on any path become rooms (checked
+/// before routing, see [`dispatch`]), every other request goes to [`routes`]. What the server
+/// listens with; a test can call it with `tower::ServiceExt::oneshot`, without TCP.
+pub fn app(state: AppState) -> Router {
+    let routed = axum::middleware::from_fn_with_state(state.clone(), dispatch).layer(routes(state));
+    // A fallback service sees every request before any route matches, which is what keeps a
+    // room named `metrics` from reaching `/metrics`.
+    Router::new().fallback_service(routed)
 }
 
 /// The HTTP routes (everything that is not a WebSocket upgrade).

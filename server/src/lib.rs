@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
-use tower::Layer;
 use tracing::{error, info, warn};
 
 pub use config::Config;
@@ -74,25 +73,10 @@ fn authenticator(config: &Config) -> Result<auth::Authenticator, ServerError> {
     }
 }
 
-/// Serves `listener` with `config` until `shutdown` resolves, then closes every connection
-/// with 1001 and returns within `config.shutdown_timeout`.
-pub async fn serve(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    serve_with_drain(listener, config, Drain::default(), shutdown).await
-}
-
-/// [`serve`], with a [`Drain`] the caller can start before `shutdown` resolves: from then
-/// on `/readyz` reports 503 while everything is still served (`main` does this on SIGTERM
-/// for `--drain-grace`).
-pub async fn serve_with_drain(
-    listener: TcpListener,
-    config: Config,
-    drain: Drain,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
+/// Opens storage and builds the state the HTTP surface ([`http::app`]) serves: the
+/// configuration checked, stored revocations and deletions loaded. [`serve_with_drain`] does
+/// this before listening; a test can do it to call the router without TCP.
+pub async fn open(config: Config, drain: Drain) -> Result<AppState, ServerError> {
     let mut config = config;
     // Checked here, not only by the command line's parser: a configuration built in code
     // (tests, embedders) is checked too, and an empty entry in a list is only visible as a
@@ -122,13 +106,36 @@ pub async fn serve_with_drain(
         shared.mark_deleted(name);
     }
     let registry = Registry::new(shared.clone());
-    let state = AppState {
-        shared: shared.clone(),
-        registry: registry.clone(),
+    Ok(AppState {
+        shared,
+        registry,
         drain,
-    };
-    let router = http::routes(state.clone());
-    let app = axum::middleware::from_fn_with_state(state, http::dispatch).layer(router);
+    })
+}
+
+/// Serves `listener` with `config` until `shutdown` resolves, then closes every connection
+/// with 1001 and returns within `config.shutdown_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    serve_with_drain(listener, config, Drain::default(), shutdown).await
+}
+
+/// [`serve`], with a [`Drain`] the caller can start before `shutdown` resolves: from then
+/// on `/readyz` reports 503 while everything is still served (`main` does this on SIGTERM
+/// for `--drain-grace`).
+pub async fn serve_with_drain(
+    listener: TcpListener,
+    config: Config,
+    drain: Drain,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let state = open(config, drain).await?;
+    let shared = state.shared.clone();
+    let registry = state.registry.clone();
+    let app = http::app(state);
     let addr = listener.local_addr()?;
     info!("listening on {addr}");
 

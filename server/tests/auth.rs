@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::on_every_db;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,17 +62,6 @@ const RO_REFUSED: &str = "tandem_readonly_updates_refused_total";
 
 // ---------------------------------------------------------------------------------------------
 // Databases
-
-/// Runs `case` once per database.
-macro_rules! on_every_db {
-    ($test:literal, $case:path) => {
-        for db in Db::all($test).await {
-            println!("{}: {}", $test, db.label);
-            $case(&db).await;
-            db.finish().await;
-        }
-    };
-}
 
 /// Token mode with the HS256 secret and the admin API on, storing in `db`.
 fn token_config(db: &Db) -> Config {

@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::on_every_db;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,17 +29,6 @@ use tandem::config::AuthMode;
 const SECRET: &str = "tandem-hardening-admin-hs256-secret-98765";
 const ADMIN_TOKEN: &str = "admin-bearer-for-hardening-admin-5d1e";
 const API: &str = "/api/v1/admin";
-
-/// Runs `case` once per database.
-macro_rules! on_every_db {
-    ($test:literal, $case:path) => {
-        for db in Db::all($test).await {
-            println!("{}: {}", $test, db.label);
-            $case(&db).await;
-            db.finish().await;
-        }
-    };
-}
 
 fn now() -> u64 {
     SystemTime::now()

@@ -1,16 +1,22 @@
 //! History: timeline, state at a point, diff, restore and labels.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use crdt_store::{DocumentInfo, Label, LogRow, Snapshot, Store};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use yrs::{Doc, ReadTxn, StateVector, Transact};
 
-use super::documents::{applied_json, replace_content, update_response};
+use super::documents::{applied_answer, replace_content, update_response};
+use super::openapi::{
+    BadRequest, Conflict, DocName, Gone, Internal, LabelPath, NotFound, PayloadTooLarge,
+    Unauthorized, Unavailable, YjsUpdate,
+};
 use super::{AdminError, Point, doc_name, document, ok, store, time_str};
 use crate::history;
 use crate::http::AppState;
@@ -75,17 +81,113 @@ async fn stored_doc(
 }
 
 /// `?after=&before=&limit=&order=&group=&gap=` of the timeline.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct TimelineQuery {
+    /// order=asc: changes with seq > after (default 0). Negative: 400.
+    #[param(minimum = 0)]
     after: Option<i64>,
+    /// order=desc: changes with seq < before (default: after the newest). Negative: 400.
+    #[param(minimum = 0)]
     before: Option<i64>,
+    /// Page size, in changes (1..=1000, default 100).
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<u32>,
+    /// Paging direction: asc (default) or desc.
+    #[param(value_type = Option<Order>)]
     order: Option<String>,
+    /// none (default), or session: merge consecutive changes by one author.
+    #[param(value_type = Option<Grouping>)]
     group: Option<String>,
+    /// group=session: the longest pause (seconds) inside one session (default 300).
+    #[param(default = 300)]
     gap: Option<u64>,
 }
 
+/// Paging direction of the timeline. Query values stay strings in the handlers so a wrong
+/// one gets this API's 400 wording; these enums only describe them.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // described, never built
+pub(super) enum Order {
+    /// Oldest first, from `after`.
+    Asc,
+    /// Newest first, from `before`.
+    Desc,
+}
+
+/// Whether the timeline merges changes into sessions.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // described, never built
+pub(super) enum Grouping {
+    /// One entry per change.
+    None,
+    /// Consecutive changes by one author less than `gap` apart are merged.
+    Session,
+}
+
+/// Rendering of a state read.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // described, never built
+pub(super) enum StateFormat {
+    /// Rendered content.
+    Json,
+    /// A Yjs update (v1).
+    Binary,
+}
+
+/// A page of the timeline: changes, or sessions with `group=session`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TimelinePage {
+    /// group=none.
+    Changes(ChangePage),
+    /// group=session.
+    Sessions(SessionPage),
+}
+
+/// A page of changes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChangePage {
+    /// The changes, in the page's order.
+    changes: Vec<history::summary::Change>,
+    /// Pass as after (asc) or before (desc); null on the last page.
+    #[schema(required = true)]
+    next: Option<i64>,
+}
+
+/// A page of sessions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionPage {
+    /// The sessions, in the page's order.
+    sessions: Vec<history::summary::Session>,
+    /// Pass as after (asc) or before (desc); null on the last page.
+    #[schema(required = true)]
+    next: Option<i64>,
+}
+
 /// `GET /documents/{name}/timeline`: a page of changes with authors and what they changed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/documents/{name}/timeline",
+    operation_id = "getTimeline",
+    tag = "history",
+    summary = "A page of changes (or sessions)",
+    description = "order=asc pages forward from after (exclusive); order=desc pages backward from before (exclusive, default: newest). Pass next as after (asc) or before (desc). With group=session, consecutive changes by the same author less than gap seconds apart are merged into sessions.",
+    params(DocName, TimelineQuery),
+    responses(
+        (status = 200, description = "A page: changes (group=none) or sessions (group=session).", body = TimelinePage),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 410, response = Gone),
+        (status = 503, response = Unavailable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(super) async fn timeline(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -164,22 +266,85 @@ pub(super) async fn timeline(
     }
     if sessions {
         let sessions = history::summary::group_sessions(&changes, gap);
-        return Ok(ok(json!({ "sessions": sessions, "next": next })));
+        return Ok(ok(TimelinePage::Sessions(SessionPage { sessions, next })));
     }
-    Ok(ok(json!({ "changes": changes, "next": next })))
+    Ok(ok(TimelinePage::Changes(ChangePage { changes, next })))
 }
 
 /// `?seq=|at=|label=&format=` of a state read.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct StateQuery {
     // Not `#[serde(flatten)]` of a `Point`: flattening makes query numbers fail to parse.
+    /// Sequence number of the point (0 = the empty document before any change). At most one
+    /// of seq, at and label.
+    #[param(minimum = 0)]
     seq: Option<i64>,
+    /// The last change at or before this time: RFC 3339 with any UTC offset (e.g.
+    /// 2026-11-25T18:49:10.123Z or 2026-11-25T20:49:10.123+02:00; fractional seconds
+    /// optional) or unix milliseconds (e.g. 1795632550123); years 0001 to 9999, else 400.
+    #[param(example = "2026-11-25T18:49:10.123Z")]
     at: Option<String>,
+    /// A label's name (404 if the document has no such label).
     label: Option<String>,
+    /// json (default): rendered content; binary: a Yjs update (v1).
+    #[param(value_type = Option<StateFormat>)]
     format: Option<String>,
 }
 
+/// The content at a point.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = State)]
+pub struct StateAt {
+    /// The point.
+    #[schema(minimum = 0)]
+    seq: i64,
+    /// Time of change seq; null for seq 0 (or when retention removed it).
+    #[schema(format = DateTime, required = true)]
+    time: Option<String>,
+    /// By root name.
+    // Rendered by `history::json` as free JSON; `RootContent` describes its shape.
+    #[schema(value_type = BTreeMap<String, RootContent>)]
+    content: serde_json::Value,
+}
+
+/// One root type's content, as `history::json` renders it. Describes the answer only: the
+/// content is built as JSON directly.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
+#[allow(dead_code)] // described, never built
+pub(super) enum RootContent {
+    /// A `Y.Text`: its characters.
+    Text(String),
+    /// A `Y.XmlFragment` as ProseMirror JSON, e.g. `{"type": "doc", "content": [{"type":
+    /// "paragraph", "content": [{"type": "text", "text": "Hi", "marks": [{"type": "bold"}]}]}]}`.
+    Xml(BTreeMap<String, serde_json::Value>),
+    /// A `Y.Map`: its entries.
+    Map(BTreeMap<String, serde_json::Value>),
+    /// A `Y.Array`: its values.
+    Array(Vec<serde_json::Value>),
+}
+
 /// `GET /documents/{name}/state`: the content at a point, as JSON or as a Yjs update.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/documents/{name}/state",
+    operation_id = "getState",
+    tag = "history",
+    summary = "The content at a point",
+    description = "Without a point: the newest durable state.",
+    params(DocName, StateQuery),
+    responses(
+        (status = 200, description = "The state: JSON, or with format=binary a Yjs update (v1).", content((StateAt = "application/json"), (YjsUpdate = "application/octet-stream")), headers(("X-Tandem-Seq" = i64, description = "format=binary: sequence number of the newest change the body covers."))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 410, response = Gone),
+        (status = 503, response = Unavailable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(super) async fn state(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -219,7 +384,7 @@ pub(super) async fn state(
     let content = tokio::task::spawn_blocking(move || history::json::content_json(&doc))
         .await
         .map_err(|_| AdminError::Internal)?;
-    Ok(ok(json!({ "seq": seq, "time": time, "content": content })))
+    Ok(ok(StateAt { seq, time, content }))
 }
 
 /// When change `seq` was made (`None` for 0, or when retention removed it).
@@ -235,18 +400,49 @@ async fn change_time(store: &Store, doc_id: i64, seq: i64) -> Result<Option<Stri
 }
 
 /// `?from=&from_at=&from_label=&to=&to_at=&to_label=` of a diff.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DiffQuery {
+    /// Start point (seq). One of from, from_at and from_label is required.
+    #[param(minimum = 0)]
     from: Option<i64>,
+    /// Start point: the last change at or before this time (RFC 3339 or unix milliseconds,
+    /// as `at` of the state).
+    #[param(example = "2026-11-25T18:49:10.123Z")]
     from_at: Option<String>,
+    /// Start point: a label.
     from_label: Option<String>,
+    /// End point (seq; default: newest).
+    #[param(minimum = 0)]
     to: Option<i64>,
+    /// End point: the last change at or before this time.
+    #[param(example = "2026-11-25T18:49:10.123Z")]
     to_at: Option<String>,
+    /// End point: a label.
     to_label: Option<String>,
 }
 
 /// `GET /documents/{name}/diff`: inserted and deleted spans with their authors between two
 /// points.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/documents/{name}/diff",
+    operation_id = "getDiff",
+    tag = "history",
+    summary = "What changed between two points, and who changed it",
+    description = "One of from, from_at, from_label is required; to defaults to the newest change. Root types without changes are left out.",
+    params(DocName, DiffQuery),
+    responses(
+        (status = 200, description = "The difference.", body = history::diff::DocDiff),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 410, response = Gone),
+        (status = 503, response = Unavailable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(super) async fn diff(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -289,18 +485,60 @@ pub(super) async fn diff(
     Ok((StatusCode::OK, Json(diff)).into_response())
 }
 
-/// Body of a restore request.
-#[derive(Debug, Deserialize)]
+/// Body of a restore request: exactly one of seq, at and label.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RestoreRequest {
+pub struct RestoreRequest {
+    /// The point as a sequence number.
+    #[schema(minimum = 0)]
     seq: Option<i64>,
+    /// The point as a time: RFC 3339 with any UTC offset or unix milliseconds.
+    #[schema(example = "2026-11-25T18:49:10.123Z")]
     at: Option<String>,
+    /// The point as a label's name.
     label: Option<String>,
+    /// Recorded as the restoring change's author (1..=200 bytes, no control characters;
+    /// default "admin").
+    #[schema(min_length = 1, max_length = 200)]
     author: Option<String>,
+}
+
+/// The answer to a restore, once durable.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Restored {
+    /// The point restored to.
+    #[schema(minimum = 0)]
+    restored_to: i64,
+    /// Seq of the restoring change; null when nothing changed.
+    #[schema(required = true)]
+    seq: Option<i64>,
+    /// Whether a change was made.
+    changed: bool,
 }
 
 /// `POST /documents/{name}/restore`: put the content back to a point, as a new change made
 /// through the live room.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/documents/{name}/restore",
+    operation_id = "restoreDocument",
+    tag = "history",
+    summary = "Put the content back to a point",
+    description = "A new forward change applied through the live room: connected clients converge without reloading, offline clients merge when they return, and the restore is itself a change in the history (restore to the point before it to undo it).",
+    params(DocName),
+    request_body(content = RestoreRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Restored and durable.", body = Restored),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 410, response = Gone),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(super) async fn restore(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -320,9 +558,12 @@ pub(super) async fn restore(
     .ok_or_else(|| AdminError::BadRequest("give seq, at or label".into()))?;
     let target = doc_at(store, info.doc_id, seq, false).await?;
     let applied = replace_content(&state, &name, target, author).await?;
-    let mut answer = applied_json(applied).await?;
-    answer["restored_to"] = json!(seq);
-    Ok(ok(answer))
+    let answer = applied_answer(applied).await?;
+    Ok(ok(Restored {
+        restored_to: seq,
+        seq: answer.seq,
+        changed: answer.changed,
+    }))
 }
 
 /// A short caller-chosen string (label name, author): 1..=200 bytes, no control characters.
@@ -335,11 +576,63 @@ fn check_text(what: &str, s: &str) -> Result<(), AdminError> {
     Ok(())
 }
 
-fn label_json(l: &Label) -> serde_json::Value {
-    json!({ "name": l.name, "seq": l.seq, "created_at": time_str(l.created_at) })
+/// A label as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Label)]
+pub struct LabelView {
+    /// Its name, unique within the document.
+    name: String,
+    /// The point it names.
+    #[schema(minimum = 0)]
+    seq: i64,
+    /// When it was created.
+    #[schema(format = DateTime, example = "2026-11-25T18:49:10.123Z")]
+    created_at: String,
+}
+
+impl From<&Label> for LabelView {
+    fn from(l: &Label) -> LabelView {
+        LabelView {
+            name: l.name.clone(),
+            seq: l.seq,
+            created_at: time_str(l.created_at),
+        }
+    }
+}
+
+/// A document's labels.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Labels {
+    /// Ordered by seq.
+    labels: Vec<LabelView>,
+}
+
+/// The answer to a label removal.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LabelDeleted {
+    /// Always true.
+    deleted: bool,
 }
 
 /// `GET /documents/{name}/labels`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/documents/{name}/labels",
+    operation_id = "listLabels",
+    tag = "history",
+    summary = "A document's labels, by seq",
+    params(DocName),
+    responses(
+        (status = 200, description = "The labels.", body = Labels),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 410, response = Gone),
+        (status = 503, response = Unavailable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(super) async fn labels(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -349,20 +642,44 @@ pub(super) async fn labels(
         .labels(info.doc_id)
         .await?
         .iter()
-        .map(label_json)
+        .map(LabelView::from)
         .collect();
-    Ok(ok(json!({ "labels": labels })))
+    Ok(ok(Labels { labels }))
 }
 
 /// Body of a new label.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct LabelRequest {
+pub struct LabelRequest {
+    /// 1..=200 bytes (UTF-8), no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
+    /// The point it names (default: the newest change).
+    #[schema(minimum = 0)]
     seq: Option<i64>,
 }
 
 /// `POST /documents/{name}/labels`: name a point (default: the newest change).
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/documents/{name}/labels",
+    operation_id = "createLabel",
+    tag = "history",
+    summary = "Name a point",
+    params(DocName),
+    request_body(content = LabelRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created.", body = LabelView),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 410, response = Gone),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(super) async fn add_label(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
@@ -379,10 +696,28 @@ pub(super) async fn add_label(
     .await?
     .unwrap_or(info.last_seq);
     let label = store.put_label(info.doc_id, &req.name, seq).await?;
-    Ok((StatusCode::CREATED, Json(label_json(&label))).into_response())
+    Ok((StatusCode::CREATED, Json(LabelView::from(&label))).into_response())
 }
 
 /// `DELETE /documents/{name}/labels/{label}`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/documents/{name}/labels/{label}",
+    operation_id = "deleteLabel",
+    tag = "history",
+    summary = "Remove a label",
+    params(LabelPath),
+    responses(
+        (status = 200, description = "Removed.", body = LabelDeleted),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 410, response = Gone),
+        (status = 503, response = Unavailable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(super) async fn delete_label(
     State(state): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -394,5 +729,5 @@ pub(super) async fn delete_label(
     if !store.delete_label(info.doc_id, &label).await? {
         return Err(AdminError::NotFound(format!("no label {label:?}")));
     }
-    Ok(ok(json!({ "deleted": true })))
+    Ok(ok(LabelDeleted { deleted: true }))
 }

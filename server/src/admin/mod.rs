@@ -20,11 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use crdt_store::{DocumentInfo, Store, StoreError};
+use serde::Serialize;
 
 use crate::http::AppState;
 use crate::room::CommandError;
 
-pub use openapi::openapi_json;
+pub use openapi::{openapi, openapi_json};
 
 /// How long an admin change may take to become durable before the request answers 503 (the
 /// change stays accepted and queued; it is not lost).
@@ -87,10 +88,24 @@ impl AdminError {
     }
 }
 
+/// The body of every admin error: the HTTP status again and a short human reason.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// The HTTP status of the answer.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong, for a human; internals are never included.
+    pub reason: String,
+}
+
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = serde_json::json!({ "status": status.as_u16(), "reason": self.to_string() });
+        let body = ErrorBody {
+            status: status.as_u16(),
+            reason: self.to_string(),
+        };
         let mut response = (status, Json(body)).into_response();
         if matches!(self, AdminError::Unauthorized) {
             response.headers_mut().insert(
@@ -341,7 +356,7 @@ impl Point {
 }
 
 /// A JSON 200 response.
-fn ok(body: serde_json::Value) -> Response {
+fn ok<T: Serialize>(body: T) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 

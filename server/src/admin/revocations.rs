@@ -7,20 +7,38 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use crdt_store::RevocationKind;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AdminError;
+use super::openapi::{BadRequest, Internal, NotFound, PayloadTooLarge, Unauthorized, Unavailable};
 use crate::close::Close;
 use crate::http::AppState;
 
 /// Body of a revocation request: a token id, a user id, or both.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevocationRequest {
     /// Token id (`jti`) to revoke.
     pub token_id: Option<String>,
     /// User id (`sub`) whose tokens issued until now are revoked.
     pub user: Option<String>,
+}
+
+/// The answer to a revocation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Revoked {
+    /// Always true.
+    revoked: bool,
+    /// Live connections closed with 4403.
+    connections_closed: usize,
+}
+
+/// The answer to lifting a revocation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Lifted {
+    /// Always true.
+    lifted: bool,
 }
 
 impl RevocationRequest {
@@ -36,6 +54,24 @@ impl RevocationRequest {
 }
 
 /// `POST /api/v1/admin/revocations`: revoke, and close matching live connections at once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/revocations",
+    operation_id = "revoke",
+    tag = "revocations",
+    summary = "Revoke a token id or a user",
+    description = "Closes the matching live connections at once with 4403 and refuses the token (or the user's tokens issued until now) from then on; stored, so a restart keeps refusing.",
+    request_body(content = RevocationRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Revoked.", body = Revoked),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(super) async fn revoke(
     State(state): State<AppState>,
     body: Result<Json<RevocationRequest>, axum::extract::rejection::JsonRejection>,
@@ -84,12 +120,32 @@ pub(super) async fn revoke(
     }
     Ok((
         StatusCode::OK,
-        Json(serde_json::json!({ "revoked": true, "connections_closed": closed })),
+        Json(Revoked {
+            revoked: true,
+            connections_closed: closed,
+        }),
     )
         .into_response())
 }
 
 /// `DELETE /api/v1/admin/revocations`: lift a revocation.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/revocations",
+    operation_id = "liftRevocation",
+    tag = "revocations",
+    summary = "Lift a revocation",
+    request_body(content = RevocationRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Lifted.", body = Lifted),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+        (status = 500, response = Internal),
+    ),
+)]
 pub(super) async fn lift(
     State(state): State<AppState>,
     body: Result<Json<RevocationRequest>, axum::extract::rejection::JsonRejection>,
@@ -121,5 +177,5 @@ pub(super) async fn lift(
     if !lifted && !stored {
         return Err(AdminError::NotFound("no such revocation".into()));
     }
-    Ok((StatusCode::OK, Json(serde_json::json!({ "lifted": true }))).into_response())
+    Ok((StatusCode::OK, Json(Lifted { lifted: true })).into_response())
 }

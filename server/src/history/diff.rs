@@ -48,7 +48,7 @@ use super::kinds::{RootKind, root_kinds};
 use super::{HistoryError, decode, guard};
 
 /// What happened to a span of text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     /// Present at both points.
@@ -60,20 +60,25 @@ pub enum Op {
 }
 
 /// A run of text with one op and one author.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Span {
     /// What happened to it.
     pub op: Op,
     /// The characters.
     pub text: String,
     /// For insert: who inserted it; for delete: who deleted it; null for keep or unknown.
+    #[schema(required = true)]
     pub author: Option<String>,
-    /// The change that inserted (deleted) it; for a merged span, the first such change.
+    /// The change that inserted (deleted) it; for a merged span, the first such change; null
+    /// for keep.
+    #[schema(required = true)]
     pub seq: Option<i64>,
 }
 
-/// One block of an XML root.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One block of an XML root: a node holding text (paragraph, heading) or no children (empty
+/// paragraph, horizontal rule). Inline nodes appear in spans as U+FFFC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = DiffBlock)]
 pub struct Block {
     /// Child indexes from the fragment, counting children present at either point.
     pub path: Vec<u32>,
@@ -86,8 +91,9 @@ pub struct Block {
     pub spans: Vec<Span>,
 }
 
-/// The changes of one root type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The changes of one root type. Text and XML roots only; formatting and attribute changes
+/// show as keep, map and array roots are not diffed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum RootDiff {
     /// A `Y.Text`.
@@ -103,11 +109,14 @@ pub enum RootDiff {
 }
 
 /// The difference between two points of a document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = Diff)]
 pub struct DocDiff {
     /// The earlier point.
+    #[schema(minimum = 0)]
     pub from: i64,
     /// The later point.
+    #[schema(minimum = 0)]
     pub to: i64,
     /// Everyone who inserted or deleted something shown, sorted.
     pub authors: Vec<String>,

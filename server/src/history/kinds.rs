@@ -18,7 +18,7 @@ use yrs::{
 
 /// What a root (top-level) shared type of a document holds. Yjs updates do not record a root's
 /// type; it is inferred from content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RootKind {
     /// `Y.Text`: characters, embeds and formatting marks.

@@ -42,8 +42,9 @@ use super::kinds::{RootKind, kind_of_root, list_values, root_kinds_in};
 use super::structs::{self, Kind, Struct};
 use super::{HistoryError, decode, guard};
 
-/// What one change did to one root type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What one change did to one root type: characters inserted and deleted (UTF-16 units as
+/// Yjs counts; an embed or an element counts 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct RootChange {
     /// The root's kind.
     pub kind: RootKind,
@@ -78,20 +79,25 @@ pub fn summarize(before: &Doc, update: &[u8]) -> Result<ChangeSummary, HistoryEr
 }
 
 /// One change of the timeline, as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Change {
     /// Log sequence number.
+    #[schema(minimum = 1)]
     pub seq: i64,
     /// When the server accepted it (RFC 3339 with milliseconds in JSON).
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime, example = "2026-11-25T18:49:10.123Z")]
     pub time: SystemTime,
     /// Bytes of the stored update.
+    #[schema(minimum = 0)]
     pub size: i64,
-    /// Who sent it, when known.
+    /// Who sent it, when known: the token's sub; admin:restore, admin:import etc. for admin
+    /// changes.
+    #[schema(required = true)]
     pub author: Option<String>,
     /// Yjs client ids whose items the update carries.
     pub clients: Vec<u64>,
-    /// Per root type that changed.
+    /// Per root type that changed, by root name.
     pub summary: BTreeMap<String, RootChange>,
 }
 
@@ -123,23 +129,30 @@ pub fn summarize_rows(before: &Doc, rows: &[LogRow]) -> Result<Vec<Change>, Hist
 }
 
 /// Consecutive changes by one author, merged for `group=session`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Session {
     /// First change's sequence number.
+    #[schema(minimum = 1)]
     pub from_seq: i64,
     /// Last change's sequence number.
+    #[schema(minimum = 1)]
     pub to_seq: i64,
     /// Time of the first change.
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime, example = "2026-11-25T18:49:10.123Z")]
     pub start: SystemTime,
     /// Time of the last change.
     #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime, example = "2026-11-25T18:49:10.123Z")]
     pub end: SystemTime,
     /// The author of every change in the session.
+    #[schema(required = true)]
     pub author: Option<String>,
     /// Number of changes merged.
+    #[schema(minimum = 1)]
     pub changes: usize,
     /// Total bytes of their updates.
+    #[schema(minimum = 0)]
     pub size: i64,
     /// Union of their client ids, ascending.
     pub clients: Vec<u64>,

@@ -17,6 +17,26 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
+pub mod admin;
+
+/// Runs `case` (an async fn taking `&Db`) once per database: SQLite, and Postgres when
+/// `TANDEM_TEST_DATABASE_URL` is set; each run is timed and its database cleaned up.
+// Not every test crate that includes this module runs on every database.
+#[allow(unused_macros)]
+macro_rules! on_every_db {
+    ($test:literal, $case:path) => {
+        for db in $crate::common::Db::all($test).await {
+            println!("{}: {}", $test, db.label);
+            let started = std::time::Instant::now();
+            $case(&db).await;
+            println!("{}: {} took {:?}", $test, db.label, started.elapsed());
+            db.finish().await;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on_every_db;
+
 /// Default wait for anything a test expects to happen.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -725,7 +745,7 @@ pub async fn http_request(addr: SocketAddr, request: &str) -> HttpResponse {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Added for tests/admin.rs: HTTP requests with any method, headers and a binary body.
+// Added for the admin tests (tests/admin_*.rs): HTTP requests with any method, headers and a binary body.
 // ---------------------------------------------------------------------------------------------
 
 /// Sends `method path` with `headers` and `body` (its `Content-Length` is added) on a fresh
