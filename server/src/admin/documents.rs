@@ -276,6 +276,7 @@ pub(super) async fn replace_content(
         .command(name, true, |reply| Command::Replace {
             target: target.clone(),
             author: author.clone(),
+            scope: Default::default(),
             reply,
         })
         .await?)
