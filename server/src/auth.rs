@@ -155,6 +155,14 @@ struct Claims {
     jti: Option<String>,
 }
 
+/// Whether `pattern` grants every document under `prefix`: only a prefix grant (`p*`) whose
+/// prefix `p` starts `prefix` does (an exact name never covers a whole prefix).
+pub fn covers_prefix(pattern: &str, prefix: &str) -> bool {
+    pattern
+        .strip_suffix('*')
+        .is_some_and(|p| prefix.starts_with(p))
+}
+
 /// Whether `pattern` (an exact name, or a prefix ending in `*`) grants document `doc`.
 pub fn grants(pattern: &str, doc: &str) -> bool {
     match pattern.strip_suffix('*') {
@@ -300,6 +308,21 @@ impl Authenticator {
 
     /// Verifies `token` for document `doc`.
     pub fn authorize(&self, token: Option<&str>, doc: &str) -> Result<Grant, AuthError> {
+        self.authorize_where(token, |pattern| grants(pattern, doc))
+    }
+
+    /// Verifies `token` for every document whose name starts with `prefix` (a change feed of
+    /// a prefix): one of its grants must be a prefix grant covering `prefix`.
+    pub fn authorize_prefix(&self, token: Option<&str>, prefix: &str) -> Result<Grant, AuthError> {
+        self.authorize_where(token, |pattern| covers_prefix(pattern, prefix))
+    }
+
+    /// Verifies `token`; `allowed` decides whether one of its `docs` patterns is enough.
+    fn authorize_where(
+        &self,
+        token: Option<&str>,
+        allowed: impl Fn(&str) -> bool,
+    ) -> Result<Grant, AuthError> {
         let Some(keys) = &self.keys else {
             return Ok(Grant::open());
         };
@@ -314,7 +337,7 @@ impl Authenticator {
                 continue;
             }
             match decode::<Claims>(token, key, validation) {
-                Ok(data) => return self.grant(data.claims, doc),
+                Ok(data) => return self.grant(data.claims, &allowed),
                 Err(e) => {
                     last = match e.kind() {
                         ErrorKind::ExpiredSignature => return Err(AuthError::Expired),
@@ -338,8 +361,8 @@ impl Authenticator {
         Err(last)
     }
 
-    fn grant(&self, claims: Claims, doc: &str) -> Result<Grant, AuthError> {
-        if !claims.docs.iter().any(|p| grants(p, doc)) {
+    fn grant(&self, claims: Claims, allowed: &impl Fn(&str) -> bool) -> Result<Grant, AuthError> {
+        if !claims.docs.iter().any(|p| allowed(p)) {
             return Err(AuthError::WrongDocument);
         }
         // The leeway that let the token in also applies to the live connection, and a token
@@ -410,6 +433,15 @@ mod tests {
         assert!(grants("team/*", "team/x"));
         assert!(!grants("team/*", "other"));
         assert!(grants("*", "anything"));
+    }
+
+    #[test]
+    fn prefix_coverage() {
+        assert!(covers_prefix("team/*", "team/"));
+        assert!(covers_prefix("team/*", "team/plans/"));
+        assert!(covers_prefix("*", ""));
+        assert!(!covers_prefix("team/*", "te"));
+        assert!(!covers_prefix("team/a", "team/a"));
     }
 
     #[test]

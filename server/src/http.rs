@@ -61,6 +61,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(crate::admin::openapi_json))
         .nest("/api/v1/admin", crate::admin::routes(state.clone()))
+        .merge(crate::api::routes(&state))
         .merge(crate::demo::routes())
         .fallback(not_found)
         .with_state(state)

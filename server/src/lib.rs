@@ -4,8 +4,10 @@
 //! thin wrapper around it and tests call it directly on port 0.
 
 pub mod admin;
+pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod changes;
 pub mod close;
 pub mod config;
 pub mod connection;

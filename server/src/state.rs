@@ -39,6 +39,8 @@ pub struct Shared {
     deleted: RwLock<HashSet<Arc<str>>>,
     /// Cancelled when the server starts shutting down; connections close with 1001.
     pub shutdown: CancellationToken,
+    /// Wakes change-feed readers when a document's log grows or it is restored or deleted.
+    pub changes: crate::changes::ChangeBus,
     /// Tracks connection tasks so shutdown can wait for their close handshakes.
     pub connections: TaskTracker,
     /// Tracks room tasks so shutdown can wait for their final flush and snapshot.
@@ -59,6 +61,7 @@ impl Shared {
             metrics: Metrics::new(),
             storage,
             shutdown: CancellationToken::new(),
+            changes: crate::changes::ChangeBus::default(),
             connections: TaskTracker::new(),
             rooms: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
@@ -98,12 +101,15 @@ impl Shared {
             .contains(name)
     }
 
-    /// Marks the document `name` deleted (refused from now on).
+    /// Marks the document `name` deleted (refused from now on) and ends its change feeds.
     pub fn mark_deleted(&self, name: &str) {
+        let name: Arc<str> = Arc::from(name);
         self.deleted
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(Arc::from(name));
+            .insert(name.clone());
+        self.changes
+            .publish(&name, crate::changes::ChangeKind::Deleted);
     }
 
     /// A fresh connection id.

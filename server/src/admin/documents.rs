@@ -441,7 +441,7 @@ pub(super) async fn disconnect(
 }
 
 /// A Yjs update as a download, with the sequence number it covers.
-pub(super) fn update_response(seq: i64, state: Vec<u8>) -> Response {
+pub(crate) fn update_response(seq: i64, state: Vec<u8>) -> Response {
     let mut response = (StatusCode::OK, state).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -608,6 +608,7 @@ pub(super) async fn replace_content(
         .command(name, true, |reply| Command::Replace {
             target: target.clone(),
             author: author.clone(),
+            scope: Default::default(),
             reply,
         })
         .await?)

@@ -49,7 +49,12 @@ async fn rows_to(
 
 /// The document as it was at `seq` (built off the async runtime: a large document takes
 /// milliseconds). `skip_gc` keeps deleted content, which diffs need.
-async fn doc_at(store: &Store, doc_id: i64, seq: i64, skip_gc: bool) -> Result<Doc, AdminError> {
+pub(crate) async fn doc_at(
+    store: &Store,
+    doc_id: i64,
+    seq: i64,
+    skip_gc: bool,
+) -> Result<Doc, AdminError> {
     let (snapshot, rows) = rows_to(store, doc_id, seq).await?;
     tokio::task::spawn_blocking(move || {
         history::reconstruct(
@@ -557,8 +562,16 @@ pub(super) async fn restore(
     .await?
     .ok_or_else(|| AdminError::BadRequest("give seq, at or label".into()))?;
     let target = doc_at(store, info.doc_id, seq, false).await?;
-    let applied = replace_content(&state, &name, target, author).await?;
+    let applied = replace_content(&state, &name, target, author.clone()).await?;
     let answer = applied_answer(applied).await?;
+    if let Some(change) = answer.seq {
+        let kind = crate::changes::ChangeKind::Restored {
+            seq: change,
+            restored_to: seq,
+            author,
+        };
+        state.shared.changes.publish(&name.as_str().into(), kind);
+    }
     Ok(ok(Restored {
         restored_to: seq,
         seq: answer.seq,

@@ -4,9 +4,9 @@
 //!
 //! Errors are JSON `{"status": <code>, "reason": "..."}`; internals never leak.
 
-mod documents;
-mod history;
-mod openapi;
+pub(crate) mod documents;
+pub(crate) mod history;
+pub(crate) mod openapi;
 mod revocations;
 mod times;
 
@@ -135,7 +135,7 @@ impl From<CommandError> for AdminError {
         match e {
             CommandError::Deleted => AdminError::Gone,
             CommandError::Invalid(reason) => AdminError::BadRequest(reason),
-            CommandError::NoStorage => AdminError::Conflict(e.to_string()),
+            CommandError::NoStorage | CommandError::Moved(_) => AdminError::Conflict(e.to_string()),
             CommandError::Unavailable(_) | CommandError::Storage(_) => {
                 AdminError::Storage(e.to_string())
             }
@@ -177,7 +177,7 @@ impl From<PathRejection> for AdminError {
 }
 
 /// Compares without an early exit, so response timing does not reveal the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for (i, x) in a.iter().enumerate() {
         diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));

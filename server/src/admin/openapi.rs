@@ -36,6 +36,7 @@ use super::{documents, history, revocations};
         (name = "documents", description = "List, inspect, delete, snapshot, disconnect, export and import."),
         (name = "history", description = "Timeline, state at a point, diff, restore and labels."),
         (name = "revocations", description = "Revoke tokens and users."),
+        (name = "backends", description = "The document API for backends: read, write, set content and follow changes (SSE). Bearer: a document JWT (same claims and rules as a WebSocket connection) or the admin token."),
         (name = "meta", description = "This description."),
     ),
     paths(
@@ -55,6 +56,11 @@ use super::{documents, history, revocations};
         history::labels,
         history::add_label,
         history::delete_label,
+        crate::api::documents::read,
+        crate::api::documents::write,
+        crate::api::content::put,
+        crate::api::events::document,
+        crate::api::events::prefix,
         openapi_json,
     ),
     components(
@@ -70,6 +76,7 @@ use super::{documents, history, revocations};
         responses(
         BadRequest,
         Unauthorized,
+        Forbidden,
         NotFound,
         Conflict,
         Gone,
@@ -101,6 +108,33 @@ impl Modify for BearerAdminToken {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "documentToken",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A document JWT (claims docs, access, exp; the same rules as a \
+                         WebSocket connection) or the admin token.",
+                    ))
+                    .build(),
+            ),
+        );
+        for (path, item) in api.paths.paths.iter_mut() {
+            if !(path.starts_with("/api/v1/documents") || path.starts_with("/api/v1/events")) {
+                continue;
+            }
+            for op in [&mut item.get, &mut item.post, &mut item.put]
+                .into_iter()
+                .flatten()
+            {
+                op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+                    "documentToken",
+                    Vec::<String>::new(),
+                )]);
+            }
+        }
         if let Some(op) = api
             .paths
             .paths
@@ -181,7 +215,7 @@ pub async fn openapi_json() -> Response {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)] // described, never built: handlers take the segment as a string
-pub(super) struct DocName {
+pub(crate) struct DocName {
     /// The document name as ONE path segment, percent-encoded (encodeURIComponent), so
     /// notes/2024 is notes%2F2024.
     #[param(min_length = 1, example = "notes%2F2024")]
@@ -201,7 +235,7 @@ pub(super) struct LabelPath {
 }
 
 /// A Yjs update (v1) as raw bytes: an `application/octet-stream` body.
-pub(super) struct YjsUpdate;
+pub(crate) struct YjsUpdate;
 
 impl PartialSchema for YjsUpdate {
     fn schema() -> RefOr<Schema> {
@@ -220,7 +254,7 @@ impl ToSchema for YjsUpdate {}
 macro_rules! error_response {
     ($(#[$doc:meta])* $name:ident, $description:literal) => {
         $(#[$doc])*
-        pub(super) struct $name;
+        pub(crate) struct $name;
 
         impl<'s> utoipa::ToResponse<'s> for $name {
             fn response() -> (&'s str, RefOr<utoipa::openapi::Response>) {
@@ -262,7 +296,12 @@ error_response!(
 error_response!(
     /// 401.
     Unauthorized,
-    "Missing or wrong admin token."
+    "Missing or wrong token (the admin token; for the document API also a document JWT: the reason says what is wrong with it)."
+);
+error_response!(
+    /// 403.
+    Forbidden,
+    "The token is valid but does not grant this document or prefix, or grants read-only access to a write."
 );
 error_response!(
     /// 404.

@@ -66,6 +66,17 @@ use super::{HistoryError, guard};
 ///   describes: the caller must stop trusting its in-memory document (poison the room, reload
 ///   it from storage).
 pub fn restore_into(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, HistoryError> {
+    restore_roots_into(current, target, None)
+}
+
+/// [`restore_into`] limited to the roots named in `only` (all roots when `None`): the other
+/// roots of `current` are left as they are, whatever `target` holds for them. Setting a few
+/// fields of a document (the HTTP content API) must not revert what others wrote elsewhere.
+pub fn restore_roots_into(
+    current: &Doc,
+    target: &Doc,
+    only: Option<&std::collections::BTreeSet<String>>,
+) -> Result<Option<Vec<u8>>, HistoryError> {
     guard("restoring a document", || {
         // Both transactions are taken with `try_`: restoring a document into itself (or while
         // someone holds a transaction) must fail, not deadlock.
@@ -73,7 +84,10 @@ pub fn restore_into(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, Hist
             .try_transact()
             .map_err(|_| refuse("the target document has a transaction open"))?;
         let mut restorer = Restorer::new(&target_txn, current.offset_kind());
-        let target_roots = root_kinds_in(&target_txn);
+        let mut target_roots = root_kinds_in(&target_txn);
+        if let Some(only) = only {
+            target_roots.retain(|(name, _)| only.contains(&**name));
+        }
         if !restorer.target_readable(&target_roots) {
             return Err(refuse(
                 "the target holds a list with text items, which yrs cannot read safely",
@@ -84,7 +98,7 @@ pub fn restore_into(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, Hist
             .map_err(|_| refuse("the live document has a transaction open"))?;
         // From here on nothing returns an error: changes made in `txn` are committed whatever
         // happens, so they must reach the caller as an update.
-        restorer.restore_roots(&mut txn, target_roots);
+        restorer.restore_roots(&mut txn, target_roots, only);
         // Commit before encoding: committing may delete redundant formatting marks, and those
         // deletions belong in the update.
         txn.commit();
@@ -207,11 +221,18 @@ impl<'t, T: ReadTxn> Restorer<'t, T> {
 
     /// Brings every root of the live document (`txn`) to the target (`target_roots`: its
     /// roots' kinds), then checks the result.
-    fn restore_roots(&mut self, txn: &mut TransactionMut, target_roots: Vec<(Arc<str>, RootKind)>) {
+    fn restore_roots(
+        &mut self,
+        txn: &mut TransactionMut,
+        target_roots: Vec<(Arc<str>, RootKind)>,
+        only: Option<&std::collections::BTreeSet<String>>,
+    ) {
         // Kinds come from content: a document rebuilt from updates has untyped roots.
         let mut roots: BTreeMap<Arc<str>, (Option<RootKind>, Option<RootKind>)> = BTreeMap::new();
         for (name, kind) in root_kinds_in(&*txn) {
-            roots.entry(name).or_default().0 = Some(kind);
+            if only.is_none_or(|only| only.contains(&*name)) {
+                roots.entry(name).or_default().0 = Some(kind);
+            }
         }
         for (name, kind) in target_roots {
             roots.entry(name).or_default().1 = Some(kind);

@@ -336,16 +336,17 @@ impl RoomCore {
         self.take()
     }
 
-    /// Makes the content equal to `target`'s as one new change (restore, or import with
-    /// `mode=replace`). Returns its sequence number (`None` when nothing changed).
+    /// Makes the content (of the roots in `only`; all when `None`) equal to `target`'s as
+    /// one new change (restore, import with `mode=replace`, the content API). Returns its sequence number (`None` when nothing changed).
     pub fn replace(
         &mut self,
         target: &Doc,
+        only: Option<&std::collections::BTreeSet<String>>,
         author: String,
     ) -> (Result<Option<i64>, CommandError>, Vec<Effect>) {
         let doc = &self.doc;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            crate::history::restore::restore_into(doc, target)
+            crate::history::restore::restore_roots_into(doc, target, only)
         }));
         let result = match outcome {
             Ok(Ok(changed)) => Ok(self.accept_admin(author, changed)),

@@ -88,6 +88,8 @@ pub enum Command {
         target: Doc,
         /// Recorded as the change's author.
         author: String,
+        /// Which roots, and on what condition.
+        scope: ReplaceScope,
         /// The change, once accepted.
         reply: oneshot::Sender<Result<Applied, CommandError>>,
     },
@@ -159,6 +161,16 @@ impl Command {
     }
 }
 
+/// What a [`Command::Replace`] may touch, and when.
+#[derive(Debug, Clone, Default)]
+pub struct ReplaceScope {
+    /// Only these roots are made equal to the target's; the others stay as they are (all
+    /// roots when `None`).
+    pub roots: Option<Arc<std::collections::BTreeSet<String>>>,
+    /// Refused with [`CommandError::Moved`] when the document is past this sequence number.
+    pub if_seq: Option<i64>,
+}
+
 /// Why a room could not carry out a [`Command`].
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CommandError {
@@ -177,6 +189,9 @@ pub enum CommandError {
     /// Storage failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// A conditional change found the document past the sequence number it was made for.
+    #[error("the document moved on: it is at seq {0}")]
+    Moved(i64),
 }
 
 /// A change an administrator made, as accepted by the room.
@@ -235,6 +250,7 @@ struct Restore {
     base_seq: i64,
     target: Doc,
     author: String,
+    scope: ReplaceScope,
     reply: oneshot::Sender<Result<Applied, CommandError>>,
     /// Computations so far (each one found the document moved before it could apply).
     attempts: u32,
@@ -268,6 +284,8 @@ struct Room {
     deleting: Option<(usize, oneshot::Sender<Result<usize, CommandError>>)>,
     /// Restores computed on blocking threads (see [`Room::start_restore`]).
     restores: JoinSet<Restore>,
+    /// The durable watermark last announced on the change bus.
+    announced: i64,
 }
 
 /// Starts the task for document `name` and returns its handle.
@@ -291,6 +309,7 @@ pub fn spawn(
         durable: None,
         deleting: None,
         restores: JoinSet::new(),
+        announced: 0,
         shared: shared.clone(),
     };
     shared.rooms.spawn(room.run(rx).instrument(span));
@@ -360,6 +379,7 @@ impl Room {
                 changed = async { watermark.as_mut()?.changed().await.ok() }, if waiting => {
                     if changed.is_some() {
                         let durable = watermark.as_ref().map_or(self.core.seq(), |w| *w.borrow());
+                        self.announce(durable);
                         let effects = self.core.durable_up_to(durable);
                         self.execute(effects);
                     }
@@ -439,6 +459,7 @@ impl Room {
         let snapshot_seq = snapshot.map_or(0, |s| s.seq);
         let bytes_since: u64 = loaded.updates.iter().map(|r| r.size.max(0) as u64).sum();
         let (watermark, rx) = watch::channel(loaded.last_seq);
+        self.announced = loaded.last_seq;
         self.durable = Some(Durable {
             store: store.clone(),
             writer: writer.clone(),
@@ -483,8 +504,9 @@ impl Room {
             Command::Replace {
                 target,
                 author,
+                scope,
                 reply,
-            } => self.start_restore(target, author, reply, 0),
+            } => self.start_restore(target, author, scope, reply, 0),
             Command::Merge {
                 update,
                 author,
@@ -546,9 +568,14 @@ impl Room {
         &mut self,
         target: Doc,
         author: String,
+        scope: ReplaceScope,
         reply: oneshot::Sender<Result<Applied, CommandError>>,
         attempts: u32,
     ) {
+        if let Some(moved) = self.moved_past(&scope) {
+            let _ = reply.send(Err(moved));
+            return;
+        }
         let Some((state, _)) = self.core.encode_state() else {
             let _ = reply.send(Err(CommandError::Unavailable(
                 "could not encode the document".into(),
@@ -561,17 +588,41 @@ impl Room {
         self.restores.spawn_blocking(move || {
             let _entered = span.enter();
             let copy = Doc::with_client_id(client_id);
-            let outcome = RoomCore::apply_state(&copy, &state)
-                .map(|()| crate::history::restore::restore_into(&copy, &target));
+            let outcome = RoomCore::apply_state(&copy, &state).map(|()| {
+                crate::history::restore::restore_roots_into(&copy, &target, scope.roots.as_deref())
+            });
             Restore {
                 base_seq,
                 target,
                 author,
+                scope,
                 reply,
                 attempts: attempts + 1,
                 outcome,
             }
         });
+    }
+
+    /// The refusal of a conditional replace whose document moved past its `if_seq`.
+    fn moved_past(&self, scope: &ReplaceScope) -> Option<CommandError> {
+        let seq = self.core.seq();
+        scope
+            .if_seq
+            .is_some_and(|n| seq > n)
+            .then_some(CommandError::Moved(seq))
+    }
+
+    /// Tells change feeds that the log grew up to `durable` (durable storage only: memory
+    /// storage keeps no log to read from).
+    fn announce(&mut self, durable: i64) {
+        if self.durable.is_some() && durable > self.announced {
+            let kind = crate::changes::ChangeKind::Durable {
+                after: self.announced,
+                upto: durable,
+            };
+            self.shared.changes.publish(&self.name, kind);
+            self.announced = durable;
+        }
     }
 
     /// Applies a restore computed off the room, if the document did not move meanwhile.
@@ -586,10 +637,15 @@ impl Room {
             base_seq,
             target,
             author,
+            scope,
             reply,
             attempts,
             outcome,
         } = restore;
+        if let Some(moved) = self.moved_past(&scope) {
+            let _ = reply.send(Err(moved));
+            return;
+        }
         let result = match outcome {
             Ok(Ok(changed)) if base_seq == self.core.seq() => {
                 let (result, effects) = self.core.apply_restore(changed, author);
@@ -598,10 +654,10 @@ impl Room {
             }
             Ok(Ok(_)) if attempts < RESTORE_ATTEMPTS => {
                 debug!(attempts, "document moved during a restore; recomputing");
-                return self.start_restore(target, author, reply, attempts);
+                return self.start_restore(target, author, scope, reply, attempts);
             }
             Ok(Ok(_)) => {
-                let (result, effects) = self.core.replace(&target, author);
+                let (result, effects) = self.core.replace(&target, scope.roots.as_deref(), author);
                 self.execute(effects);
                 result
             }
