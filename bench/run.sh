@@ -32,57 +32,23 @@ OUT=$(mktemp -d /tmp/tandem-bench.XXXXXX)
 
 command -v jq >/dev/null || { echo "run.sh needs jq" >&2; exit 1; }
 
+# Servers of these cases start fast and have little to persist on SIGTERM.
+START_WAIT=10
+STOP_WAIT=15
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_binaries
 
-SERVER_PID=""
-PORT=""
-SERVER_DIR=""
 # Extra server arguments of the current case only.
 CASE_SERVER_ARGS=""
 
 
+# start_server LOGNAME: a fresh server with the current case's extra arguments.
 start_server() {
-    local name=$1 i
-    PORT=$(free_port)
-    SERVER_DIR=$(mktemp -d /tmp/tandem-server.XXXXXX)
-    # shellcheck disable=SC2086 # SERVER_ARGS and CASE_SERVER_ARGS are lists of words
-    (cd "$SERVER_DIR" && exec "$SERVER" --addr "127.0.0.1:$PORT" $SERVER_ARGS $CASE_SERVER_ARGS) \
-        >"$OUT/$name.server.log" 2>&1 &
-    SERVER_PID=$!
-    for i in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            return 0
-        fi
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "server exited at start; log:" >&2
-            cat "$OUT/$name.server.log" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "server did not listen on $PORT within 10 s" >&2
-    return 1
+    # shellcheck disable=SC2086 # CASE_SERVER_ARGS is a list of words
+    launch_server "$1" $CASE_SERVER_ARGS
 }
 
-stop_server() {
-    local i
-    [[ -n "$SERVER_PID" ]] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for i in $(seq 1 150); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        echo "server $SERVER_PID ignored SIGTERM for 15 s; killing it" >&2
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-    [[ -n "$SERVER_DIR" ]] && rm -rf "$SERVER_DIR"
-    SERVER_DIR=""
-}
 trap stop_server EXIT
 
 
