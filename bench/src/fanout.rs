@@ -132,6 +132,10 @@ fn client_id(gi: usize) -> u64 {
 }
 
 /// Runs the scenario and prints the summary.
+///
+/// Why one function: a benchmark driver run once per invocation: set up, measure, report, in the
+/// order of the report it prints, over locals every phase shares; split, the phases would pass
+/// those around for nothing.
 pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
     if args.rooms == 0 || args.clients_per_room < 2 {
         return Err("need at least one room and two clients per room".into());
@@ -360,6 +364,10 @@ async fn client(mut ctx: ClientCtx) -> ClientOut {
     out
 }
 
+/// One client of the fan-out: sends on its schedule and times every update it receives.
+///
+/// Why one function: one `select!` loop whose counters and histograms are locals every branch
+/// updates.
 async fn client_loop(
     ws: &mut conn::Ws,
     ctx: &ClientCtx,

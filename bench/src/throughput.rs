@@ -139,6 +139,10 @@ struct ThroughputResult {
 }
 
 /// Runs the scenario and prints the summary.
+///
+/// Why one function: a benchmark driver run once per invocation: set up, measure, report, in the
+/// order of the report it prints, over locals every phase shares; split, the phases would pass
+/// those around for nothing.
 pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
     if args.writers == 0 {
         return Err("need at least one writer".into());
@@ -441,6 +445,9 @@ fn writer_of(client: u64, writers: usize) -> Option<usize> {
     (w < writers).then_some(w)
 }
 
+/// One writer connection: sends its updates at the planned pace and times their echoes.
+///
+/// Why one function: one loop whose pacing state and counters are locals every branch updates.
 async fn writer(
     ws: &mut conn::Ws,
     w: usize,
