@@ -408,90 +408,65 @@ impl<X: PartialEq> Myers<'_, '_, X> {
                 return None;
             }
             *self.budget -= cost;
-            if let ControlFlow::Break(split) = self.forward(&grid, d, &mut forward) {
+            if let ControlFlow::Break(split) = self.step::<true>(&grid, d, &mut forward) {
                 return split;
             }
-            if let ControlFlow::Break(split) = self.backward(&grid, d, &mut backward) {
+            if let ControlFlow::Break(split) = self.step::<false>(&grid, d, &mut backward) {
                 return split;
             }
         }
         None
     }
 
-    /// Step `d` of the forward path, from the top-left corner. With an odd `n - m` the paths
-    /// meet during a forward step, else during a backward one.
-    fn forward(
+    /// Step `d` of one path: the forward one (`FORWARD`) from the top-left corner, or the
+    /// backward one from the bottom-right corner, whose x and y count from the ends. With an
+    /// odd `n - m` the paths meet during a forward step, else during a backward one.
+    fn step<const FORWARD: bool>(
         &mut self,
         g: &Grid,
         d: isize,
         trim: &mut Trim,
     ) -> ControlFlow<Option<(usize, usize)>> {
         let delta = g.n - g.m;
-        let mut k1 = -d + trim.start;
-        while k1 <= d - trim.end {
-            let mut x1 = self.vf.next_x(k1, d);
-            let mut y1 = x1 - k1;
-            if x1 < g.n && y1 < g.m && y1 >= 0 {
-                let run = common_prefix(
-                    &self.a[g.a0 + x1 as usize..g.a1],
-                    &self.b[g.b0 + y1 as usize..g.b1],
-                ) as isize;
+        let mut k = -d + trim.start;
+        while k <= d - trim.end {
+            let (mine, other) = if FORWARD {
+                (&mut self.vf, &self.vb)
+            } else {
+                (&mut self.vb, &self.vf)
+            };
+            let mut x = mine.next_x(k, d);
+            let mut y = x - k;
+            if x < g.n && y < g.m && y >= 0 {
+                let (x0, y0) = (x as usize, y as usize);
+                let run = if FORWARD {
+                    common_prefix(&self.a[g.a0 + x0..g.a1], &self.b[g.b0 + y0..g.b1])
+                } else {
+                    common_suffix(&self.a[g.a0..g.a1 - x0], &self.b[g.b0..g.b1 - y0])
+                };
                 *self.budget = self.budget.saturating_sub(run as u64);
-                x1 += run;
-                y1 += run;
+                x += run as isize;
+                y += run as isize;
             }
-            self.vf.set(k1, x1);
-            if x1 > g.n {
+            mine.set(k, x);
+            if x > g.n {
                 trim.end += 2;
-            } else if y1 > g.m {
+            } else if y > g.m {
                 trim.start += 2;
-            } else if delta & 1 == 1 {
-                let k2 = delta - k1;
-                let x2 = self.vb.get(k2);
-                if x2 != -1 && g.on_grid(x2, k2) && x1 >= g.n - x2 {
-                    return ControlFlow::Break(self.split(x1, y1, g));
+            } else if (delta & 1 == 1) == FORWARD {
+                let k_other = delta - k;
+                let x_other = other.get(k_other);
+                // The forward path's end on its diagonal, and the backward path's reach.
+                let (xf, kf, xb) = if FORWARD {
+                    (x, k, x_other)
+                } else {
+                    (x_other, k_other, x)
+                };
+                if x_other != -1 && g.on_grid(x_other, k_other) && xf >= g.n - xb {
+                    return ControlFlow::Break(self.split(xf, xf - kf, g));
                 }
             }
-            k1 += 2;
-        }
-        ControlFlow::Continue(())
-    }
-
-    /// Step `d` of the backward path, from the bottom-right corner (x and y count from the
-    /// ends): the mirror of [`Self::forward`].
-    fn backward(
-        &mut self,
-        g: &Grid,
-        d: isize,
-        trim: &mut Trim,
-    ) -> ControlFlow<Option<(usize, usize)>> {
-        let delta = g.n - g.m;
-        let mut k2 = -d + trim.start;
-        while k2 <= d - trim.end {
-            let mut x2 = self.vb.next_x(k2, d);
-            let mut y2 = x2 - k2;
-            if x2 < g.n && y2 < g.m && y2 >= 0 {
-                let run = common_suffix(
-                    &self.a[g.a0..g.a1 - x2 as usize],
-                    &self.b[g.b0..g.b1 - y2 as usize],
-                ) as isize;
-                *self.budget = self.budget.saturating_sub(run as u64);
-                x2 += run;
-                y2 += run;
-            }
-            self.vb.set(k2, x2);
-            if x2 > g.n {
-                trim.end += 2;
-            } else if y2 > g.m {
-                trim.start += 2;
-            } else if delta & 1 == 0 {
-                let k1 = delta - k2;
-                let x1 = self.vf.get(k1);
-                if x1 != -1 && g.on_grid(x1, k1) && x1 >= g.n - x2 {
-                    return ControlFlow::Break(self.split(x1, x1 - k1, g));
-                }
-            }
-            k2 += 2;
+            k += 2;
         }
         ControlFlow::Continue(())
     }

@@ -3,30 +3,58 @@
 
 use std::collections::HashMap;
 
-use yrs::{Map, MapRef, Out, ReadTxn, TransactionMut, Xml};
+use yrs::{In, Map, MapRef, Out, ReadTxn, TransactionMut, Xml};
 
 use super::{Restorer, shape};
+
+/// A shared type's keyed entries: a map's, or an XML node's attributes ([`Attributes`]).
+trait Keyed {
+    /// Every entry, key and value.
+    fn entries<R: ReadTxn>(&self, txn: &R) -> Vec<(String, Out)>;
+    /// Removes the entry of `key`.
+    fn remove_key(&self, txn: &mut TransactionMut, key: &str);
+    /// Sets `key` to `value`, returning the integrated value.
+    fn insert_key(&self, txn: &mut TransactionMut, key: &str, value: In) -> Out;
+}
+
+impl Keyed for MapRef {
+    fn entries<R: ReadTxn>(&self, txn: &R) -> Vec<(String, Out)> {
+        self.iter(txn).map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    fn remove_key(&self, txn: &mut TransactionMut, key: &str) {
+        self.remove(txn, key);
+    }
+
+    fn insert_key(&self, txn: &mut TransactionMut, key: &str, value: In) -> Out {
+        self.insert(txn, key, value)
+    }
+}
+
+/// The attributes of an XML node, as keyed entries.
+struct Attributes<'x, X>(&'x X);
+
+impl<X: Xml> Keyed for Attributes<'_, X> {
+    fn entries<R: ReadTxn>(&self, txn: &R) -> Vec<(String, Out)> {
+        self.0
+            .attributes(txn)
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+    }
+
+    fn remove_key(&self, txn: &mut TransactionMut, key: &str) {
+        self.0.remove_attribute(txn, &key);
+    }
+
+    fn insert_key(&self, txn: &mut TransactionMut, key: &str, value: In) -> Out {
+        self.0.insert_attribute(txn, key, value)
+    }
+}
 
 impl<T: ReadTxn> Restorer<'_, T> {
     /// Edits map `cur` into `tgt`.
     pub(super) fn sync_map(&mut self, txn: &mut TransactionMut, cur: &MapRef, tgt: &MapRef) {
-        let cur_entries: Vec<(String, Out)> =
-            cur.iter(&*txn).map(|(k, v)| (k.to_owned(), v)).collect();
-        let tgt_entries: Vec<(String, Out)> = tgt
-            .iter(self.target)
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        let plan = self.keyed_plan(txn, cur_entries, tgt_entries);
-        for key in &plan.remove {
-            cur.remove(txn, key);
-        }
-        for (cur_value, tgt_value) in &plan.edit {
-            self.sync(txn, cur_value, tgt_value);
-        }
-        for (key, tgt_value) in &plan.set {
-            let fresh = cur.insert(txn, key.as_str(), self.fresh(tgt_value));
-            self.sync(txn, &fresh, tgt_value);
-        }
+        self.sync_keyed(txn, cur, tgt);
     }
 
     /// Edits the attributes of XML node `cur` into those of `tgt`.
@@ -36,23 +64,22 @@ impl<T: ReadTxn> Restorer<'_, T> {
         cur: &C,
         tgt: &G,
     ) {
-        let cur_entries: Vec<(String, Out)> = cur
-            .attributes(&*txn)
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        let tgt_entries: Vec<(String, Out)> = tgt
-            .attributes(self.target)
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
+        self.sync_keyed(txn, &Attributes(cur), &Attributes(tgt));
+    }
+
+    /// Edits the keyed entries of `cur` into those of `tgt`.
+    fn sync_keyed<C: Keyed, G: Keyed>(&mut self, txn: &mut TransactionMut, cur: &C, tgt: &G) {
+        let cur_entries = cur.entries(&*txn);
+        let tgt_entries = tgt.entries(self.target);
         let plan = self.keyed_plan(txn, cur_entries, tgt_entries);
         for key in &plan.remove {
-            cur.remove_attribute(txn, key);
+            cur.remove_key(txn, key);
         }
         for (cur_value, tgt_value) in &plan.edit {
             self.sync(txn, cur_value, tgt_value);
         }
         for (key, tgt_value) in &plan.set {
-            let fresh = cur.insert_attribute(txn, key.as_str(), self.fresh(tgt_value));
+            let fresh = cur.insert_key(txn, key, self.fresh(tgt_value));
             self.sync(txn, &fresh, tgt_value);
         }
     }
