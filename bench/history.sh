@@ -345,18 +345,7 @@ if [[ -n "${PERF:-}" ]]; then
         done
     done
 fi
-problems=$(cd "$OUT" && for f in *.json; do
-    [[ -s "$f" ]] || continue
-    jq -r --arg c "${f%.json}" 'select(((.errors // []) | length) > 0 or .verified == false)
-        | "- \($c): \((.errors // []) | join("; "))"' "$f"
-done)
-missing=$(cd "$OUT" && for f in *.cmd; do [[ -s "${f%.cmd}.json" ]] || echo "- ${f%.cmd}: no result ($(tail -1 "${f%.cmd}.err" 2>/dev/null))"; done)
-if [[ -n "$problems$missing" ]]; then
-    echo
-    echo "Problems seen:"
-    [[ -n "$problems" ]] && echo "$problems"
-    [[ -n "$missing" ]] && echo "$missing"
-fi
+report_problems '((.errors // []) | length) > 0 or .verified == false'
 echo
 echo "Commands (\`bench/history.sh\` runs them all; DIR = a fresh directory, the Postgres database is"
 echo "created fresh per case and dropped afterwards; the server is restarted between load and requests):"

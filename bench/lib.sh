@@ -12,6 +12,8 @@
 # ($PORT, $SERVER_PID, $SERVER_DIR), with $SERVER_ARGS then ARGS, its output appended to
 # $OUT/LOGNAME.server.log, and waits until it listens.
 #   START_WAIT=30   seconds it may take to listen
+# report_problems CONDITION: under "Problems seen:", the cases in $OUT whose JSON result matches
+# the jq CONDITION (with its errors), and the cases that ran (a .cmd) but left no result.
 # stop_server: SIGTERM, waits for the exit (SIGKILL after STOP_WAIT seconds, default 30),
 # removes the working directory. Does nothing when no server runs.
 
@@ -103,4 +105,23 @@ stop_server() {
     SERVER_PID=""
     [[ -n "$SERVER_DIR" ]] && rm -rf "$SERVER_DIR"
     SERVER_DIR=""
+}
+
+report_problems() {
+    local problems missing
+    problems=$(cd "$OUT" && for f in *.json; do
+        [[ -s "$f" ]] || continue
+        jq -r --arg c "${f%.json}" 'select('"$1"') | "- \($c): \((.errors // []) | join("; "))"' "$f"
+    done)
+    missing=$(cd "$OUT" && for f in *.cmd; do
+        [[ -e "$f" && ! -s "${f%.cmd}.json" ]] || continue
+        echo "- ${f%.cmd}: no result ($(tail -1 "${f%.cmd}.err" 2>/dev/null))"
+    done)
+    if [[ -n "$problems$missing" ]]; then
+        echo
+        echo "Problems seen:"
+        [[ -n "$problems" ]] && echo "$problems"
+        [[ -n "$missing" ]] && echo "$missing"
+    fi
+    return 0
 }

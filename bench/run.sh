@@ -185,17 +185,8 @@ if have throughput; then
         "$(j '.server.cpu_pct // "?"' throughput)" "$(j '.bench.cpu_pct // "?"' throughput)" \
         "$(j '.other_cpu_pct // "?"' throughput)"
 fi
-problems=$(cd "$OUT" && for f in *.json; do
-    [[ -s "$f" ]] || continue
-    jq -r --arg c "${f%.json}" 'select((.errors | length) > 0 or (.gaps // 0) > 0 or (.failed // 0) > 0
-        or (.incomplete_clients // .incomplete // 0) > 0 or (.dropped_during_hold // 0) > 0)
-        | "- \($c): \(.errors | join("; "))"' "$f"
-done)
-if [[ -n "$problems" ]]; then
-    echo
-    echo "Problems seen:"
-    echo "$problems"
-fi
+report_problems '((.errors // []) | length) > 0 or (.gaps // 0) > 0 or (.failed // 0) > 0
+    or (.incomplete_clients // .incomplete // 0) > 0 or (.dropped_during_hold // 0) > 0'
 echo
 echo "Commands (each against a fresh \`target/release/tandem --addr 127.0.0.1:PORT\`; \`bench/run.sh\` runs them all):"
 echo

@@ -250,19 +250,8 @@ if wants traces; then
         done
     done
 fi
-problems=$(cd "$OUT" && for f in *.json; do
-    [[ -s "$f" ]] || continue
-    jq -r --arg c "${f%.json}" 'select(((.errors // []) | length) > 0 or (.gaps // 0) > 0
-        or (.incomplete_clients // .incomplete // 0) > 0 or .verified == false)
-        | "- \($c): \((.errors // []) | join("; "))"' "$f"
-done)
-missing=$(cd "$OUT" && for f in *.cmd; do [[ -s "${f%.cmd}.json" ]] || echo "- ${f%.cmd}: no result ($(tail -1 "${f%.cmd}.err" 2>/dev/null))"; done)
-if [[ -n "$problems$missing" ]]; then
-    echo
-    echo "Problems seen:"
-    [[ -n "$problems" ]] && echo "$problems"
-    [[ -n "$missing" ]] && echo "$missing"
-fi
+report_problems '((.errors // []) | length) > 0 or (.gaps // 0) > 0
+    or (.incomplete_clients // .incomplete // 0) > 0 or .verified == false'
 echo
 echo "Commands (\`bench/storage.sh\` runs them all; DIR = a fresh directory; Postgres database dropped and"
 echo "recreated per case; traces from $TRACE_DIR — Joseph Gentle's editing-traces, CC BY 4.0):"
