@@ -116,13 +116,6 @@ drop_data() {
     fi
 }
 
-# start_server LOGNAME BACKEND EXTRA-ARGS...
-start_server() {
-    local name=$1 backend=$2
-    shift 2
-    launch_server "$name" --database-url "$(db_url "$backend")" "$@"
-}
-
 cleanup() {
     stop_server
     if [[ -z "${KEEP_DATA:-}" ]]; then

@@ -12,6 +12,8 @@
 # ($PORT, $SERVER_PID, $SERVER_DIR), with $SERVER_ARGS then ARGS, its output appended to
 # $OUT/LOGNAME.server.log, and waits until it listens.
 #   START_WAIT=30   seconds it may take to listen
+# start_server LOGNAME BACKEND ARGS...: launch_server on the driver's database of BACKEND (its
+# db_url function names it).
 # report_problems CONDITION: under "Problems seen:", the cases in $OUT whose JSON result matches
 # the jq CONDITION (with its errors), and the cases that ran (a .cmd) but left no result.
 # stop_server: SIGTERM, waits for the exit (SIGKILL after STOP_WAIT seconds, default 30),
@@ -87,6 +89,13 @@ launch_server() {
     done
     echo "server did not listen on $PORT within ${START_WAIT:-30} s" >&2
     return 1
+}
+
+# start_server LOGNAME BACKEND EXTRA-ARGS...
+start_server() {
+    local name=$1 backend=$2
+    shift 2
+    launch_server "$name" --database-url "$(db_url "$backend")" "$@"
 }
 
 stop_server() {

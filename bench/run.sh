@@ -43,12 +43,6 @@ release_binaries
 CASE_SERVER_ARGS=""
 
 
-# start_server LOGNAME: a fresh server with the current case's extra arguments.
-start_server() {
-    # shellcheck disable=SC2086 # CASE_SERVER_ARGS is a list of words
-    launch_server "$1" $CASE_SERVER_ARGS
-}
-
 trap stop_server EXIT
 
 
@@ -60,7 +54,8 @@ run_case() {
     echo "tandem-bench $*" >"$OUT/$name.cmd"
     echo "$SERVER_ARGS $CASE_SERVER_ARGS" | xargs >"$OUT/$name.server-args"
     wait_quiet
-    start_server "$name"
+    # shellcheck disable=SC2086 # CASE_SERVER_ARGS is a list of words
+    launch_server "$name" $CASE_SERVER_ARGS
     if "$BENCH" "$@" --url "ws://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
         >"$OUT/$name.txt" 2>"$OUT/$name.err"; then
         :
@@ -80,7 +75,8 @@ wants() { [[ " $CASES " == *" $1 "* ]]; }
 
 # Largest idle case: what the server's file limit permits, with room for its own files.
 server_fd_limit() {
-    start_server fdprobe >/dev/null
+    # shellcheck disable=SC2086 # CASE_SERVER_ARGS is a list of words
+    launch_server fdprobe $CASE_SERVER_ARGS >/dev/null
     awk '/Max open files/ {print $4}' "/proc/$SERVER_PID/limits"
     stop_server
 }

@@ -69,13 +69,6 @@ fresh_db() {
     fi
 }
 
-# start_server LOGNAME BACKEND EXTRA-ARGS...
-start_server() {
-    local name=$1 backend=$2
-    shift 2
-    launch_server "$name" --database-url "$(db_url "$backend")" "$@"
-}
-
 cleanup() {
     stop_server
     [[ -n "$DATA_DIR" ]] && rm -rf "$DATA_DIR"
