@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::conn::{self, Target};
 use crate::editor::Editor;
 use crate::proto::{self, Incoming};
-use crate::stats::{self, Latency, SendLog};
+use crate::stats::{self, Latency, Plan, SendLog};
 use crate::{Common, Error, procstat, run_id};
 
 /// Options of the `fanout` scenario.
@@ -44,16 +44,6 @@ pub struct FanoutArgs {
     /// Seconds allowed for all clients to connect and sync.
     #[arg(long, default_value_t = 30.0)]
     pub connect_timeout: f64,
-}
-
-/// The timetable every client follows, fixed once all are synced.
-#[derive(Debug, Clone, Copy)]
-struct Plan {
-    first_send: Instant,
-    measure_start_us: u64,
-    measure_end: Instant,
-    measure_end_us: u64,
-    deadline: Instant,
 }
 
 /// State shared by all clients of the run.
@@ -209,16 +199,13 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
     }
     println!("fanout: {total} clients synced in {connect_s:.2} s; sending");
 
-    let first_send = Instant::now() + Duration::from_millis(200);
-    let measure_start = first_send + Duration::from_secs_f64(args.warmup);
-    let measure_end = measure_start + Duration::from_secs_f64(args.duration);
-    let plan = Plan {
-        first_send,
-        measure_start_us: stats::us_of(measure_start),
-        measure_end,
-        measure_end_us: stats::us_of(measure_end),
-        deadline: measure_end + Duration::from_secs_f64(args.drain),
-    };
+    let plan = Plan::new(
+        Duration::from_millis(200),
+        args.warmup,
+        args.duration,
+        args.drain,
+    );
+    let (measure_start, measure_end) = (plan.measure_start, plan.measure_end);
     plan_tx.send_replace(Some(plan));
 
     let window = procstat::measure_window(
@@ -382,7 +369,7 @@ async fn client_loop(
     let period = Duration::from_secs_f64(1.0 / ctx.rate);
     // Clients start evenly staggered over one period, so the room sees a steady stream.
     let phase = period.mul_f64(ctx.gi as f64 / shared.total as f64);
-    let mut ticker = interval_at((plan.first_send + phase).into(), period);
+    let mut ticker = interval_at((plan.start + phase).into(), period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut check = interval_at(plan.measure_end.into(), Duration::from_millis(20));
     let mut sending = true;
@@ -439,8 +426,7 @@ async fn client_loop(
                     let hist = if j == me { &mut out.echo } else { &mut out.others };
                     for k in start..r.end {
                         if let Some(t) = log.get(k)
-                            && t >= plan.measure_start_us
-                            && t < plan.measure_end_us
+                            && plan.in_window(t)
                         {
                             hist.saturating_record(now.saturating_sub(t).max(1));
                         }
