@@ -4,7 +4,7 @@
 //! history to their authors.
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
 
 /// The token of a line break: line-level diffing splits texts after it.
 const NEWLINE: u32 = '\n' as u32;
@@ -23,6 +23,31 @@ pub(super) struct Match {
     pub(super) b: usize,
     /// Length of the run.
     pub(super) len: usize,
+}
+
+/// Walks common runs `matches` (ascending) of sequences of lengths `len_a` and `len_b`: for
+/// each run, the stretches of both sequences before it (changed, possibly empty) and the
+/// run; a last empty run at the ends gives the trailing stretches.
+pub(super) fn gaps_and_runs(
+    matches: &[Match],
+    len_a: usize,
+    len_b: usize,
+) -> impl Iterator<Item = (Range<usize>, Range<usize>, Match)> + '_ {
+    let end = Match {
+        a: len_a,
+        b: len_b,
+        len: 0,
+    };
+    let mut at = (0, 0);
+    matches
+        .iter()
+        .copied()
+        .chain(std::iter::once(end))
+        .map(move |m| {
+            let gaps = (at.0..m.a, at.1..m.b);
+            at = (m.a + m.len, m.b + m.len);
+            (gaps.0, gaps.1, m)
+        })
 }
 
 /// Length of the common prefix of two slices.
@@ -169,15 +194,9 @@ fn diff_units(a: &[u32], b: &[u32], tier: Tier, budget: &mut u64) -> Vec<Match> 
         us.get(i).map_or(total, |r| r.start)
     };
     let mut out = Vec::new();
-    let (mut ia, mut ib) = (0, 0);
-    let end = Match {
-        a: ua.len(),
-        b: ub.len(),
-        len: 0,
-    };
-    for m in unit_matches.iter().chain(std::iter::once(&end)) {
-        let (sa, ea) = (at(&ua, ia, a.len()), at(&ua, m.a, a.len()));
-        let (sb, eb) = (at(&ub, ib, b.len()), at(&ub, m.b, b.len()));
+    for (ga, gb, m) in gaps_and_runs(&unit_matches, ua.len(), ub.len()) {
+        let (sa, ea) = (at(&ua, ga.start, a.len()), at(&ua, ga.end, a.len()));
+        let (sb, eb) = (at(&ub, gb.start, b.len()), at(&ub, gb.end, b.len()));
         if ea > sa && eb > sb {
             let finer = diff_tier(&a[sa..ea], &b[sb..eb], tier.finer(), budget);
             out.extend(finer.into_iter().map(|c| Match {
@@ -191,8 +210,6 @@ fn diff_units(a: &[u32], b: &[u32], tier: Tier, budget: &mut u64) -> Vec<Match> 
             let len = at(&ua, m.a + m.len, a.len()) - ta;
             out.push(Match { a: ta, b: tb, len });
         }
-        ia = m.a + m.len;
-        ib = m.b + m.len;
     }
     out
 }

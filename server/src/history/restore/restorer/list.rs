@@ -9,7 +9,7 @@ use yrs::{Any, Array, ArrayRef, GetString, Map, Out, ReadTxn, TransactionMut};
 
 use super::{Restorer, Shape, shape};
 use crate::history::restore::roots::{clear_list, items};
-use crate::history::restore::seq_diff::{Match, common_prefix, common_suffix, myers};
+use crate::history::restore::seq_diff::{common_prefix, common_suffix, gaps_and_runs, myers};
 
 /// A changed stretch of a list with at most this many old×new pairs is aligned by similarity
 /// (dynamic programming); larger ones pair items of the same kind in order.
@@ -58,21 +58,13 @@ impl<T: ReadTxn> Restorer<'_, T> {
             .collect();
         let matches = myers(&fa, &fb, &mut self.budget);
         let mut steps = Vec::new();
-        let (mut ia, mut ib) = (0, 0);
-        let end = Match {
-            a: fa.len(),
-            b: fb.len(),
-            len: 0,
-        };
-        for m in matches.iter().chain(std::iter::once(&end)) {
-            if m.a > ia || m.b > ib {
-                self.align(txn, &cur_items, ia..m.a, &tgt_items, ib..m.b, &mut steps);
+        for (ga, gb, m) in gaps_and_runs(&matches, fa.len(), fb.len()) {
+            if !ga.is_empty() || !gb.is_empty() {
+                self.align(txn, &cur_items, ga, &tgt_items, gb, &mut steps);
             }
             if m.len > 0 {
                 steps.push(Step::Keep(m.len));
             }
-            ia = m.a + m.len;
-            ib = m.b + m.len;
         }
         self.apply_steps(txn, cur, &cur_items, &tgt_items, &steps);
     }

@@ -11,7 +11,7 @@ use yrs::{Any, In, OffsetKind, Out, ReadTxn, Text, TransactionMut};
 
 use super::Restorer;
 use crate::history::restore::fingerprint::hash_attrs;
-use crate::history::restore::seq_diff::{Match, diff_text};
+use crate::history::restore::seq_diff::{Match, diff_text, gaps_and_runs};
 
 /// First token value used for embeds in a tokenized text (above every Unicode scalar value).
 const EMBED_BASE: u32 = 0x11_0000;
@@ -105,18 +105,12 @@ impl<T: ReadTxn> Restorer<'_, T> {
     /// The delta turning text `a` into `b` given their common runs.
     fn text_delta(&self, a: &Atoms, b: &Atoms, matches: &[Match]) -> Vec<Delta<In>> {
         let mut delta: Vec<Delta<In>> = Vec::new();
-        let (mut ia, mut ib) = (0, 0);
-        let end = Match {
-            a: a.tokens.len(),
-            b: b.tokens.len(),
-            len: 0,
-        };
-        for m in matches.iter().chain(std::iter::once(&end)) {
-            if m.a > ia {
-                delta.push(Delta::Deleted(self.units(&a.tokens[ia..m.a])));
+        for (ga, gb, m) in gaps_and_runs(matches, a.tokens.len(), b.tokens.len()) {
+            if !ga.is_empty() {
+                delta.push(Delta::Deleted(self.units(&a.tokens[ga])));
             }
-            if m.b > ib {
-                self.push_inserts(&mut delta, b, ib, m.b);
+            if !gb.is_empty() {
+                self.push_inserts(&mut delta, b, gb.start, gb.end);
             }
             // Kept run: retain, re-formatting the parts whose attributes differ.
             let mut k = 0;
@@ -135,8 +129,6 @@ impl<T: ReadTxn> Restorer<'_, T> {
                     delta.push(Delta::Retain(units, Some(Box::new(change))));
                 }
             }
-            ia = m.a + m.len;
-            ib = m.b + m.len;
         }
         while matches!(delta.last(), Some(Delta::Retain(_, None))) {
             delta.pop();
