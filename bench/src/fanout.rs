@@ -205,14 +205,13 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
         args.duration,
         args.drain,
     );
-    let (measure_start, measure_end) = (plan.measure_start, plan.measure_end);
     plan_tx.send_replace(Some(plan));
 
     let window = procstat::measure_window(
         common.server_pid,
         server0.as_ref(),
-        measure_start,
-        measure_end,
+        plan.measure_start,
+        plan.measure_end,
     )
     .await;
 
