@@ -79,13 +79,12 @@ fi
 if [[ -n "${PERF:-}" ]]; then
     command -v perf >/dev/null || { echo "PERF=1 needs perf" >&2; exit 1; }
 fi
+# A server writes the final snapshots of large histories on SIGTERM.
+STOP_WAIT=60
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_binaries
 
-SERVER_PID=""
-PORT=""
-SERVER_DIR=""
 DATA_DIR=""
 PG_USED=""
 
@@ -115,49 +114,6 @@ drop_data() {
     if [[ -n "$PG_USED" ]]; then
         pg_admin "drop database if exists $PG_DB" >/dev/null || true
     fi
-}
-
-# start_server LOGNAME BACKEND EXTRA-ARGS...
-start_server() {
-    local name=$1 backend=$2 i
-    shift 2
-    PORT=$(free_port)
-    SERVER_DIR=$(mktemp -d /tmp/tandem-server.XXXXXX)
-    # shellcheck disable=SC2086 # SERVER_ARGS is a list of words
-    (cd "$SERVER_DIR" && exec "$SERVER" --addr "127.0.0.1:$PORT" --database-url "$(db_url "$backend")" \
-        $SERVER_ARGS "$@") >>"$OUT/$name.server.log" 2>&1 &
-    SERVER_PID=$!
-    for i in $(seq 1 300); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            return 0
-        fi
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "server exited at start; log:" >&2
-            tail -20 "$OUT/$name.server.log" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "server did not listen on $PORT within 30 s" >&2
-    return 1
-}
-
-stop_server() {
-    local i
-    [[ -n "$SERVER_PID" ]] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for i in $(seq 1 600); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        echo "server $SERVER_PID ignored SIGTERM for 60 s; killing it" >&2
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-    [[ -n "$SERVER_DIR" ]] && rm -rf "$SERVER_DIR"
-    SERVER_DIR=""
 }
 
 cleanup() {
@@ -382,18 +338,7 @@ if [[ -n "${PERF:-}" ]]; then
         done
     done
 fi
-problems=$(cd "$OUT" && for f in *.json; do
-    [[ -s "$f" ]] || continue
-    jq -r --arg c "${f%.json}" 'select(((.errors // []) | length) > 0 or .verified == false)
-        | "- \($c): \((.errors // []) | join("; "))"' "$f"
-done)
-missing=$(cd "$OUT" && for f in *.cmd; do [[ -s "${f%.cmd}.json" ]] || echo "- ${f%.cmd}: no result ($(tail -1 "${f%.cmd}.err" 2>/dev/null))"; done)
-if [[ -n "$problems$missing" ]]; then
-    echo
-    echo "Problems seen:"
-    [[ -n "$problems" ]] && echo "$problems"
-    [[ -n "$missing" ]] && echo "$missing"
-fi
+report_problems '((.errors // []) | length) > 0 or .verified == false'
 echo
 echo "Commands (\`bench/history.sh\` runs them all; DIR = a fresh directory, the Postgres database is"
 echo "created fresh per case and dropped afterwards; the server is restarted between load and requests):"

@@ -7,6 +7,17 @@
 # numbers mean little otherwise.
 #   QUIET_PCT=15    machine CPU use (other processes, % of one core) counted as quiet
 #   QUIET_WAIT=900  longest wait in seconds, then the case runs anyway
+#
+# launch_server LOGNAME ARGS...: starts $SERVER in a fresh working directory on a free port
+# ($PORT, $SERVER_PID, $SERVER_DIR), with $SERVER_ARGS then ARGS, its output appended to
+# $OUT/LOGNAME.server.log, and waits until it listens.
+#   START_WAIT=30   seconds it may take to listen
+# start_server LOGNAME BACKEND ARGS...: launch_server on the driver's database of BACKEND (its
+# db_url function names it).
+# report_problems CONDITION: under "Problems seen:", the cases in $OUT whose JSON result matches
+# the jq CONDITION (with its errors), and the cases that ran (a .cmd) but left no result.
+# stop_server: SIGTERM, waits for the exit (SIGKILL after STOP_WAIT seconds, default 30),
+# removes the working directory. Does nothing when no server runs.
 
 QUIET_PCT=${QUIET_PCT:-15}
 QUIET_WAIT=${QUIET_WAIT:-900}
@@ -50,4 +61,76 @@ release_binaries() {
         (cd "$ROOT" && cargo build --release -p tandem-server -p tandem-bench) >&2
     fi
     [[ -x "$SERVER" && -x "$BENCH" ]] || { echo "missing $SERVER or $BENCH" >&2; exit 1; }
+}
+
+SERVER_PID=""
+PORT=""
+SERVER_DIR=""
+
+launch_server() {
+    local name=$1 i
+    shift
+    PORT=$(free_port)
+    SERVER_DIR=$(mktemp -d /tmp/tandem-server.XXXXXX)
+    # shellcheck disable=SC2086 # SERVER_ARGS is a list of words
+    (cd "$SERVER_DIR" && exec "$SERVER" --addr "127.0.0.1:$PORT" $SERVER_ARGS "$@") \
+        >>"$OUT/$name.server.log" 2>&1 &
+    SERVER_PID=$!
+    for i in $(seq 1 $((${START_WAIT:-30} * 10))); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "server exited at start; log:" >&2
+            tail -50 "$OUT/$name.server.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "server did not listen on $PORT within ${START_WAIT:-30} s" >&2
+    return 1
+}
+
+# start_server LOGNAME BACKEND EXTRA-ARGS...
+start_server() {
+    local name=$1 backend=$2
+    shift 2
+    launch_server "$name" --database-url "$(db_url "$backend")" "$@"
+}
+
+stop_server() {
+    local i limit=${STOP_WAIT:-30}
+    [[ -n "$SERVER_PID" ]] || return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for i in $(seq 1 $((limit * 10))); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "server $SERVER_PID ignored SIGTERM for $limit s; killing it" >&2
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+    [[ -n "$SERVER_DIR" ]] && rm -rf "$SERVER_DIR"
+    SERVER_DIR=""
+}
+
+report_problems() {
+    local problems missing
+    problems=$(cd "$OUT" && for f in *.json; do
+        [[ -s "$f" ]] || continue
+        jq -r --arg c "${f%.json}" 'select('"$1"') | "- \($c): \((.errors // []) | join("; "))"' "$f"
+    done)
+    missing=$(cd "$OUT" && for f in *.cmd; do
+        [[ -e "$f" && ! -s "${f%.cmd}.json" ]] || continue
+        echo "- ${f%.cmd}: no result ($(tail -1 "${f%.cmd}.err" 2>/dev/null))"
+    done)
+    if [[ -n "$problems$missing" ]]; then
+        echo
+        echo "Problems seen:"
+        [[ -n "$problems" ]] && echo "$problems"
+        [[ -n "$missing" ]] && echo "$missing"
+    fi
+    return 0
 }

@@ -33,16 +33,11 @@ TOKEN=bench-admin-token
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_binaries
 
-PORT=$(free_port)
-DIR=$(mktemp -d /tmp/tandem-server.XXXXXX)
-(cd "$DIR" && exec "$SERVER" --addr "127.0.0.1:$PORT" --admin-token "$TOKEN" \
-    --max-messages-per-sec 0) >"$OUT/server.log" 2>&1 &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; rm -rf "$DIR"' EXIT
-for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
-done
+SERVER_PID=""
+SERVER_DIR=""
+trap stop_server EXIT
+launch_server restore --admin-token "$TOKEN" --max-messages-per-sec 0
+PID=$SERVER_PID
 URL="ws://127.0.0.1:$PORT"
 
 mkdir -p "$REPLAY_CACHE"

@@ -32,57 +32,17 @@ OUT=$(mktemp -d /tmp/tandem-bench.XXXXXX)
 
 command -v jq >/dev/null || { echo "run.sh needs jq" >&2; exit 1; }
 
+# Servers of these cases start fast and have little to persist on SIGTERM.
+START_WAIT=10
+STOP_WAIT=15
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 release_binaries
 
-SERVER_PID=""
-PORT=""
-SERVER_DIR=""
 # Extra server arguments of the current case only.
 CASE_SERVER_ARGS=""
 
 
-start_server() {
-    local name=$1 i
-    PORT=$(free_port)
-    SERVER_DIR=$(mktemp -d /tmp/tandem-server.XXXXXX)
-    # shellcheck disable=SC2086 # SERVER_ARGS and CASE_SERVER_ARGS are lists of words
-    (cd "$SERVER_DIR" && exec "$SERVER" --addr "127.0.0.1:$PORT" $SERVER_ARGS $CASE_SERVER_ARGS) \
-        >"$OUT/$name.server.log" 2>&1 &
-    SERVER_PID=$!
-    for i in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            return 0
-        fi
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            echo "server exited at start; log:" >&2
-            cat "$OUT/$name.server.log" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-    echo "server did not listen on $PORT within 10 s" >&2
-    return 1
-}
-
-stop_server() {
-    local i
-    [[ -n "$SERVER_PID" ]] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for i in $(seq 1 150); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        echo "server $SERVER_PID ignored SIGTERM for 15 s; killing it" >&2
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-    [[ -n "$SERVER_DIR" ]] && rm -rf "$SERVER_DIR"
-    SERVER_DIR=""
-}
 trap stop_server EXIT
 
 
@@ -94,7 +54,8 @@ run_case() {
     echo "tandem-bench $*" >"$OUT/$name.cmd"
     echo "$SERVER_ARGS $CASE_SERVER_ARGS" | xargs >"$OUT/$name.server-args"
     wait_quiet
-    start_server "$name"
+    # shellcheck disable=SC2086 # CASE_SERVER_ARGS is a list of words
+    launch_server "$name" $CASE_SERVER_ARGS
     if "$BENCH" "$@" --url "ws://127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
         >"$OUT/$name.txt" 2>"$OUT/$name.err"; then
         :
@@ -114,7 +75,8 @@ wants() { [[ " $CASES " == *" $1 "* ]]; }
 
 # Largest idle case: what the server's file limit permits, with room for its own files.
 server_fd_limit() {
-    start_server fdprobe >/dev/null
+    # shellcheck disable=SC2086 # CASE_SERVER_ARGS is a list of words
+    launch_server fdprobe $CASE_SERVER_ARGS >/dev/null
     awk '/Max open files/ {print $4}' "/proc/$SERVER_PID/limits"
     stop_server
 }
@@ -219,17 +181,8 @@ if have throughput; then
         "$(j '.server.cpu_pct // "?"' throughput)" "$(j '.bench.cpu_pct // "?"' throughput)" \
         "$(j '.other_cpu_pct // "?"' throughput)"
 fi
-problems=$(cd "$OUT" && for f in *.json; do
-    [[ -s "$f" ]] || continue
-    jq -r --arg c "${f%.json}" 'select((.errors | length) > 0 or (.gaps // 0) > 0 or (.failed // 0) > 0
-        or (.incomplete_clients // .incomplete // 0) > 0 or (.dropped_during_hold // 0) > 0)
-        | "- \($c): \(.errors | join("; "))"' "$f"
-done)
-if [[ -n "$problems" ]]; then
-    echo
-    echo "Problems seen:"
-    echo "$problems"
-fi
+report_problems '((.errors // []) | length) > 0 or (.gaps // 0) > 0 or (.failed // 0) > 0
+    or (.incomplete_clients // .incomplete // 0) > 0 or (.dropped_during_hold // 0) > 0'
 echo
 echo "Commands (each against a fresh \`target/release/tandem --addr 127.0.0.1:PORT\`; \`bench/run.sh\` runs them all):"
 echo

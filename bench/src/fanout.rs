@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::conn::{self, Target};
 use crate::editor::Editor;
 use crate::proto::{self, Incoming};
-use crate::stats::{self, Latency, SendLog};
+use crate::stats::{self, Latency, Plan, SendLog};
 use crate::{Common, Error, procstat, run_id};
 
 /// Options of the `fanout` scenario.
@@ -59,16 +59,6 @@ pub struct FanoutArgs {
     /// Admin token for the restores.
     #[arg(long, env = "TANDEM_BENCH_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
-}
-
-/// The timetable every client follows, fixed once all are synced.
-#[derive(Debug, Clone, Copy)]
-struct Plan {
-    first_send: Instant,
-    measure_start_us: u64,
-    measure_end: Instant,
-    measure_end_us: u64,
-    deadline: Instant,
 }
 
 /// State shared by all clients of the run.
@@ -150,6 +140,10 @@ fn client_id(gi: usize) -> u64 {
 }
 
 /// Runs the scenario and prints the summary.
+///
+/// Why one function: a benchmark driver run once per invocation: set up, measure, report, in the
+/// order of the report it prints, over locals every phase shares; split, the phases would pass
+/// those around for nothing.
 pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
     if args.rooms == 0 || args.clients_per_room < 2 {
         return Err("need at least one room and two clients per room".into());
@@ -227,24 +221,21 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
     }
     println!("fanout: {total} clients synced in {connect_s:.2} s; sending");
 
-    let first_send = Instant::now() + Duration::from_millis(200);
-    let measure_start = first_send + Duration::from_secs_f64(args.warmup);
-    let measure_end = measure_start + Duration::from_secs_f64(args.duration);
-    let plan = Plan {
-        first_send,
-        measure_start_us: stats::us_of(measure_start),
-        measure_end,
-        measure_end_us: stats::us_of(measure_end),
-        deadline: measure_end + Duration::from_secs_f64(args.drain),
-    };
+    let plan = Plan::new(
+        Duration::from_millis(200),
+        args.warmup,
+        args.duration,
+        args.drain,
+    );
     plan_tx.send_replace(Some(plan));
-    let restorer = restores.map(|r| tokio::spawn(r.run(target.addr, measure_start, measure_end)));
+    let restorer =
+        restores.map(|r| tokio::spawn(r.run(target.addr, plan.measure_start, plan.measure_end)));
 
     let window = procstat::measure_window(
         common.server_pid,
         server0.as_ref(),
-        measure_start,
-        measure_end,
+        plan.measure_start,
+        plan.measure_end,
     )
     .await;
 
@@ -478,6 +469,10 @@ async fn client(mut ctx: ClientCtx) -> ClientOut {
     out
 }
 
+/// One client of the fan-out: sends on its schedule and times every update it receives.
+///
+/// Why one function: one `select!` loop whose counters and histograms are locals every branch
+/// updates.
 async fn client_loop(
     ws: &mut conn::Ws,
     ctx: &ClientCtx,
@@ -492,7 +487,7 @@ async fn client_loop(
     let period = Duration::from_secs_f64(1.0 / ctx.rate);
     // Clients start evenly staggered over one period, so the room sees a steady stream.
     let phase = period.mul_f64(ctx.gi as f64 / shared.total as f64);
-    let mut ticker = interval_at((plan.first_send + phase).into(), period);
+    let mut ticker = interval_at((plan.start + phase).into(), period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut check = interval_at(plan.measure_end.into(), Duration::from_millis(20));
     let mut sending = true;
@@ -549,8 +544,7 @@ async fn client_loop(
                     let hist = if j == me { &mut out.echo } else { &mut out.others };
                     for k in start..r.end {
                         if let Some(t) = log.get(k)
-                            && t >= plan.measure_start_us
-                            && t < plan.measure_end_us
+                            && plan.in_window(t)
                         {
                             hist.saturating_record(now.saturating_sub(t).max(1));
                         }

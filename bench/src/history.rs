@@ -712,6 +712,10 @@ async fn doc_stats(client: &mut Client, name: &str) -> Result<DocStats, Error> {
 }
 
 /// Times the admin history API.
+///
+/// Why one function: a benchmark driver run once per invocation: set up, measure, report, in the
+/// order of the report it prints, over locals every phase shares; split, the phases would pass
+/// those around for nothing.
 pub async fn run(common: &Common, args: &HistoryArgs) -> Result<(), Error> {
     if !(1..=100_000).contains(&args.samples) {
         return Err("--samples must be in 1..=100000".into());

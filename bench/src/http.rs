@@ -193,6 +193,9 @@ impl From<String> for GetError {
 }
 
 /// Writes one request and reads its response.
+///
+/// Why one function: one request and its response on a raw socket, parsed in sequence (status,
+/// headers, sized or chunked body).
 async fn exchange(conn: &mut BufReader<TcpStream>, request: &[u8]) -> Result<Response, GetError> {
     if let Err(e) = conn.get_mut().write_all(request).await {
         // A stale keep-alive connection fails on write (reset) or on the first read (EOF).

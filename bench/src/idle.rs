@@ -156,6 +156,10 @@ fn raise_nofile_limit() {
 }
 
 /// Runs the parent: spawns the workers, holds, aggregates, prints.
+///
+/// Why one function: a benchmark driver run once per invocation: set up, measure, report, in the
+/// order of the report it prints, over locals every phase shares; split, the phases would pass
+/// those around for nothing.
 pub fn run(common: &Common, args: &IdleArgs) -> Result<(), Error> {
     Target::parse(&common.url)?;
     if args.conns == 0 || args.rooms == 0 || args.procs == 0 {
@@ -411,6 +415,9 @@ fn stop_children(children: &mut [(Child, Option<ChildStdin>)]) {
 }
 
 /// Runs one worker process.
+///
+/// Why one function: one worker process's life (connect, hold, report) over shared locals, run
+/// once.
 pub async fn worker(args: &WorkerArgs) -> Result<(), Error> {
     raise_nofile_limit();
     let target = Target::parse(&args.url)?;

@@ -353,6 +353,12 @@ pub fn main(common: &Common, args: &SoakArgs) -> Result<(), Error> {
     result
 }
 
+/// The soak: starts the server behind a proxy, runs the rooms through a database outage in
+/// the middle of the run, samples the server, and prints the summary.
+///
+/// Why one function: a benchmark driver run once per invocation: set up, measure, report, in the
+/// order of the report it prints, over locals every phase shares; split, the phases would pass
+/// those around for nothing.
 async fn run(
     common: &Common,
     args: &SoakArgs,
@@ -852,6 +858,9 @@ fn awareness_state(client: u64, clock: u32, role: &str) -> Vec<u8> {
 
 /// One writer (types `--rate` updates/s) or reader of a typing room. Reconnects when it loses
 /// its connection, and then resends its edits (the server ignores what it already has).
+///
+/// Why one function: one client's loop across reconnects; its connection, unacknowledged edits and
+/// counters are locals that every branch updates.
 async fn member(
     ctx: Arc<Ctx>,
     url: String,
@@ -1604,6 +1613,9 @@ struct SoakResult {
     csv: String,
 }
 
+/// Prints the soak report.
+///
+/// Why one function: the report, line by line in the order it is printed.
 fn print_summary(r: &SoakResult) {
     println!(
         "soak: {:.0} s of load ({} rooms × {} writers at {}/s + {} readers, {} churners), \

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -26,6 +26,47 @@ pub fn base() -> Instant {
 /// µs since [`base`] of an instant.
 pub fn us_of(t: Instant) -> u64 {
     t.saturating_duration_since(base()).as_micros() as u64
+}
+
+/// The timetable every client of a measured run follows, fixed once all are synced: sending
+/// starts at `start`, the window `measure_start..measure_end` is measured (after a warm-up),
+/// and everything stops by `deadline` (after a drain).
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// When the clients start sending.
+    pub start: Instant,
+    /// Start of the measured window.
+    pub measure_start: Instant,
+    /// `measure_start` in µs since [`base`].
+    pub measure_start_us: u64,
+    /// End of the measured window.
+    pub measure_end: Instant,
+    /// `measure_end` in µs since [`base`].
+    pub measure_end_us: u64,
+    /// When clients give up waiting for what is still in flight.
+    pub deadline: Instant,
+}
+
+impl Plan {
+    /// A plan starting `lead` from now, with `warmup`, `duration` and `drain` in seconds.
+    pub fn new(lead: Duration, warmup: f64, duration: f64, drain: f64) -> Plan {
+        let start = Instant::now() + lead;
+        let measure_start = start + Duration::from_secs_f64(warmup);
+        let measure_end = measure_start + Duration::from_secs_f64(duration);
+        Plan {
+            start,
+            measure_start,
+            measure_start_us: us_of(measure_start),
+            measure_end,
+            measure_end_us: us_of(measure_end),
+            deadline: measure_end + Duration::from_secs_f64(drain),
+        }
+    }
+
+    /// Whether a send at `t_us` (µs since [`base`]) falls in the measured window.
+    pub fn in_window(&self, t_us: u64) -> bool {
+        t_us >= self.measure_start_us && t_us < self.measure_end_us
+    }
 }
 
 /// µs since [`base`], now.

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use crate::conn::{self, Target};
 use crate::editor::Editor;
 use crate::proto::{self, ClockRange, Incoming};
-use crate::stats::{self, Latency, SendLog};
+use crate::stats::{self, Latency, Plan, SendLog};
 use crate::{Common, Error, procstat, run_id};
 
 /// Options of the `throughput` scenario.
@@ -54,21 +54,6 @@ pub struct ThroughputArgs {
 
 /// Ring size of the per-writer send-time logs.
 const LOG_SLOTS: usize = 1 << 18;
-
-#[derive(Debug, Clone, Copy)]
-struct Plan {
-    start: Instant,
-    measure_start_us: u64,
-    measure_end: Instant,
-    measure_end_us: u64,
-    deadline: Instant,
-}
-
-impl Plan {
-    fn in_window(&self, t_us: u64) -> bool {
-        t_us >= self.measure_start_us && t_us < self.measure_end_us
-    }
-}
 
 struct Shared {
     logs: Vec<SendLog>,
@@ -139,6 +124,10 @@ struct ThroughputResult {
 }
 
 /// Runs the scenario and prints the summary.
+///
+/// Why one function: a benchmark driver run once per invocation: set up, measure, report, in the
+/// order of the report it prints, over locals every phase shares; split, the phases would pass
+/// those around for nothing.
 pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
     if args.writers == 0 {
         return Err("need at least one writer".into());
@@ -232,22 +221,18 @@ pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
         "throughput: {total} connections synced in {:.2} s; writing",
         started.elapsed().as_secs_f64()
     );
-    let start = Instant::now() + Duration::from_millis(100);
-    let measure_start = start + Duration::from_secs_f64(args.warmup);
-    let measure_end = measure_start + Duration::from_secs_f64(args.duration);
-    let plan = Plan {
-        start,
-        measure_start_us: stats::us_of(measure_start),
-        measure_end,
-        measure_end_us: stats::us_of(measure_end),
-        deadline: measure_end + Duration::from_secs_f64(args.drain),
-    };
+    let plan = Plan::new(
+        Duration::from_millis(100),
+        args.warmup,
+        args.duration,
+        args.drain,
+    );
     plan_tx.send_replace(Some(plan));
     let window = procstat::measure_window(
         common.server_pid,
         server0.as_ref(),
-        measure_start,
-        measure_end,
+        plan.measure_start,
+        plan.measure_end,
     )
     .await;
 
@@ -441,6 +426,9 @@ fn writer_of(client: u64, writers: usize) -> Option<usize> {
     (w < writers).then_some(w)
 }
 
+/// One writer connection: sends its updates at the planned pace and times their echoes.
+///
+/// Why one function: one loop whose pacing state and counters are locals every branch updates.
 async fn writer(
     ws: &mut conn::Ws,
     w: usize,

@@ -161,6 +161,9 @@ pub(crate) struct Replayed {
 const FIRST_CLIENT: u64 = 1;
 
 /// Replays the trace into the shared text `root`; author `k` gets client id `first_client + k`.
+///
+/// Why one function: one pass over the trace's transactions; the document and per-author state are
+/// its locals.
 pub(crate) fn replay(trace: &TraceFile, root: &str, first_client: u64) -> Result<Replayed, Error> {
     let concurrent = trace.txns.iter().any(|t| t.parents.is_some());
     let mut updates = Vec::with_capacity(trace.txns.len() + 1);
@@ -334,6 +337,10 @@ struct TraceLoadResult {
 
 /// Replays the trace and writes it into the document as one update per trace transaction,
 /// pipelined (`--window`), the echo of each update being its acknowledgement.
+///
+/// Why one function: a benchmark driver run once per invocation: set up, measure, report, in the
+/// order of the report it prints, over locals every phase shares; split, the phases would pass
+/// those around for nothing.
 pub async fn trace_load(common: &Common, args: &TraceLoadArgs) -> Result<(), Error> {
     if args.window == 0 || args.window > 100_000 {
         return Err("--window must be in 1..=100000".into());
@@ -829,6 +836,10 @@ async fn fetch(target: &Target, url: &str, timeout: Duration) -> Result<(u64, Ve
 }
 
 /// Measures connect → full document (SyncStep2) for a document the server does not hold.
+///
+/// Why one function: a benchmark driver run once per invocation: set up, measure, report, in the
+/// order of the report it prints, over locals every phase shares; split, the phases would pass
+/// those around for nothing.
 pub async fn cold_load(common: &Common, args: &ColdLoadArgs) -> Result<(), Error> {
     if !(1..=1000).contains(&args.runs) {
         return Err("--runs must be in 1..=1000".into());

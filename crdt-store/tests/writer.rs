@@ -195,7 +195,7 @@ async fn writer_keeps_retrying_a_failing_batch_and_shutdown_gives_up() {
         writer.append(update(987_654, 1), Arc::clone(&mark));
         let degraded = common::eventually(Duration::from_secs(10), || {
             let b = writer.backlog();
-            b.degraded && b.last_error.is_some()
+            std::future::ready(b.degraded && b.last_error.is_some())
         })
         .await;
         assert!(degraded, "backlog: {:?}", writer.backlog());
@@ -263,7 +263,10 @@ async fn writer_survives_postgres_outage() {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let degraded = common::eventually(Duration::from_secs(10), || writer.backlog().degraded).await;
+    let degraded = common::eventually(Duration::from_secs(10), || {
+        std::future::ready(writer.backlog().degraded)
+    })
+    .await;
     assert!(degraded, "writer never noticed the outage");
     println!("outage noticed after {:?}", cut_at.elapsed());
     let during = writer.backlog();
@@ -342,7 +345,10 @@ async fn writer_survives_silent_network_stall() {
             writer.append(update(*doc_id, seq), Arc::clone(mark));
         }
     }
-    let degraded = common::eventually(Duration::from_secs(10), || writer.backlog().degraded).await;
+    let degraded = common::eventually(Duration::from_secs(10), || {
+        std::future::ready(writer.backlog().degraded)
+    })
+    .await;
     assert!(degraded, "writer never noticed the stall");
     println!("stall noticed after {:?}", stalled_at.elapsed());
     println!("backlog during stall: {:?}", writer.backlog());

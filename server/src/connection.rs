@@ -239,6 +239,10 @@ impl Batch {
 /// while writing, pings and timers go on: the room's inbox is full (the message is held), or
 /// the client is over its message rate (throttled: TCP then slows the sender to the rate).
 /// On return the peer has a close reason.
+///
+/// Why one function: it is one `select!` loop whose state (deadlines, rate, held message,
+/// batch) lives in its locals, and the connection's future stores those locals while it idles;
+/// the branches' work is in helpers (`inbound`, `poll_socket`, `offer`).
 async fn drive<S>(
     socket: &mut S,
     outbox: &Outbox,
@@ -319,15 +323,10 @@ async fn drive<S>(
                 // The permit was released with the select; the inbox has room, and only this
                 // task sends for this connection, so `try_send` normally succeeds (if another
                 // connection took the place, the message is simply held again).
-                if let Some(msg) = held.take() {
-                    match room.try_send(msg) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(msg)) => held = Some(msg),
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            peer.close(Close::Internal);
-                            return;
-                        }
-                    }
+                if let Some(msg) = held.take()
+                    && !offer(room, msg, &mut held, peer)
+                {
+                    return;
                 }
             }
             Event::RoomReady(false) => {
@@ -357,15 +356,31 @@ async fn drive<S>(
                         .inc_by(pause.as_secs_f64());
                     deadlines.throttled = Some(now + pause);
                 }
-                match room.try_send(msg) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(msg)) => held = Some(msg),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        peer.close(Close::Internal);
-                        return;
-                    }
+                if !offer(room, msg, &mut held, peer) {
+                    return;
                 }
             }
+        }
+    }
+}
+
+/// Hands `msg` to the room, or keeps it in `held` while the room's inbox is full. False when
+/// the room is gone (the peer is then closed).
+fn offer(
+    room: &mpsc::Sender<RoomMsg>,
+    msg: RoomMsg,
+    held: &mut Option<RoomMsg>,
+    peer: &Peer,
+) -> bool {
+    match room.try_send(msg) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(msg)) => {
+            *held = Some(msg);
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            peer.close(Close::Internal);
+            false
         }
     }
 }

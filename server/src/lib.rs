@@ -87,22 +87,7 @@ pub async fn open(config: Config, drain: Drain) -> Result<AppState, ServerError>
         .map_err(|e| ServerError::Config(format!("--allowed-origins: {e}")))?;
     let auth = authenticator(&config)?;
     let storage = storage::Storage::open(&config).await?;
-    if let Some(store) = storage.store() {
-        let stored = store.revocations().await?;
-        let mut revocations = auth.revocations.write().unwrap_or_else(|e| e.into_inner());
-        for r in &stored {
-            match r.kind {
-                crdt_store::RevocationKind::Token => {
-                    revocations.revoke_token(&r.value, r.revoked_at)
-                }
-                crdt_store::RevocationKind::User => revocations.revoke_user(&r.value, r.revoked_at),
-            }
-        }
-    }
-    let deleted = match storage.store() {
-        Some(store) => store.deleted_documents().await?,
-        None => Vec::new(),
-    };
+    let deleted = load_stored_state(&storage, &auth).await?;
     let shared = Shared::new(config, storage, auth);
     for name in &deleted {
         shared.mark_deleted(name);
@@ -152,9 +137,46 @@ pub async fn serve_with_drain(
     ));
 
     shutdown.await;
+    shut_down(&shared, &registry, server, http_connections).await;
+    Ok(())
+}
+
+/// Reads into memory what the store keeps across restarts: the revocations (into `auth`) and
+/// the names of deleted documents (returned; they stay refused).
+async fn load_stored_state(
+    storage: &storage::Storage,
+    auth: &auth::Authenticator,
+) -> Result<Vec<String>, ServerError> {
+    let Some(store) = storage.store() else {
+        return Ok(Vec::new());
+    };
+    let stored = store.revocations().await?;
+    {
+        let mut revocations = auth.revocations.write().unwrap_or_else(|e| e.into_inner());
+        for r in &stored {
+            match r.kind {
+                crdt_store::RevocationKind::Token => {
+                    revocations.revoke_token(&r.value, r.revoked_at)
+                }
+                crdt_store::RevocationKind::User => revocations.revoke_user(&r.value, r.revoked_at),
+            }
+        }
+    }
+    Ok(store.deleted_documents().await?)
+}
+
+/// The orderly shutdown, all within `--shutdown-timeout`: rooms first (they flush, deliver,
+/// snapshot and close their connections), then the connections, the storage, the listener
+/// and the HTTP connections.
+async fn shut_down(
+    shared: &Shared,
+    registry: &Registry,
+    server: tokio::task::JoinHandle<()>,
+    http_connections: TaskTracker,
+) {
     let started = Instant::now();
     info!("shutting down");
-    token.cancel();
+    shared.shutdown.cancel();
     // Rooms flush their pending updates, deliver them, write a final snapshot and close
     // their connections with 1001; then the writer drains whatever is left.
     registry.shutdown().await;
@@ -196,5 +218,4 @@ pub async fn serve_with_drain(
         warn!("HTTP connections still open at shutdown deadline");
     }
     info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
-    Ok(())
 }

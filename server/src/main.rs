@@ -14,83 +14,80 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     tandem::logging::init(&cli.config);
 
+    let config = &cli.config;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => {
-            let result = async {
-                let store = open_store(&cli.config).await?;
-                store.migrate().await?;
-                Ok::<_, crdt_store::StoreError>(store.backend())
-            };
-            match result.await {
-                Ok(backend) => {
-                    tracing::info!(%backend, "migrations applied");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    tracing::error!("migration failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let result = migrated_store(config).await.map(|store| store.backend());
+            outcome(result, "migration failed", |backend| {
+                tracing::info!(%backend, "migrations applied");
+            })
         }
         Command::Export { all: _, dir } => {
-            let result = async {
-                let store = open_store(&cli.config).await?;
-                store.migrate().await?;
-                backup::export_all(&store, &dir).await
-            };
-            match result.await {
-                Ok(summary) => {
-                    tracing::info!(dir = %dir.display(), ?summary, "export written");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    tracing::error!("export failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let result = async { backup::export_all(&migrated_store(config).await?, &dir).await };
+            outcome(result.await, "export failed", |summary| {
+                tracing::info!(dir = %dir.display(), ?summary, "export written");
+            })
         }
         Command::Import { dir, force } => {
-            let result = async {
-                let store = open_store(&cli.config).await?;
-                store.migrate().await?;
-                backup::import(&store, &dir, force).await
-            };
-            match result.await {
-                Ok(summary) => {
-                    tracing::info!(dir = %dir.display(), ?summary, "import done");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    tracing::error!("import failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let result =
+                async { backup::import(&migrated_store(config).await?, &dir, force).await };
+            outcome(result.await, "import failed", |summary| {
+                tracing::info!(dir = %dir.display(), ?summary, "import done");
+            })
         }
-        Command::Serve => {
-            let signals = Signals::new();
-            let mut config = cli.config;
-            let listener = match listen(config.addr) {
-                Ok(listener) => listener,
-                Err(e) => {
-                    tracing::error!("cannot listen on {}: {e}", config.addr);
-                    return ExitCode::FAILURE;
-                }
-            };
-            let bound = listener.local_addr().unwrap_or(config.addr);
-            match tandem::first_run::admin_token(&mut config, bound) {
-                AdminToken::Configured => {}
-                AdminToken::Generated { link, .. } => show_link(&link, config.log_format),
-                AdminToken::Off(why) => tracing::info!("{why}"),
-            }
-            let drain = Drain::default();
-            let shutdown = shutdown_signal(signals, drain.clone(), config.drain_grace);
-            match tandem::serve_with_drain(listener, config, drain, shutdown).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Serve => serve(cli.config).await,
+    }
+}
+
+/// The exit code of a command, logging its outcome: `done` with the result, or `failed` with
+/// the error.
+fn outcome<T, E: std::fmt::Display>(
+    result: Result<T, E>,
+    failed: &str,
+    done: impl FnOnce(T),
+) -> ExitCode {
+    match result {
+        Ok(value) => {
+            done(value);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{failed}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The store `config` names, migrated (the offline commands need the current schema).
+async fn migrated_store(config: &Config) -> Result<crdt_store::Store, crdt_store::StoreError> {
+    let store = open_store(config).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// Serves until SIGINT/SIGTERM (draining first for `--drain-grace`).
+async fn serve(mut config: Config) -> ExitCode {
+    let signals = Signals::new();
+    let listener = match listen(config.addr) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!("cannot listen on {}: {e}", config.addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(config.addr);
+    match tandem::first_run::admin_token(&mut config, bound) {
+        AdminToken::Configured => {}
+        AdminToken::Generated { link, .. } => show_link(&link, config.log_format),
+        AdminToken::Off(why) => tracing::info!("{why}"),
+    }
+    let drain = Drain::default();
+    let shutdown = shutdown_signal(signals, drain.clone(), config.drain_grace);
+    match tandem::serve_with_drain(listener, config, drain, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

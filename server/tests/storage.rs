@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{Client, TestServer, WAIT, config, eventually, frame};
-use crdt_store::{NewUpdate, Store, StoreOptions};
+use common::{Client, Db, TestServer, WAIT, config, eventually, frame};
+use crdt_store::{NewUpdate, Store};
 use futures::{SinkExt, StreamExt};
 use tandem::Config;
-use testkit::{PgSchema, Proxy, SqliteWriteLock, upstream_addr, with_host_port};
+use testkit::{Proxy, SqliteWriteLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
 use tokio_tungstenite::connect_async;
@@ -31,75 +31,6 @@ use yrs::{Array, Doc, GetString, ReadTxn, StateVector, Text, Transact};
 
 // ---------------------------------------------------------------------------------------------
 // Databases
-
-/// One test's database: a SQLite file in a temp dir, or a Postgres schema of its own.
-struct Db {
-    label: &'static str,
-    /// What the server is given as `--database-url`.
-    url: String,
-    guard: Guard,
-}
-
-enum Guard {
-    Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres(PgSchema),
-}
-
-impl Db {
-    fn sqlite() -> Db {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Db {
-            label: "sqlite",
-            url: format!("sqlite://{}", dir.path().join("tandem.db").display()),
-            guard: Guard::Sqlite(dir),
-        }
-    }
-
-    async fn postgres(test: &str) -> Option<Db> {
-        let schema = PgSchema::for_test(test).await?;
-        Some(Db {
-            label: "postgres",
-            url: schema.url.clone(),
-            guard: Guard::Postgres(schema),
-        })
-    }
-
-    /// SQLite always, Postgres when configured.
-    async fn all(test: &str) -> Vec<Db> {
-        let mut dbs = vec![Db::sqlite()];
-        dbs.extend(Db::postgres(test).await);
-        dbs
-    }
-
-    fn is_postgres(&self) -> bool {
-        matches!(self.guard, Guard::Postgres(_))
-    }
-
-    /// A store on the same database, for reading the log in assertions (migrated, so it also
-    /// works before any server ran).
-    async fn store(&self) -> Store {
-        let opts = StoreOptions {
-            max_connections: 2,
-            ..StoreOptions::default()
-        };
-        let store = Store::open(&self.url, &opts).await.expect("open store");
-        store.migrate().await.expect("migrate");
-        store
-    }
-
-    /// A proxy in front of this (Postgres) database, and the URL that goes through it.
-    async fn proxied(&self) -> (Proxy, String) {
-        let proxy = Proxy::start(upstream_addr(&self.url)).await;
-        let url = with_host_port(&self.url, proxy.addr);
-        (proxy, url)
-    }
-
-    async fn finish(self) {
-        if let Guard::Postgres(schema) = self.guard {
-            schema.remove().await;
-        }
-    }
-}
 
 fn server_config(url: &str) -> Config {
     let mut c = config();

@@ -3,6 +3,9 @@
 //! - Postgres is optional: [`pg_url`] reads `TANDEM_TEST_DATABASE_URL` and says when the
 //!   Postgres part of a test is skipped; [`PgSchema`] gives each test its own schema so tests
 //!   sharing one database never see each other's rows.
+//! - [`TestDb`]: one test's database on each backend available here (a SQLite file in a temp
+//!   dir of its own, or a Postgres schema of its own), the unit every crate's tests run on.
+//! - [`eventually`]: polls a condition until it holds or time runs out.
 //! - [`Proxy`]: a TCP forwarder between a server and its database that can cut or stall the
 //!   connection, to simulate an outage.
 //! - [`SqliteWriteLock`]: holds SQLite's write lock from another connection, the closest an
@@ -86,6 +89,72 @@ impl PgSchema {
                 .execute(&mut conn)
                 .await;
             let _ = conn.close().await;
+        }
+    }
+}
+
+/// One test's database: a SQLite file in a temp dir of its own, or a Postgres schema of its
+/// own. Call [`TestDb::finish`] at the end of the test to drop the schema (the temp dir goes
+/// with the value).
+pub struct TestDb {
+    /// `"sqlite"` or `"postgres"`, for assertion messages.
+    pub label: &'static str,
+    /// The URL that opens the database (with the schema as search path on Postgres).
+    pub url: String,
+    guard: Guard,
+}
+
+/// What keeps a [`TestDb`] isolated, and removes it.
+enum Guard {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres(PgSchema),
+}
+
+impl TestDb {
+    /// A fresh SQLite database file (created by whoever opens it first).
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        TestDb {
+            label: "sqlite",
+            url: format!("sqlite://{}", dir.path().join("tandem.db").display()),
+            guard: Guard::Sqlite(dir),
+        }
+    }
+
+    /// A fresh Postgres schema, or `None` (after printing a skip line) when Postgres is not
+    /// configured.
+    pub async fn postgres(test: &str) -> Option<TestDb> {
+        let schema = PgSchema::for_test(test).await?;
+        Some(TestDb {
+            label: "postgres",
+            url: schema.url.clone(),
+            guard: Guard::Postgres(schema),
+        })
+    }
+
+    /// Every backend available here: SQLite always, Postgres when configured.
+    pub async fn all(test: &str) -> Vec<TestDb> {
+        let mut dbs = vec![TestDb::sqlite()];
+        dbs.extend(TestDb::postgres(test).await);
+        dbs
+    }
+
+    /// Whether this is the Postgres one (outages are simulated differently).
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.guard, Guard::Postgres(_))
+    }
+
+    /// A [`Proxy`] in front of this (Postgres) database, and the URL that goes through it.
+    pub async fn proxied(&self) -> (Proxy, String) {
+        let proxy = Proxy::start(upstream_addr(&self.url)).await;
+        let url = with_host_port(&self.url, proxy.addr);
+        (proxy, url)
+    }
+
+    /// Drops the Postgres schema, if any (close the pools on it first).
+    pub async fn finish(self) {
+        if let Guard::Postgres(schema) = self.guard {
+            schema.remove().await;
         }
     }
 }
@@ -286,11 +355,16 @@ impl SqliteWriteLock {
     }
 }
 
-/// Polls `cond` every 10 ms until it holds or `within` passes.
-pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+/// Polls `cond` every 10 ms until it holds or `within` passes; whether it held. `cond` is
+/// async so that it may ask a server or a store (a plain check: `|| std::future::ready(..)`).
+pub async fn eventually<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        if cond() {
+        if cond().await {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

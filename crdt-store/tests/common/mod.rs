@@ -27,27 +27,37 @@ pub fn ms(t: SystemTime) -> u128 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
 }
 
-/// A migrated store plus what keeps it isolated. Call [`TestDb::finish`] at the
-/// end of a test to drop the Postgres schema.
+/// A migrated store on one test's database ([`testkit::TestDb`]: its label and URL read
+/// through). Call [`TestDb::finish`] at the end of a test to drop the Postgres schema.
 pub struct TestDb {
-    pub label: &'static str,
     pub store: Store,
-    /// URL that opens the same database (and schema) again.
-    pub url: String,
-    guard: Guard,
+    db: testkit::TestDb,
 }
 
-enum Guard {
-    Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres(PgSchema),
+impl std::ops::Deref for TestDb {
+    type Target = testkit::TestDb;
+
+    fn deref(&self) -> &testkit::TestDb {
+        &self.db
+    }
 }
 
 impl TestDb {
+    /// Migrates `db` and opens the store on it.
+    async fn open(db: testkit::TestDb) -> TestDb {
+        let store = Store::open(&db.url, &test_options())
+            .await
+            .unwrap_or_else(|e| panic!("open {}: {e}", db.label));
+        store
+            .migrate()
+            .await
+            .unwrap_or_else(|e| panic!("migrate {}: {e}", db.label));
+        TestDb { store, db }
+    }
+
     pub async fn finish(self) {
-        if let Guard::Postgres(schema) = self.guard {
-            drop(self.store);
-            schema.remove().await;
-        }
+        drop(self.store);
+        self.db.finish().await;
     }
 }
 
@@ -62,40 +72,19 @@ pub fn test_options() -> StoreOptions {
 
 /// A fresh, migrated SQLite database in a temp dir.
 pub async fn sqlite_db() -> TestDb {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}", dir.path().join("tandem.db").display());
-    let store = Store::open(&url, &test_options())
-        .await
-        .expect("open sqlite");
-    store.migrate().await.expect("migrate sqlite");
-    TestDb {
-        label: "sqlite",
-        store,
-        url,
-        guard: Guard::Sqlite(dir),
-    }
+    TestDb::open(testkit::TestDb::sqlite()).await
 }
 
 /// A fresh, migrated Postgres schema, or `None` when Postgres is not configured.
 pub async fn pg_db(test: &str) -> Option<TestDb> {
-    let schema = PgSchema::for_test(test).await?;
-    let store = Store::open(&schema.url, &test_options())
-        .await
-        .expect("open postgres");
-    store.migrate().await.expect("migrate postgres");
-    Some(TestDb {
-        label: "postgres",
-        store,
-        url: schema.url.clone(),
-        guard: Guard::Postgres(schema),
-    })
+    Some(TestDb::open(testkit::TestDb::postgres(test).await?).await)
 }
 
 /// Every backend available here: SQLite always, Postgres when configured.
 pub async fn backends(test: &str) -> Vec<TestDb> {
-    let mut dbs = vec![sqlite_db().await];
-    if let Some(pg) = pg_db(test).await {
-        dbs.push(pg);
+    let mut dbs = Vec::new();
+    for db in testkit::TestDb::all(test).await {
+        dbs.push(TestDb::open(db).await);
     }
     dbs
 }

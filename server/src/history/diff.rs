@@ -39,8 +39,8 @@ use yrs::branch::{BranchID, BranchPtr};
 use yrs::types::text::Diff;
 use yrs::types::text::{ChangeKind, YChange};
 use yrs::{
-    Any, ClientID, Doc, ID, IdSet, Out, ReadTxn, Snapshot, Text, TextRef, Transact, TransactionMut,
-    Update,
+    Any, ClientID, Doc, ID, IdSet, Out, ReadTxn, Snapshot, StateVector, Text, TextRef, Transact,
+    TransactionMut, Update,
 };
 
 use super::json::MAX_DEPTH;
@@ -134,27 +134,7 @@ pub fn diff(base: Doc, from: i64, rows: &[LogRow]) -> Result<DocDiff, HistoryErr
     let to = rows.last().map_or(from, |r| r.seq);
     let kinds_a = root_kinds(&base);
     let sv_a = base.transact().state_vector();
-    let mut inserted = Attribution::default();
-    let mut deleted = Attribution::default();
-    let mut updates = Vec::with_capacity(rows.len());
-    for (index, row) in rows.iter().enumerate() {
-        let update = decode(&row.data, index)?;
-        for (client, ranges) in update.insertions(true).iter() {
-            // Items the document already had at A are re-sent, not inserted.
-            let known = sv_a.get(client);
-            for r in ranges.iter() {
-                if r.end > known {
-                    inserted.claim(*client, r.start.max(known)..r.end, index);
-                }
-            }
-        }
-        for (client, ranges) in update.delete_set().iter() {
-            for r in ranges.iter() {
-                deleted.claim(*client, r.clone(), index);
-            }
-        }
-        updates.push(update);
-    }
+    let (updates, inserted, deleted) = attribute(rows, &sv_a)?;
     let applied = apply_tracked(&base, updates)?;
     let sv_b = base.transact().state_vector();
     let mut kinds: BTreeMap<String, RootKind> = kinds_a
@@ -219,6 +199,35 @@ pub fn diff(base: Doc, from: i64, rows: &[LogRow]) -> Result<DocDiff, HistoryErr
         authors: authors.into_iter().collect(),
         content,
     })
+}
+
+/// Decodes `rows` and records which row inserted and which deleted each id (the first row to
+/// claim an id wins). Items the document already had at A (`sv_a`) are re-sent, not inserted.
+fn attribute(
+    rows: &[LogRow],
+    sv_a: &StateVector,
+) -> Result<(Vec<Update>, Attribution, Attribution), HistoryError> {
+    let mut inserted = Attribution::default();
+    let mut deleted = Attribution::default();
+    let mut updates = Vec::with_capacity(rows.len());
+    for (index, row) in rows.iter().enumerate() {
+        let update = decode(&row.data, index)?;
+        for (client, ranges) in update.insertions(true).iter() {
+            let known = sv_a.get(client);
+            for r in ranges.iter() {
+                if r.end > known {
+                    inserted.claim(*client, r.start.max(known)..r.end, index);
+                }
+            }
+        }
+        for (client, ranges) in update.delete_set().iter() {
+            for r in ranges.iter() {
+                deleted.claim(*client, r.clone(), index);
+            }
+        }
+        updates.push(update);
+    }
+    Ok((updates, inserted, deleted))
 }
 
 /// What applying the changes touched.

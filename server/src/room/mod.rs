@@ -324,33 +324,17 @@ fn logged_id(doc: &DocRef) -> Result<i64, StoreError> {
 }
 
 impl Room {
+    /// The room's task: loads the document, then serves messages, durability, restores,
+    /// snapshots, presence sweeps and the unload timer until it exits, then retires.
+    ///
+    /// Why one function: the `select!` loop's state (watermark, snapshot task, timers) lives in
+    /// its locals across iterations; each branch's work is a method of its own.
     async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
         let shared = self.shared.clone();
         let metrics = &shared.metrics;
         let mut watermark = match self.load().await {
             Ok(watermark) => watermark,
-            Err(e) => {
-                if matches!(e, CommandError::Deleted) {
-                    debug!("document is deleted; refusing joins");
-                } else {
-                    error!(error = %e, "load failed; refusing joins");
-                }
-                self.registry.remove(&self.name, self.generation);
-                rx.close();
-                while let Some(msg) = rx.recv().await {
-                    match msg {
-                        RoomMsg::Join { reply, .. } => {
-                            let _ = reply.send(Err(match e {
-                                CommandError::Deleted => JoinError::Deleted,
-                                _ => JoinError::LoadFailed,
-                            }));
-                        }
-                        RoomMsg::Command(cmd) => cmd.refuse(e.clone()),
-                        _ => {}
-                    }
-                }
-                return;
-            }
+            Err(e) => return self.refuse_all(&mut rx, e).await,
         };
         metrics.documents_open.inc();
         metrics.documents_loaded.inc();
@@ -436,6 +420,30 @@ impl Room {
         self.retire(exit, &mut rx, watermark).await;
         self.core.retire();
         metrics.documents_open.dec();
+    }
+
+    /// After a failed load: leaves the registry and refuses everything still queued (joins
+    /// with the reason, commands with the error) until the last sender is gone.
+    async fn refuse_all(&self, rx: &mut mpsc::Receiver<RoomMsg>, e: CommandError) {
+        if matches!(e, CommandError::Deleted) {
+            debug!("document is deleted; refusing joins");
+        } else {
+            error!(error = %e, "load failed; refusing joins");
+        }
+        self.registry.remove(&self.name, self.generation);
+        rx.close();
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                RoomMsg::Join { reply, .. } => {
+                    let _ = reply.send(Err(match e {
+                        CommandError::Deleted => JoinError::Deleted,
+                        _ => JoinError::LoadFailed,
+                    }));
+                }
+                RoomMsg::Command(cmd) => cmd.refuse(e.clone()),
+                _ => {}
+            }
+        }
     }
 
     /// Loads the document: newest snapshot plus the log after it. Returns the durability

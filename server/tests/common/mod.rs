@@ -102,16 +102,8 @@ impl TestServer {
     }
 
     /// Stops the server and waits for `serve` to return.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            timeout(Duration::from_secs(20), task)
-                .await
-                .expect("server stops in time")
-                .expect("server task");
-        }
+    pub async fn stop(self) {
+        self.stop_timed().await;
     }
 
     /// Stops the server and returns how long `serve` took to return after being told to stop.
@@ -432,19 +424,14 @@ impl<'a> Reader<'a> {
 }
 
 /// Waits until `f` is true, polling; panics after [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
+pub async fn eventually<F, Fut>(what: &str, f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !testkit::eventually(WAIT, f).await {
+        panic!("not reached within {WAIT:?}: {what}");
     }
-    panic!("not reached within {WAIT:?}: {what}");
 }
 
 /// A Yjs v1 update that inserts `s` into root text `name` of a fresh document.
@@ -813,36 +800,30 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
 }
 
-/// One test's database: a SQLite file in a temp dir, or a Postgres schema of its own.
-pub struct Db {
-    pub label: &'static str,
-    pub url: String,
-    _dir: Option<tempfile::TempDir>,
-    schema: Option<testkit::PgSchema>,
+/// One test's database ([`testkit::TestDb`]: its label, URL and backend read through), with a
+/// way to open a store on it.
+pub struct Db(testkit::TestDb);
+
+impl std::ops::Deref for Db {
+    type Target = testkit::TestDb;
+
+    fn deref(&self) -> &testkit::TestDb {
+        &self.0
+    }
 }
 
 impl Db {
     /// SQLite always, Postgres when configured.
     pub async fn all(test: &str) -> Vec<Db> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut dbs = vec![Db {
-            label: "sqlite",
-            url: format!("sqlite://{}", dir.path().join("tandem.db").display()),
-            _dir: Some(dir),
-            schema: None,
-        }];
-        if let Some(schema) = testkit::PgSchema::for_test(test).await {
-            dbs.push(Db {
-                label: "postgres",
-                url: schema.url.clone(),
-                _dir: None,
-                schema: Some(schema),
-            });
-        }
-        dbs
+        testkit::TestDb::all(test)
+            .await
+            .into_iter()
+            .map(Db)
+            .collect()
     }
 
-    /// A store on the same database, for reading the log.
+    /// A store on the same database, for reading the log in assertions (migrated, so it also
+    /// works before any server ran).
     pub async fn store(&self) -> crdt_store::Store {
         let opts = crdt_store::StoreOptions {
             max_connections: 2,
@@ -857,8 +838,6 @@ impl Db {
 
     /// Drops the Postgres schema, if any.
     pub async fn finish(self) {
-        if let Some(schema) = self.schema {
-            schema.remove().await;
-        }
+        self.0.finish().await;
     }
 }

@@ -5,7 +5,7 @@ import { createHmac } from 'node:crypto'
 import { existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { chromium } from 'playwright-core'
-import { REPO_ROOT } from './server.js'
+import { REPO_ROOT } from '../../harness/server.js'
 
 export const CHROMIUM_PATH = process.env.CHROMIUM_PATH || '/usr/bin/chromium'
 export const SCREENSHOT_DIR = join(REPO_ROOT, 'docs', 'screenshots')

@@ -4,7 +4,7 @@
 import { after, afterEach, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Person, jwt, launch, waitConverged, waitFor } from '../lib/browser.js'
-import { Tandem } from '../lib/server.js'
+import { TandemServer } from '../../harness/server.js'
 
 const SECRET = 'browser-test-secret-browser-test-secret'
 const ADA_TOKEN = jwt(SECRET, { sub: 'ada', name: 'Ada', docs: ['*'], access: 'rw' })
@@ -16,7 +16,7 @@ const people = []
 
 before(async () => {
   browser = await launch()
-  server = await new Tandem({ args: ['--auth', 'token', '--jwt-secret', SECRET] }).start()
+  server = await new TandemServer({ args: ['--auth', 'token', '--jwt-secret', SECRET] }).start()
 })
 after(async () => {
   await browser?.close()
@@ -40,7 +40,7 @@ test('without a token the page asks for one, and connects with it', async () => 
   // Not synced: the server refuses the upgrade, so open() would wait forever; go by hand.
   p.context = await browser.newContext()
   p.page = await p.context.newPage()
-  await p.page.goto(`${server.url}/?doc=secret`)
+  await p.page.goto(`${server.httpUrl}/?doc=secret`)
   await p.page.locator('#notice-token-form').waitFor()
   assert.match(await p.page.locator('#notice-text').textContent(), /--auth token/)
   await p.page.locator('#notice-token').fill(ADA_TOKEN)
@@ -53,7 +53,7 @@ test('without a token the page asks for one, and connects with it', async () => 
 })
 
 test('a token in the URL is used, and leaves the address bar', async () => {
-  const ada = await person('Ada', '#1c7ed6').open(`${server.url}/?doc=from-url&token=${ADA_TOKEN}`)
+  const ada = await person('Ada', '#1c7ed6').open(`${server.httpUrl}/?doc=from-url&token=${ADA_TOKEN}`)
   assert.equal(new URL(ada.page.url()).searchParams.get('token'), null)
   assert.equal(new URL(ada.page.url()).searchParams.get('doc'), 'from-url')
   await ada.typeAtEnd('Hello.')
@@ -65,7 +65,7 @@ test('a token in the URL is used, and leaves the address bar', async () => {
 })
 
 test('a read-only user sees changes live but cannot change the document', async () => {
-  const url = `${server.url}/?doc=${encodeURIComponent('team/plan')}`
+  const url = `${server.httpUrl}/?doc=${encodeURIComponent('team/plan')}`
   const ada = await person('Ada', '#1c7ed6').open(`${url}&token=${ADA_TOKEN}`)
   const reader = await person('Reader', '#ae3ec9').open(`${url}&token=${READER_TOKEN}`)
   await reader.page.locator('#readonly').waitFor()
@@ -85,7 +85,7 @@ test('a read-only user sees changes live but cannot change the document', async 
   // Once the server answered a sync request sent after it, the change has been handled.
   await waitFor(() => reader.page.evaluate(() => window.tandem.saved.state() === 'saved'),
     { message: 'the server to handle the reader\'s change' })
-  const metrics = await (await fetch(`${server.url}/metrics`)).text()
+  const metrics = await (await fetch(`${server.httpUrl}/metrics`)).text()
   assert.match(metrics, /tandem_readonly_updates_refused_total(\{[^}]*\})? [1-9]/)
 
   await ada.typeAtEnd(' Still only Ada.')

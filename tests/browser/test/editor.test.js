@@ -4,7 +4,7 @@
 import { after, afterEach, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Person, launch, screenshot, waitConverged, waitFor } from '../lib/browser.js'
-import { Tandem } from '../lib/server.js'
+import { TandemServer } from '../../harness/server.js'
 
 const ADA = { name: 'Ada', color: '#1c7ed6' }
 const GRACE = { name: 'Grace', color: '#d6336c' }
@@ -16,7 +16,7 @@ let people = []
 
 before(async () => {
   browser = await launch()
-  server = await new Tandem().start()
+  server = await new TandemServer().start()
 })
 after(async () => {
   await browser?.close()
@@ -34,10 +34,10 @@ const person = (user) => {
   people.push(p)
   return p
 }
-const docUrl = (doc) => `${server.url}/?doc=${encodeURIComponent(doc)}`
+const docUrl = (doc) => `${server.httpUrl}/?doc=${encodeURIComponent(doc)}`
 
 test('the page is served by tandem, and two people typing converge', async () => {
-  const res = await fetch(`${server.url}/`)
+  const res = await fetch(`${server.httpUrl}/`)
   assert.equal(res.status, 200)
   assert.match(res.headers.get('content-type'), /^text\/html/)
 

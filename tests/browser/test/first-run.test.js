@@ -5,7 +5,7 @@
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Person, launch, waitFor } from '../lib/browser.js'
-import { Tandem } from '../lib/server.js'
+import { TandemServer } from '../../harness/server.js'
 
 const LINK = /http:\/\/127\.0\.0\.1:\d+\/history\?token=([0-9a-f]{64})/
 
@@ -15,7 +15,7 @@ const people = []
 
 before(async () => {
   browser = await launch()
-  server = await new Tandem({ args: [] }).start()
+  server = await new TandemServer({ args: [] }).start()
 })
 after(async () => {
   for (const p of people) await p.close()
@@ -27,7 +27,7 @@ test('the printed history link opens the history viewer signed in', async () => 
   const link = await waitFor(() => server.log.match(LINK)?.[0], { message: 'the history link in the log' })
   const writer = new Person(browser, { name: 'Ada', color: '#1c7ed6' })
   people.push(writer)
-  await writer.open(`${server.url}/?doc=first-run`)
+  await writer.open(`${server.httpUrl}/?doc=first-run`)
   await writer.typeAtEnd('Hello from the first run.')
   await writer.waitSaved()
 

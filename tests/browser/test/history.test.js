@@ -4,7 +4,7 @@
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Person, jwt, launch, screenshot, waitConverged, waitFor } from '../lib/browser.js'
-import { Tandem } from '../lib/server.js'
+import { TandemServer } from '../../harness/server.js'
 
 const SECRET = 'history-test-secret-history-test-secret'
 const ADMIN = 'admin-token-for-the-history-test'
@@ -16,7 +16,7 @@ const people = []
 
 before(async () => {
   browser = await launch()
-  server = await new Tandem({
+  server = await new TandemServer({
     args: ['--auth', 'token', '--jwt-secret', SECRET, '--admin-token', ADMIN]
   }).start()
 })
@@ -30,9 +30,9 @@ const editor = (sub, name, color) => {
   const p = new Person(browser, { name, color })
   people.push(p)
   const token = jwt(SECRET, { sub, name, docs: ['*'], access: 'rw' })
-  return p.open(`${server.url}/?doc=${encodeURIComponent(DOC)}&token=${token}`)
+  return p.open(`${server.httpUrl}/?doc=${encodeURIComponent(DOC)}&token=${token}`)
 }
-const lastSeq = async () => (await server.admin(ADMIN, 'GET', `/documents/${encodeURIComponent(DOC)}`)).last_seq
+const lastSeq = async () => (await server.adminOk(ADMIN, 'GET', `/documents/${encodeURIComponent(DOC)}`)).last_seq
 
 test('history viewer: versions by author, diff, label, and a restore that open editors show live', async () => {
   // Three editing sessions: Ada, then Grace, then Ada again.
@@ -72,7 +72,7 @@ test('history viewer: versions by author, diff, label, and a restore that open e
   admin.page = await admin.context.newPage()
   admin.page.on('pageerror', (err) => admin.errors.push(String(err)))
   const page = admin.page
-  await page.goto(`${server.url}/history?doc=${encodeURIComponent(DOC)}`)
+  await page.goto(`${server.httpUrl}/history?doc=${encodeURIComponent(DOC)}`)
   await page.locator('#admin-token').fill('wrong')
   await page.getByRole('button', { name: 'Open history' }).click()
   await page.getByText('not accepted').waitFor()
@@ -82,7 +82,7 @@ test('history viewer: versions by author, diff, label, and a restore that open e
   // Timeline: the current version, then the three sessions, newest first, with their authors.
   const entries = page.locator('#timeline .entry')
   await waitFor(async () => (await entries.count()) === 4, {
-    message: async () => `four timeline entries, got ${JSON.stringify(await entries.allTextContents())}; API: ${JSON.stringify(await server.admin(ADMIN, 'GET', `/documents/${DOC}/timeline?order=desc&group=session`))}`
+    message: async () => `four timeline entries, got ${JSON.stringify(await entries.allTextContents())}; API: ${JSON.stringify(await server.adminOk(ADMIN, 'GET', `/documents/${DOC}/timeline?order=desc&group=session`))}`
   })
   const authors = await page.locator('#timeline .entry .who').allTextContents()
   assert.deepEqual(authors, ['Current version', 'ada', 'grace', 'ada'])
@@ -107,7 +107,7 @@ test('history viewer: versions by author, diff, label, and a restore that open e
   await page.getByLabel('Label name').fill('before Q3')
   await page.getByRole('button', { name: 'Save label' }).click()
   await page.locator('#timeline .label-tag', { hasText: 'before Q3' }).waitFor()
-  const labels = await server.admin(ADMIN, 'GET', `/documents/${encodeURIComponent(DOC)}/labels`)
+  const labels = await server.adminOk(ADMIN, 'GET', `/documents/${encodeURIComponent(DOC)}/labels`)
   assert.deepEqual(labels.labels.map((l) => [l.name, l.seq]), [['before Q3', graceSeq]])
   await page.locator('#toast').evaluate((el) => { el.className = '' }) // not in the screenshot
   await page.mouse.move(0, 0)

@@ -5,7 +5,7 @@
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Person, launch, waitConverged } from '../lib/browser.js'
-import { Tandem, backends } from '../lib/server.js'
+import { TandemServer, backends } from '../../harness/server.js'
 
 let browser
 before(async () => { browser = await launch() })
@@ -13,7 +13,7 @@ after(async () => { await browser?.close() })
 
 for (const [backend, skip] of backends()) {
   test(`a restart keeps the content (${backend})`, { skip }, async () => {
-    const server = await new Tandem({ backend }).start()
+    const server = await new TandemServer({ backend }).start()
     const people = []
     const person = (name, color) => {
       const p = new Person(browser, { name, color })
@@ -21,7 +21,7 @@ for (const [backend, skip] of backends()) {
       return p
     }
     try {
-      const url = `${server.url}/?doc=${encodeURIComponent('restart/notes')}`
+      const url = `${server.httpUrl}/?doc=${encodeURIComponent('restart/notes')}`
       const ada = await person('Ada', '#1c7ed6').open(url)
       const linus = await person('Linus', '#2b8a3e').open(url)
       await ada.typeAtEnd('Typed before the restart.')
@@ -29,7 +29,8 @@ for (const [backend, skip] of backends()) {
       await ada.waitSaved()
       await ada.close()
 
-      await server.stop()
+      const stopped = await server.stop()
+      assert.equal(stopped.killed, false, `tandem did not exit on SIGTERM. Log:\n${server.logTail()}`)
       await linus.page.locator('#connection:not([data-state="connected"])').waitFor()
       // Linus keeps typing while the server is down; his tab keeps the edits.
       await linus.typeAtEnd(' Typed while it was down.')

@@ -7,7 +7,7 @@
 
 import { after, afterEach, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { startServer } from '../lib/server.js'
+import { startServer } from '../../harness/server.js'
 import { ClientPool, waitFor } from '../lib/clients.js'
 
 const REMOVAL_DEADLINE_MS = 5000
@@ -16,7 +16,7 @@ const pool = new ClientPool()
 
 before(async () => { server = await startServer() })
 afterEach(() => pool.destroyAll())
-after(async () => { await server?.stop() })
+after(async () => { await server?.destroy() })
 
 const statesOf = (client) => JSON.stringify([...client.provider.awareness.getStates()])
 

@@ -7,7 +7,7 @@
 
 import { after, afterEach, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { startServer } from '../lib/server.js'
+import { startServer } from '../../harness/server.js'
 import { ClientPool, content, describeDocs, prng, stateVector, waitConverged, waitFor } from '../lib/clients.js'
 
 const TYPES = { text: ['text'], map: ['map'], array: ['array'] }
@@ -19,7 +19,7 @@ const pool = new ClientPool()
 
 before(async () => { server = await startServer() })
 afterEach(() => pool.destroyAll())
-after(async () => { await server?.stop() })
+after(async () => { await server?.destroy() })
 
 test(`${CLIENTS} clients editing concurrently converge (seed ${seed})`, { timeout: 120000 }, async (t) => {
   t.diagnostic(`seed ${seed} (replay with TANDEM_SEED=${seed})`)

@@ -5,7 +5,7 @@
 
 import { after, afterEach, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { startServer } from '../lib/server.js'
+import { startServer } from '../../harness/server.js'
 import { ClientPool, content, stateVector, waitConverged, waitFor, waitSynced } from '../lib/clients.js'
 
 const TYPES = { text: ['text'], map: ['map'], array: ['array'] }
@@ -14,7 +14,7 @@ const pool = new ClientPool()
 
 before(async () => { server = await startServer() })
 afterEach(() => pool.destroyAll())
-after(async () => { await server?.stop() })
+after(async () => { await server?.destroy() })
 
 test('edits made offline are merged after reconnect', { timeout: 60000 }, async () => {
   const room = 'offline'

@@ -7,7 +7,7 @@ import { afterEach, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { existsSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
-import { TandemServer, makeTempDir } from '../lib/server.js'
+import { TandemServer, makeTempDir } from '../../harness/server.js'
 import { ClientPool, content, waitConverged, waitFor } from '../lib/clients.js'
 
 const TYPES = { text: ['text'], map: ['map'], array: ['array'] }
@@ -17,7 +17,7 @@ const dirs = []
 
 afterEach(async () => {
   pool.destroyAll()
-  for (const s of servers.splice(0)) await s.stop({ removeCwd: false })
+  for (const s of servers.splice(0)) await s.stop()
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true })
 })
 
@@ -38,7 +38,7 @@ test('SIGTERM closes client sockets with 1001 and the server exits cleanly', { t
   await waitConverged([a.doc, b.doc], TYPES)
   assert.deepEqual(a.provider.closeEvents, [])
 
-  const status = await server.stop({ timeoutMs: 10000, removeCwd: false })
+  const status = await server.stop({ timeoutMs: 10000 })
   assert.equal(status.killed, false,
     `server did not exit within 10 s of SIGTERM (had to SIGKILL it). Log:\n${server.logTail()}`)
   assert.equal(status.signal, null, `server died of signal ${status.signal} instead of handling SIGTERM`)
@@ -65,7 +65,7 @@ test('content survives a SIGTERM and restart in the same directory', { timeout: 
   await waitConverged([a.doc, b.doc], TYPES, { label: 'writers before restart' })
   const expected = content(a.doc, TYPES)
 
-  const status = await first.stop({ removeCwd: false })
+  const status = await first.stop()
   assert.equal(status.killed, false, 'server did not exit on SIGTERM')
   pool.destroyAll()
   assert.ok(existsSync(join(cwd, 'data')), `no ./data/ directory in the server's cwd ${cwd}`)

@@ -15,7 +15,7 @@ import WebSocket from 'ws'
 import * as Y from 'yjs'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
-import { startServer } from '../lib/server.js'
+import { startServer } from '../../harness/server.js'
 import { waitFor } from '../lib/clients.js'
 
 let server
@@ -23,7 +23,7 @@ const sockets = []
 
 before(async () => { server = await startServer() })
 afterEach(() => { for (const s of sockets.splice(0)) s.terminate() })
-after(async () => { await server?.stop() })
+after(async () => { await server?.destroy() })
 
 /** Decodes one frame; throws if it is not exactly one well-formed message. */
 function decodeFrame (buf) {

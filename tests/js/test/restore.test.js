@@ -6,7 +6,7 @@
 
 import { after, afterEach, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { startServer } from '../lib/server.js'
+import { startServer } from '../../harness/server.js'
 import { ClientPool, Y, stateVector, waitConverged, waitFor, waitSynced } from '../lib/clients.js'
 
 const TOKEN = 'js-admin-token-for-restore-tests'
@@ -16,18 +16,10 @@ const pool = new ClientPool()
 
 before(async () => { server = await startServer({ args: ['--admin-token', TOKEN] }) })
 afterEach(() => pool.destroyAll())
-after(async () => { await server?.stop() })
+after(async () => { await server?.destroy() })
 
 /** An admin API call; answers {status, body}. */
-async function admin (method, path, body) {
-  const res = await fetch(`${server.httpUrl}/api/v1/admin${path}`, {
-    method,
-    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body)
-  })
-  const text = await res.text()
-  return { status: res.status, body: text ? JSON.parse(text) : null }
-}
+const admin = (method, path, body) => server.admin(TOKEN, method, path, body)
 
 const xml = (doc) => doc.getXmlFragment('prosemirror').toString()
 const text = (doc) => doc.getText('text').toString()

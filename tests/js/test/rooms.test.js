@@ -10,7 +10,7 @@
 
 import { afterEach, beforeEach, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { startServer } from '../lib/server.js'
+import { startServer } from '../../harness/server.js'
 import { ClientPool, content, stateVector, waitConverged, waitFor } from '../lib/clients.js'
 
 const TYPES = { text: ['text'], map: ['map'] }
@@ -26,7 +26,7 @@ const pool = new ClientPool()
 beforeEach(async () => { server = await startServer() })
 afterEach(async () => {
   pool.destroyAll()
-  await server?.stop()
+  await server?.destroy()
   server = undefined
 })
 

@@ -6,7 +6,7 @@
 
 import { after, afterEach, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { startServer } from '../lib/server.js'
+import { startServer } from '../../harness/server.js'
 import { ClientPool, waitFor } from '../lib/clients.js'
 
 let server
@@ -16,7 +16,7 @@ before(async () => {
   server = await startServer({ args: ['--max-messages-per-sec', '100', '--message-burst', '100'] })
 })
 afterEach(() => pool.destroyAll())
-after(async () => { await server?.stop() })
+after(async () => { await server?.destroy() })
 
 async function metric (name) {
   const body = await (await fetch(`${server.httpUrl}/metrics`)).text()

@@ -6,7 +6,7 @@
 
 import { after, afterEach, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { startServer } from '../lib/server.js'
+import { startServer } from '../../harness/server.js'
 import { ClientPool, Y, content, converged, describeDocs, roundTrip, stateVector, waitConverged, waitFor } from '../lib/clients.js'
 
 const TYPES = { text: ['text'], map: ['map'], array: ['array'] }
@@ -15,7 +15,7 @@ const pool = new ClientPool()
 
 before(async () => { server = await startServer() })
 afterEach(() => pool.destroyAll())
-after(async () => { await server?.stop() })
+after(async () => { await server?.destroy() })
 
 test('two clients sync and converge on Y.Text, Y.Map and Y.Array', { timeout: 60000 }, async () => {
   const a = pool.open(server.url, 'two-clients')

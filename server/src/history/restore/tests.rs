@@ -3,12 +3,19 @@
 
 use super::*;
 use crate::history::json::content_json;
+use crate::history::kinds::RootKind;
 use crate::history::reconstruct;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use yrs::branch::BranchPtr;
+use yrs::types::Attrs;
 use yrs::types::ToJson;
+use yrs::types::text::YChange;
 use yrs::updates::decoder::Decode;
 use yrs::{
-    Assoc, IndexedSequence, StateVector, Update, WriteTxn, XmlElementRef, XmlFragment, XmlOut,
+    Any, Array, ArrayPrelim, ArrayRef, Assoc, GetString, IndexedSequence, Map, MapPrelim, MapRef,
+    Out, ReadTxn, Root, StateVector, Text, TextPrelim, TextRef, TransactionMut, Update, WriteTxn,
+    Xml, XmlElementPrelim, XmlElementRef, XmlFragment, XmlFragmentRef, XmlOut, XmlTextPrelim,
     XmlTextRef,
 };
 
@@ -747,63 +754,6 @@ fn restore_then_restore_back() {
 fn same_document_is_an_error_not_a_deadlock() {
     let doc = text_doc("x");
     assert!(restore_into(&doc, &doc).is_err());
-}
-
-// ------------------------------------------------------------------ diff algorithm
-
-/// LCS length by dynamic programming (reference).
-fn lcs_len(a: &[u8], b: &[u8]) -> usize {
-    let mut row = vec![0usize; b.len() + 1];
-    for x in a {
-        let mut diag = 0;
-        for (j, y) in b.iter().enumerate() {
-            let up = row[j + 1];
-            row[j + 1] = if x == y { diag + 1 } else { up.max(row[j]) };
-            diag = up;
-        }
-    }
-    row[b.len()]
-}
-
-#[test]
-fn myers_is_exact_and_optimal() {
-    // A small deterministic generator (xorshift) over a 3-letter alphabet: many matches and
-    // many ties, where a wrong middle snake shows.
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    for round in 0..3000 {
-        let (la, lb) = ((next() % 24) as usize, (next() % 24) as usize);
-        let a: Vec<u8> = (0..la).map(|_| b'a' + (next() % 3) as u8).collect();
-        let b: Vec<u8> = (0..lb).map(|_| b'a' + (next() % 3) as u8).collect();
-        let mut budget = u64::MAX;
-        let ms = myers(&a, &b, &mut budget);
-        let mut total = 0;
-        let (mut ia, mut ib) = (0, 0);
-        for m in &ms {
-            assert!(m.a >= ia && m.b >= ib, "round {round}: runs out of order");
-            assert_eq!(a[m.a..m.a + m.len], b[m.b..m.b + m.len], "round {round}");
-            ia = m.a + m.len;
-            ib = m.b + m.len;
-            total += m.len;
-        }
-        assert_eq!(total, lcs_len(&a, &b), "round {round}: {a:?} {b:?}");
-    }
-}
-
-#[test]
-fn myers_budget_degrades_to_a_valid_coarse_diff() {
-    let a: Vec<u32> = (0..2000).map(|i| i % 7).collect();
-    let b: Vec<u32> = (0..2000).map(|i| (i * 3) % 11).collect();
-    let mut budget = 1_000;
-    let ms = myers(&a, &b, &mut budget);
-    for m in &ms {
-        assert_eq!(a[m.a..m.a + m.len], b[m.b..m.b + m.len]);
-    }
 }
 
 // ------------------------------------------------------------------ editing traces
