@@ -129,17 +129,11 @@ async fn current_kinds(
     state: &AppState,
     name: &str,
 ) -> Result<Vec<(Arc<str>, RootKind)>, ApiError> {
-    let exists = match state.shared.storage.store() {
-        Some(store) => store.document(name).await?.is_some(),
-        None => state.registry.is_open(name),
+    let update = match super::documents::export(state, name).await {
+        Ok((_, update)) => update,
+        Err(e) if e.status == StatusCode::NOT_FOUND => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    if !exists {
-        return Ok(Vec::new());
-    }
-    let (_, update) = state
-        .registry
-        .command(name, true, |reply| Command::Export { reply })
-        .await?;
     tokio::task::spawn_blocking(move || {
         let doc = Doc::new();
         crate::room::core::RoomCore::apply_state(&doc, &update)

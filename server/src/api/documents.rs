@@ -144,7 +144,7 @@ pub(super) fn decode_base64(text: &str) -> Option<Vec<u8>> {
 
 /// The document's state through its room (loading it if needed), with the seq it covers.
 /// 404 for a document that was never written.
-async fn export(state: &AppState, name: &str) -> Result<(i64, Vec<u8>), ApiError> {
+pub(super) async fn export(state: &AppState, name: &str) -> Result<(i64, Vec<u8>), ApiError> {
     let exists = match state.shared.storage.store() {
         Some(store) => store.document(name).await?.is_some(),
         None => state.registry.is_open(name),
