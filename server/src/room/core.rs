@@ -889,7 +889,7 @@ mod tests {
                     JoinAcks(1, false),
                     Join(2, None, false),
                     Msg(1, update_msg(10, "a")),
-                    Msg(1, update_msg(10, "b")),
+                    Msg(1, update_msg(11, "b")),
                     Durable(1),
                     Durable(2),
                 ],

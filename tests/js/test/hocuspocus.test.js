@@ -24,7 +24,7 @@ const dirs = []
 let server
 
 function socket (url) {
-  const ws = new HocuspocusProviderWebsocket({ url, WebSocketPolyfill: WebSocket, delay: 100, maxDelay: 500 })
+  const ws = new HocuspocusProviderWebsocket({ url, WebSocketPolyfill: WebSocket, delay: 100, minDelay: 100, maxDelay: 500 })
   opened.push(ws)
   return ws
 }
@@ -43,7 +43,7 @@ function provider (url, name, opts = {}) {
   }
   const p = opts.websocketProvider
     ? new HocuspocusProvider({ ...config, websocketProvider: opts.websocketProvider })
-    : new HocuspocusProvider({ ...config, url, WebSocketPolyfill: WebSocket, delay: 100, maxDelay: 500 })
+    : new HocuspocusProvider({ ...config, url, WebSocketPolyfill: WebSocket, delay: 100, minDelay: 100, maxDelay: 500 })
   if (opts.websocketProvider) p.attach()
   p.events = events
   opened.push(p)
