@@ -272,3 +272,57 @@ async fn tokens_per_document_with_scopes_and_reasons() {
     assert!(c.update("team/x", &text_update("text", "yes")).await);
     server.stop().await;
 }
+
+const ADMIN: &str = "hocuspocus-tests-admin-token-5d1e";
+
+#[tokio::test]
+async fn deleting_one_document_closes_it_alone_with_4410() {
+    let mut cfg = config();
+    cfg.admin_token = Some(ADMIN.into());
+    let server = TestServer::start(cfg).await;
+    let mut c = Hp::connect(&server).await;
+    c.open("doomed", "").await.expect("open");
+    c.open("kept", "").await.expect("open");
+    assert!(c.update("doomed", &text_update("text", "x")).await);
+    let auth = format!("Bearer {ADMIN}");
+    let r = common::http_send(
+        server.addr,
+        "DELETE",
+        "/api/v1/admin/documents/doomed",
+        &[("Authorization", auth.as_str())],
+        &[],
+    )
+    .await;
+    assert!(r.status < 300, "delete: {}", r.status);
+    let reason = c.closed("doomed").await;
+    assert!(reason.starts_with("4410"), "reason: {reason}");
+    assert!(c.update("kept", &text_update("text", "y")).await);
+    // The deleted name is refused from now on, with a reason.
+    assert_eq!(c.auth("doomed", "").await, Err("document deleted".into()));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_its_document_with_4401_and_the_socket_stays() {
+    let mut cfg = config();
+    cfg.auth = AuthMode::Token;
+    cfg.jwt_secret = Some(SECRET.into());
+    let server = TestServer::start(cfg).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let short = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "ada", "docs": ["short"], "access": "rw", "exp": now + 2}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("encode");
+    let mut c = Hp::connect(&server).await;
+    c.open("short", &short).await.expect("open");
+    c.open("long", &token(&["long"], "rw")).await.expect("open");
+    let reason = c.closed("short").await;
+    assert!(reason.starts_with("4401"), "reason: {reason}");
+    assert!(c.update("long", &text_update("text", "still")).await);
+    server.stop().await;
+}
