@@ -314,15 +314,22 @@ async fn an_expired_token_closes_its_document_with_4401_and_the_socket_stays() {
         .as_secs();
     let short = encode(
         &Header::new(Algorithm::HS256),
-        &json!({"sub": "ada", "docs": ["short"], "access": "rw", "exp": now + 2}),
+        &json!({"sub": "ada", "docs": ["short", "renewed"], "access": "rw", "exp": now + 2}),
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .expect("encode");
     let mut c = Hp::connect(&server).await;
     c.open("short", &short).await.expect("open");
+    c.open("renewed", &short).await.expect("open");
     c.open("long", &token(&["long"], "rw")).await.expect("open");
+    // A fresh token sent on an open document (`provider.sendToken()`) extends it.
+    assert_eq!(
+        c.auth("renewed", &token(&["renewed"], "rw")).await,
+        Ok("read-write".into())
+    );
     let reason = c.closed("short").await;
     assert!(reason.starts_with("4401"), "reason: {reason}");
     assert!(c.update("long", &text_update("text", "still")).await);
+    assert!(c.update("renewed", &text_update("text", "renewed")).await);
     server.stop().await;
 }

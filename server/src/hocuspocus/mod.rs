@@ -366,8 +366,15 @@ impl Socket<'_> {
 
     /// The provider's auth message for `key`: checks it, answers, and starts the join.
     fn auth(&mut self, key: &str, token: &str) {
-        if self.sessions.contains_key(key) {
-            // Sent again on the same socket (a provider re-attached): the session stands.
+        if let Some(session) = self.sessions.get_mut(key) {
+            // Sent again on an open document (`provider.sendToken()`): a fresh token extends
+            // the session past the old one's expiry; the rights it started with stay.
+            match session::renew(self.shared, session, key, token) {
+                Ok(scope) => {
+                    self.peer.push(Bytes::from(hp::authenticated(key, scope)));
+                }
+                Err((reason, label)) => self.deny(key, &reason, label),
+            }
             return;
         }
         if self.sessions.len() >= MAX_DOCUMENTS {

@@ -96,6 +96,27 @@ pub(super) fn open(
     Ok((session, scope))
 }
 
+/// A new token for an open session: checked like the first; on success the session's expiry
+/// becomes the new token's, and the scope it was opened with is reported again.
+pub(super) fn renew(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    key: &str,
+    token: &str,
+) -> Result<&'static str, (String, &'static str)> {
+    let token = Some(token).filter(|t| !t.is_empty());
+    let grant = shared
+        .auth
+        .authorize(token, hp::document_of(key))
+        .map_err(|e| (e.to_string(), e.label()))?;
+    session.expires = grant.expires_at.map(deadline_at);
+    Ok(if session.peer.read_only {
+        hp::SCOPE_READONLY
+    } else {
+        hp::SCOPE_READ_WRITE
+    })
+}
+
 impl Session {
     /// Joins the document's room in a task of its own (loading may take a while); the answer
     /// comes back on `done`. If the socket is gone by then, the task leaves the room itself.
