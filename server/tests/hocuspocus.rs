@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{Client, TestServer, WAIT, config, text_update};
 use futures::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
@@ -331,5 +333,29 @@ async fn an_expired_token_closes_its_document_with_4401_and_the_socket_stays() {
     assert!(reason.starts_with("4401"), "reason: {reason}");
     assert!(c.update("long", &text_update("text", "still")).await);
     assert!(c.update("renewed", &text_update("text", "renewed")).await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_sync_status_waits_for_the_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}/tandem.db", dir.path().display());
+    let mut cfg = config();
+    cfg.database_url = Some(url.clone());
+    let server = TestServer::start_with(cfg, None).await;
+    let mut c = Hp::connect(&server).await;
+    c.open("slow", "").await.expect("open");
+    assert!(c.update("slow", &text_update("text", "first")).await);
+    // Another connection holds SQLite's write lock: the next update is applied, not stored.
+    let lock = testkit::SqliteWriteLock::acquire(&url).await;
+    c.send(hp::wrap(
+        "slow",
+        &tandem_wire::update(&text_update("text", "second")),
+    ))
+    .await;
+    let early = timeout(Duration::from_millis(1500), c.status("slow")).await;
+    assert!(early.is_err(), "acknowledged before the commit");
+    lock.release().await;
+    assert!(c.status("slow").await, "acknowledged once committed");
     server.stop().await;
 }
