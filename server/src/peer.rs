@@ -237,4 +237,24 @@ mod tests {
         assert!(!peer.push(Bytes::from(vec![0; 8])));
         assert_eq!(peer.close_reason(), Some(Close::SlowConsumer));
     }
+
+    #[test]
+    fn multiplexed_peers_share_the_queue_and_prefix_their_frames() {
+        let (socket, rx) = Peer::new(1, 10, 1 << 20);
+        let doc = rx.peer(2, 10, 1 << 20, Bytes::from_static(&[1, b'a']));
+        assert!(doc.is_multiplexed() && !socket.is_multiplexed());
+        assert!(socket.push(Bytes::from_static(&[9])));
+        assert!(doc.push(Bytes::from_static(&[8, 1])));
+        assert_eq!(rx.try_recv().as_deref(), Some(&[9][..]));
+        assert_eq!(rx.try_recv().as_deref(), Some(&[1, b'a', 8, 1][..]));
+    }
+
+    #[tokio::test]
+    async fn closing_a_multiplexed_peer_wakes_the_socket() {
+        let (_socket, rx) = Peer::new(1, 10, 1 << 20);
+        let doc = rx.peer(2, 10, 1 << 20, Bytes::from_static(&[1, b'a']));
+        doc.close(Close::Deleted);
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(1), rx.next_or_closed());
+        assert_eq!(woke.await, Ok(None));
+    }
 }
