@@ -2,6 +2,7 @@
 //
 //   /?doc=<name>            the document (default "welcome"); same name = same document
 //   /?doc=<name>&token=JWT  when the server runs with --auth token (kept for this tab only)
+//   /?provider=hocuspocus   sync with TipTap's @hocuspocus/provider instead of y-websocket
 
 import './style.css'
 import { Editor } from '@tiptap/core'
@@ -11,7 +12,8 @@ import CollaborationCaret from '@tiptap/extension-collaboration-caret'
 import { Placeholder } from '@tiptap/extensions'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
-import { trackSaved } from './saved.js'
+import { HocuspocusProvider } from '@hocuspocus/provider'
+import { trackSaved, trackSavedHocuspocus } from './saved.js'
 import {
   AUTHORS_MAP, COLORS, avatar, editorHref, h, historyHref, jwtClaims, loadUser, param,
   roomPath, saveUser, setParams, toast, websocketBase
@@ -43,10 +45,15 @@ const ydoc = new Y.Doc()
 // The room is the name with its slashes (see roomPath): tandem maps it back to `docName`.
 // BroadcastChannel is off so that tabs of one browser also sync through the server: what
 // the demo shows is what tandem does.
-const provider = new WebsocketProvider(websocketBase(), roomPath(docName), ydoc, {
-  params: token ? { token } : {},
-  disableBc: true
-})
+// `?provider=hocuspocus`: the same document over the Hocuspocus protocol, at the bare address
+// (the server's `--hocuspocus-path`), with the name as it is and the token in the auth message.
+const hocuspocus = param('provider') === 'hocuspocus'
+const provider = hocuspocus
+  ? new HocuspocusProvider({ url: websocketBase(), name: docName, document: ydoc, token: token || null })
+  : new WebsocketProvider(websocketBase(), roomPath(docName), ydoc, {
+    params: token ? { token } : {},
+    disableBc: true
+  })
 
 let user = loadUser(typeof claims?.name === 'string' ? claims.name : undefined)
 
@@ -127,7 +134,7 @@ const setPill = (el, state, text, title) => {
   if (title) el.title = title
 }
 
-const saved = trackSaved(provider, (state) => {
+const saved = (hocuspocus ? trackSavedHocuspocus : trackSaved)(provider, (state) => {
   const [text, title] = SAVED_TEXT[state]
   setPill($('saved'), state, text, title)
 })
@@ -158,7 +165,20 @@ provider.on('connection-close', (event) => {
     { askToken: true })
   }
 })
-provider.on('sync', () => editor.view.dispatch(editor.state.tr)) // refresh the placeholder
+provider.on(hocuspocus ? 'synced' : 'sync', () => editor.view.dispatch(editor.state.tr)) // refresh the placeholder
+if (hocuspocus) {
+  provider.on('authenticationFailed', ({ reason }) => {
+    showNotice(`Can't open "${docName}": ${reason}`, { askToken: true })
+  })
+  // The server closed this document (the socket stays): the reason starts with the close code.
+  provider.on('close', ({ event }) => {
+    const code = Number.parseInt(event?.reason ?? '', 10)
+    if (!code) return // the socket itself closed: the provider reconnects
+    setPill($('connection'), 'disconnected', 'Disconnected')
+    showNotice(CLOSE_TEXT[code] ?? `The server closed this document (${event.reason}).`,
+      { askToken: code === 4401 })
+  })
+}
 
 const CLOSE_TEXT = {
   4401: 'Your token expired. Paste a new one to continue:',

@@ -96,3 +96,33 @@ export function trackSaved (provider, onChange) {
   report()
   return { state, pending: () => local - confirmed }
 }
+
+/**
+ * The same states for a HocuspocusProvider. Tandem acknowledges each update (sync status) only
+ * once it is durable, so the provider's own `unsyncedChanges` count is the receipt.
+ * @param {import('@hocuspocus/provider').HocuspocusProvider} provider
+ * @param {(state: 'loading'|'saved'|'saving'|'offline') => void} onChange
+ * @returns {{ state: () => string, pending: () => number }}
+ */
+export function trackSavedHocuspocus (provider, onChange) {
+  let everSynced = false
+  let connected = false
+  let last = null
+  const state = () => {
+    if (!everSynced) return 'loading'
+    if (provider.unsyncedChanges === 0) return 'saved'
+    return connected ? 'saving' : 'offline'
+  }
+  const report = () => {
+    const s = state()
+    if (s !== last) {
+      last = s
+      onChange(s)
+    }
+  }
+  provider.on('synced', () => { everSynced = true; report() })
+  provider.on('unsyncedChanges', report)
+  provider.on('status', ({ status }) => { connected = status === 'connected'; report() })
+  report()
+  return { state, pending: () => provider.unsyncedChanges }
+}

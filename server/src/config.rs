@@ -287,6 +287,13 @@ pub struct Config {
     #[arg(long, env = "TANDEM_MAX_NAME_LEN", default_value_t = 512)]
     pub max_name_len: usize,
 
+    /// The path where WebSocket upgrades speak the Hocuspocus protocol (`@hocuspocus/provider`,
+    /// several documents per socket) instead of y-websocket. `/` by default, the bare address
+    /// Hocuspocus's docs use; set it to the path a reverse proxy forwards (e.g. `/collab`), which
+    /// then is no longer a y-websocket document name. A trailing slash does not matter.
+    #[arg(long, env = "TANDEM_HOCUSPOCUS_PATH", default_value = "/", value_parser = hocuspocus_path)]
+    pub hocuspocus_path: String,
+
     /// Where documents are stored: `sqlite://path/file.db` (the default, created on first run),
     /// `postgres://user@host/db`, or `memory` (nothing is stored; for benchmarks and tests).
     /// `DATABASE_URL` is used when this is not set.
@@ -422,6 +429,15 @@ impl Config {
             .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string())
     }
+}
+
+/// A `--hocuspocus-path`: starts with `/`; stored without trailing slashes (`/` stays `/`).
+fn hocuspocus_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err("must start with /".into());
+    }
+    let trimmed = s.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { "/" } else { trimmed }.to_string())
 }
 
 impl Default for Config {

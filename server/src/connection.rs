@@ -113,7 +113,7 @@ where
 
 /// Converts a wall-clock expiry into a timer deadline. A token may expire centuries from now;
 /// the deadline is capped so the clock arithmetic cannot overflow.
-fn deadline_at(at: SystemTime) -> Instant {
+pub(crate) fn deadline_at(at: SystemTime) -> Instant {
     let left = at
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO)
@@ -123,28 +123,28 @@ fn deadline_at(at: SystemTime) -> Instant {
 
 /// The timers a connection is subject to; the earliest one that passes closes it, sends a
 /// ping, or resumes reading.
-struct Deadlines {
+pub(crate) struct Deadlines {
     /// Nothing at all (not even a pong) for `ping_timeout`.
-    liveness: Instant,
+    pub(crate) liveness: Instant,
     /// No message yet within `handshake_timeout` of the upgrade; `None` once one arrived.
-    handshake: Option<Instant>,
+    pub(crate) handshake: Option<Instant>,
     /// No message (pongs aside) for `idle_timeout`.
-    idle: Instant,
+    pub(crate) idle: Instant,
     /// The token's `exp`.
-    expiry: Option<Instant>,
+    pub(crate) expiry: Option<Instant>,
     /// When the next ping is due.
-    ping: Instant,
+    pub(crate) ping: Instant,
     /// Over the message rate: reading resumes then.
-    throttled: Option<Instant>,
+    pub(crate) throttled: Option<Instant>,
     /// Since when reading is paused (throttled, or the room's inbox is full). While paused the
     /// client's frames, pongs included, wait unread in the socket, so its silence is not
     /// measured: `liveness` and `idle` do not run.
-    paused: Option<Instant>,
+    pub(crate) paused: Option<Instant>,
 }
 
 /// What a passed deadline means.
 #[derive(Debug, Clone, Copy)]
-enum Wake {
+pub(crate) enum Wake {
     /// Time to ping.
     Ping,
     /// The throttle pause is over.
@@ -155,7 +155,7 @@ enum Wake {
 
 impl Deadlines {
     /// The earliest deadline, and what it means.
-    fn next(&self) -> (Instant, Wake) {
+    pub(crate) fn next(&self) -> (Instant, Wake) {
         let mut next = (self.ping, Wake::Ping);
         if let Some(at) = self.throttled.filter(|at| *at <= next.0) {
             next = (at, Wake::Resume);
@@ -176,7 +176,7 @@ impl Deadlines {
 
     /// Records whether the connection reads at `now`. When reading resumes, the silence timers
     /// are pushed back by the pause: the client was not silent, we were not listening.
-    fn set_reading(&mut self, reading: bool, now: Instant) {
+    pub(crate) fn set_reading(&mut self, reading: bool, now: Instant) {
         match (reading, self.paused) {
             (false, None) => self.paused = Some(now),
             (true, Some(since)) => {
@@ -191,7 +191,7 @@ impl Deadlines {
 }
 
 /// What woke the connection's loop.
-enum Event {
+pub(crate) enum Event {
     /// A frame (or the end) from the client.
     Inbound(Option<Result<Message, axum::Error>>),
     /// A frame from the room to send.
@@ -208,18 +208,18 @@ enum Event {
 
 /// A write in progress: frames are fed one by one, then flushed once. Lives in every
 /// connection's future, so it is kept small (no `Message`).
-struct Batch {
+pub(crate) struct Batch {
     /// The next frame to feed (`None`: all fed, flushing).
-    next: Option<Bytes>,
+    pub(crate) next: Option<Bytes>,
     /// A ping is due; it goes out after the current frame.
-    ping: bool,
+    pub(crate) ping: bool,
     /// Frames fed so far.
-    written: u16,
+    pub(crate) written: u16,
 }
 
 impl Batch {
     /// A batch starting with `frame`, or with a ping if `None`.
-    fn of(frame: Option<Bytes>) -> Batch {
+    pub(crate) fn of(frame: Option<Bytes>) -> Batch {
         Batch {
             ping: frame.is_none(),
             next: frame,
@@ -387,7 +387,7 @@ fn offer(
 
 /// Polls both directions of the socket: the write in progress first (so it cannot starve),
 /// then, if `reading`, the next frame from the client.
-fn poll_socket<S>(
+pub(crate) fn poll_socket<S>(
     cx: &mut Context<'_>,
     socket: &mut S,
     outbox: &Outbox,
@@ -518,7 +518,7 @@ fn inbound(
 }
 
 /// Maps a WebSocket-layer error to the close it earns.
-fn classify(e: axum::Error) -> Close {
+pub(crate) fn classify(e: axum::Error) -> Close {
     use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
     let inner = e.into_inner();
     match inner.downcast_ref::<WsError>() {
@@ -548,8 +548,12 @@ fn classify(e: axum::Error) -> Close {
 /// was closed in the middle of a burst saw 1006 (ECONNRESET) instead of the close code.
 /// (axum's WebSocket does not expose the TCP write half, so no FIN is sent before draining;
 /// the close frame tells the client the same.)
-async fn finish<S>(socket: &mut S, outbox: &Outbox, peer: &Peer, metrics: &crate::metrics::Metrics)
-where
+pub(crate) async fn finish<S>(
+    socket: &mut S,
+    outbox: &Outbox,
+    peer: &Peer,
+    metrics: &crate::metrics::Metrics,
+) where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
     let reason = peer.close_reason().unwrap_or(Close::ClientClosed);

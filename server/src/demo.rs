@@ -3,8 +3,8 @@
 //! They are built from `client-demo/` by vite into `client-demo/dist/`, which is committed and
 //! embedded into the binary at compile time, so serving them needs no Node.js (and building
 //! the server needs none either). CI rebuilds the bundle and fails when it differs from the
-//! committed one. Only plain GET/HEAD requests get here: a WebSocket upgrade on any path,
-//! `/` included, is a room (see `http::dispatch`).
+//! committed one. Only plain GET/HEAD requests get here: a WebSocket upgrade on any path is a
+//! room, or on `--hocuspocus-path` (`/` by default) a Hocuspocus socket (see `http::dispatch`).
 
 use axum::Router;
 use axum::extract::Path;

@@ -116,6 +116,9 @@ pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -
         return next.run(req).await;
     }
     let config = &state.shared.config;
+    if is_hocuspocus_path(req.uri().path(), &config.hocuspocus_path) {
+        return hocuspocus_upgrade(state, req).await;
+    }
     let name = match docname::from_path(req.uri().path(), config.max_name_len) {
         Ok(name) => name,
         Err(e) => return refuse(&state, StatusCode::BAD_REQUEST, e.to_string(), "bad_name"),
@@ -124,22 +127,8 @@ pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -
         let reason = "document deleted".to_string();
         return refuse(&state, StatusCode::GONE, reason, "deleted");
     }
-    if !config.allowed_origins.is_empty() {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok());
-        // Entries are lowercased at start-up; browsers send scheme and host in lowercase,
-        // other clients may not.
-        if !origin.is_some_and(|o| {
-            config
-                .allowed_origins
-                .iter()
-                .any(|a| a.eq_ignore_ascii_case(o.trim()))
-        }) {
-            let reason = "origin not allowed".to_string();
-            return refuse(&state, StatusCode::FORBIDDEN, reason, "origin");
-        }
+    if let Some(refused) = check_origin(&state, &req) {
+        return refused;
     }
     let token = find_token(&req);
     let grant = match state.shared.auth.authorize(token.as_deref(), &name) {
@@ -206,6 +195,84 @@ pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -
             tracker.track_future(connection::run(
                 socket,
                 admission,
+                state.shared,
+                state.registry,
+            ))
+        })
+}
+
+/// The origin check (`--allowed-origins`), shared by both protocols: `Some` is the refusal.
+fn check_origin(state: &AppState, req: &Request) -> Option<Response> {
+    let config = &state.shared.config;
+    if config.allowed_origins.is_empty() {
+        return None;
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    // Entries are lowercased at start-up; browsers send scheme and host in lowercase,
+    // other clients may not.
+    if origin.is_some_and(|o| {
+        config
+            .allowed_origins
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(o.trim()))
+    }) {
+        return None;
+    }
+    let reason = "origin not allowed".to_string();
+    Some(refuse(state, StatusCode::FORBIDDEN, reason, "origin"))
+}
+
+/// Whether `path` is the Hocuspocus endpoint `configured` (stored without a trailing slash;
+/// the provider strips it too unless told otherwise).
+fn is_hocuspocus_path(path: &str, configured: &str) -> bool {
+    let trimmed = path.trim_end_matches('/');
+    let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+    trimmed == configured
+}
+
+/// An upgrade on the Hocuspocus path: one socket for many documents, each authorized by its
+/// own auth message after the upgrade (see [`crate::hocuspocus`]). Only what belongs to the
+/// socket is checked here: origin and the per-address limit.
+async fn hocuspocus_upgrade(state: AppState, req: Request) -> Response {
+    if let Some(refused) = check_origin(&state, &req) {
+        return refused;
+    }
+    let mut slots: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        match state.shared.per_addr.acquire(addr.ip()) {
+            Some(slot) => slots.push(Box::new(slot)),
+            None => {
+                let reason = "too many connections from this address".to_string();
+                return refuse(
+                    &state,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    reason,
+                    "per_addr_limit",
+                );
+            }
+        }
+    }
+    let (mut parts, _body) = req.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let max = state.shared.config.max_message_size;
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + max + 1024)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_failed_upgrade(|e| debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| {
+            let tracker = state.shared.connections.clone();
+            tracker.track_future(crate::hocuspocus::run(
+                socket,
+                slots,
                 state.shared,
                 state.registry,
             ))

@@ -17,6 +17,7 @@ pub mod error;
 pub mod first_run;
 pub mod fuzz_entry;
 pub mod history;
+pub mod hocuspocus;
 pub mod http;
 pub mod limits;
 pub mod listener;

@@ -56,6 +56,25 @@ impl Outbox {
         Some(frame)
     }
 
+    /// Waits for the next frame, or for a peer on this queue to close: `None` then (see
+    /// [`Outbox::peer`]).
+    pub async fn next_or_closed(&self) -> Option<Bytes> {
+        if let Some(frame) = self.try_recv() {
+            return Some(frame);
+        }
+        self.queue.ready.notified().await;
+        self.try_recv()
+    }
+
+    /// Another peer writing into this same queue, each of its frames preceded by `prefix`: one
+    /// per document on a multiplexed (Hocuspocus) socket. The queue's bounds are the socket's,
+    /// shared by all its documents. Closing such a peer wakes [`Outbox::next_or_closed`].
+    pub fn peer(&self, id: ConnId, max_frames: usize, max_bytes: usize, prefix: Bytes) -> Peer {
+        let mut peer = Peer::on(self.queue.clone(), id, max_frames, max_bytes);
+        peer.prefix = Some(prefix);
+        peer
+    }
+
     /// Waits for the next frame.
     pub async fn recv(&self) -> Bytes {
         loop {
@@ -80,6 +99,9 @@ pub struct Peer {
     pub token_id: Option<String>,
     /// Read-only connections' updates are ignored.
     pub read_only: bool,
+    /// Routing key put before every frame (a document on a multiplexed socket); `None` for a
+    /// y-websocket connection.
+    prefix: Option<Bytes>,
     queue: Arc<Queue>,
     max_frames: usize,
     max_bytes: usize,
@@ -91,18 +113,29 @@ impl Peer {
     /// Creates a peer and the receiving end of its outgoing queue.
     pub fn new(id: ConnId, max_frames: usize, max_bytes: usize) -> (Peer, Outbox) {
         let queue = Arc::new(Queue::default());
-        let peer = Peer {
+        let peer = Peer::on(queue.clone(), id, max_frames, max_bytes);
+        (peer, Outbox { queue })
+    }
+
+    fn on(queue: Arc<Queue>, id: ConnId, max_frames: usize, max_bytes: usize) -> Peer {
+        Peer {
             id,
             user: None,
             token_id: None,
             read_only: false,
-            queue: queue.clone(),
+            prefix: None,
+            queue,
             max_frames: max_frames.max(1),
             max_bytes,
             close: OnceLock::new(),
             closing: CancellationToken::new(),
-        };
-        (peer, Outbox { queue })
+        }
+    }
+
+    /// Whether this is one document of a multiplexed (Hocuspocus) socket; such a peer is sent
+    /// a sync-status ack per update.
+    pub fn is_multiplexed(&self) -> bool {
+        self.prefix.is_some()
     }
 
     /// Attaches the identity and rights a token granted.
@@ -119,6 +152,16 @@ impl Peer {
         if self.closing.is_cancelled() {
             return false;
         }
+        // One copy per peer: the frame shared by a broadcast gets this document's routing key.
+        let frame = match &self.prefix {
+            Some(prefix) => {
+                let mut framed = Vec::with_capacity(prefix.len() + frame.len());
+                framed.extend_from_slice(prefix);
+                framed.extend_from_slice(&frame);
+                Bytes::from(framed)
+            }
+            None => frame,
+        };
         let overflow = {
             let mut q = self.queue.lock();
             let bytes = q.bytes + frame.len();
@@ -145,6 +188,10 @@ impl Peer {
     pub fn close(&self, reason: Close) {
         let _ = self.close.set(reason);
         self.closing.cancel();
+        if self.prefix.is_some() {
+            // The socket's task learns a document closed from its queue.
+            self.queue.ready.notify_one();
+        }
     }
 
     /// Why the connection was asked to close, if it was.
@@ -189,5 +236,25 @@ mod tests {
         assert!(peer.push(Bytes::from(vec![0; 8])));
         assert!(!peer.push(Bytes::from(vec![0; 8])));
         assert_eq!(peer.close_reason(), Some(Close::SlowConsumer));
+    }
+
+    #[test]
+    fn multiplexed_peers_share_the_queue_and_prefix_their_frames() {
+        let (socket, rx) = Peer::new(1, 10, 1 << 20);
+        let doc = rx.peer(2, 10, 1 << 20, Bytes::from_static(&[1, b'a']));
+        assert!(doc.is_multiplexed() && !socket.is_multiplexed());
+        assert!(socket.push(Bytes::from_static(&[9])));
+        assert!(doc.push(Bytes::from_static(&[8, 1])));
+        assert_eq!(rx.try_recv().as_deref(), Some(&[9][..]));
+        assert_eq!(rx.try_recv().as_deref(), Some(&[1, b'a', 8, 1][..]));
+    }
+
+    #[tokio::test]
+    async fn closing_a_multiplexed_peer_wakes_the_socket() {
+        let (_socket, rx) = Peer::new(1, 10, 1 << 20);
+        let doc = rx.peer(2, 10, 1 << 20, Bytes::from_static(&[1, b'a']));
+        doc.close(Close::Deleted);
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(1), rx.next_or_closed());
+        assert_eq!(woke.await, Ok(None));
     }
 }

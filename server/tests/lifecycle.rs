@@ -394,6 +394,8 @@ async fn health_and_metrics_endpoints() {
 async fn unknown_paths_are_404_and_upgrades_without_a_name_are_400() {
     let mut cfg = config();
     cfg.max_name_len = 16;
+    // `/` is the Hocuspocus endpoint by default; moved away, it is an empty y-websocket name.
+    cfg.hocuspocus_path = "/hocuspocus".into();
     let server = TestServer::start(cfg).await;
     for path in ["/nope", "/api/v1/nothing", "/healthz/extra", "/metricsx"] {
         let (status, _) = server.http_get(path).await;

@@ -9,6 +9,7 @@
 //! updates it carries, after the [`update_check`] walk); nothing here knows about sockets.
 
 pub mod decode;
+pub mod hocuspocus;
 pub mod raw;
 pub mod update_check;
 

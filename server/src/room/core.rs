@@ -129,6 +129,9 @@ pub struct PeerMeta {
     pub user: Option<String>,
     /// Updates from it are not applied; its awareness follows `readonly_awareness`.
     pub read_only: bool,
+    /// It wants a sync-status frame per update it sends (the Hocuspocus protocol), released
+    /// only once that update is durable.
+    pub acks: bool,
 }
 
 /// A frame waiting for its update to become durable.
@@ -512,11 +515,21 @@ impl RoomCore {
                 // if it holds something new: every y-websocket client answers the server's
                 // SyncStep1 with a SyncStep2, which from a reader holds nothing new, and
                 // counting those made every read-only join look like a refused write.
-                if adds_anything(&self.doc, &update) {
+                let refused = adds_anything(&self.doc, &update);
+                if refused {
                     self.metrics.readonly_updates_refused.inc();
                 }
+                // A reader's empty SyncStep2 counts as saved; a real write is reported not
+                // applied, so its provider keeps counting it unsynced.
+                self.ack(conn, !refused);
             }
-            Inbound::Update(update) => self.apply(conn, update, backlog_full, now),
+            Inbound::Update(update) => {
+                self.apply(conn, update, backlog_full, now);
+                // A refused update closed the connection: nothing to acknowledge.
+                if self.peers.contains_key(&conn) {
+                    self.ack(conn, true);
+                }
+            }
             Inbound::Awareness(_)
                 if self.is_read_only(conn)
                     && self.config.readonly_awareness == ReadOnlyAwareness::Drop => {}
@@ -667,6 +680,22 @@ impl RoomCore {
         self.pending.push_back((self.seq, Release::All(frame)));
     }
 
+    /// Acknowledges one update of `conn` if it asked for acks: at once when nothing waits for
+    /// durability, else behind everything accepted so far (so acks go out in order, each after
+    /// the update it answers, and whatever else the document held, is durable).
+    fn ack(&mut self, conn: ConnId, applied: bool) {
+        if !self.peers.get(&conn).is_some_and(|p| p.acks) {
+            return;
+        }
+        let frame = Bytes::from(tandem_wire::hocuspocus::sync_status(applied));
+        if self.pending.is_empty() {
+            self.out.push(Effect::Send(conn, frame));
+        } else {
+            self.pending
+                .push_back((self.seq, Release::One(conn, frame)));
+        }
+    }
+
     fn broadcast_awareness(&mut self, changes: &[Change]) {
         if changes.is_empty() {
             return;
@@ -741,6 +770,8 @@ mod tests {
             (Some(0), Some(1)) => "step2",
             (Some(0), Some(2)) => "update",
             (Some(1), _) => "awareness",
+            (Some(8), Some(1)) => "ack",
+            (Some(8), Some(0)) => "nack",
             _ => "other",
         }
     }
@@ -774,6 +805,8 @@ mod tests {
     /// One input of a case.
     enum Step {
         Join(ConnId, Option<&'static str>, bool),
+        /// A connection that wants sync-status acks (Hocuspocus); read-only or not.
+        JoinAcks(ConnId, bool),
         Msg(ConnId, Inbound),
         /// A message while the storage backlog is full.
         MsgBacklogFull(ConnId, Inbound),
@@ -796,6 +829,16 @@ mod tests {
                         let meta = PeerMeta {
                             user: user.map(str::to_owned),
                             read_only,
+                            acks: false,
+                        };
+                        core.join(conn, meta, now);
+                        Vec::new()
+                    }
+                    Step::JoinAcks(conn, read_only) => {
+                        let meta = PeerMeta {
+                            user: None,
+                            read_only,
+                            acks: true,
                         };
                         core.join(conn, meta, now);
                         Vec::new()
@@ -839,6 +882,80 @@ mod tests {
             let expected: Vec<Vec<String>> = expected.iter().map(|e| strs(e)).collect();
             assert_eq!(got, expected, "case: {name}");
         }
+    }
+
+    #[test]
+    fn sync_status_acks_wait_for_durability_and_keep_order() {
+        use Step::*;
+        let cases: Vec<Case> = vec![
+            (
+                "an ack per update, each once its update is durable, in order",
+                false,
+                vec![
+                    JoinAcks(1, false),
+                    Join(2, None, false),
+                    Msg(1, update_msg(10, "a")),
+                    Msg(1, update_msg(11, "b")),
+                    Durable(1),
+                    Durable(2),
+                ],
+                vec![
+                    vec![],
+                    vec![],
+                    vec!["append 1"],
+                    vec!["append 2"],
+                    vec!["all update", "send 1 ack"],
+                    vec!["all update", "send 1 ack"],
+                ],
+            ),
+            (
+                "an update that changes nothing is acked behind what is still pending",
+                false,
+                vec![
+                    JoinAcks(1, false),
+                    Join(2, None, false),
+                    Msg(2, update_msg(20, "x")),
+                    Msg(1, update_msg(20, "x")),
+                    Durable(1),
+                    Msg(1, update_msg(20, "x")),
+                ],
+                vec![
+                    vec![],
+                    vec![],
+                    vec!["append 1"],
+                    vec![],
+                    vec!["all update", "send 1 ack"],
+                    vec!["send 1 ack"],
+                ],
+            ),
+            (
+                "a refused update closes and is not acked; y-websocket peers get no acks",
+                true,
+                vec![
+                    JoinAcks(1, false),
+                    Join(2, None, false),
+                    Msg(2, update_msg(20, "x")),
+                    MsgBacklogFull(1, update_msg(10, "y")),
+                ],
+                vec![
+                    vec![],
+                    vec![],
+                    vec!["append 1", "all update"],
+                    vec!["close 1 backlog_full"],
+                ],
+            ),
+            (
+                "read-only: nothing new is acked as saved, a write as not applied",
+                true,
+                vec![
+                    JoinAcks(1, true),
+                    Msg(1, inbound(&crate::protocol::encode_sync_step2(&[0, 0]))),
+                    Msg(1, update_msg(10, "y")),
+                ],
+                vec![vec![], vec!["send 1 ack"], vec!["send 1 nack"]],
+            ),
+        ];
+        check(cases);
     }
 
     #[test]

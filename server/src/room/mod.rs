@@ -699,6 +699,7 @@ impl Room {
             let meta = PeerMeta {
                 user: peer.user.clone(),
                 read_only: peer.read_only,
+                acks: peer.is_multiplexed(),
             };
             self.core.join(peer.id, meta, Instant::now());
             self.peers.insert(peer.id, peer);
