@@ -157,14 +157,14 @@ struct Claims {
 
 /// Whether `pattern` grants every document under `prefix`: only a prefix grant (`p*`) whose
 /// prefix `p` starts `prefix` does (an exact name never covers a whole prefix).
-pub fn covers_prefix(pattern: &str, prefix: &str) -> bool {
+pub(crate) fn covers_prefix(pattern: &str, prefix: &str) -> bool {
     pattern
         .strip_suffix('*')
         .is_some_and(|p| prefix.starts_with(p))
 }
 
 /// Whether `pattern` (an exact name, or a prefix ending in `*`) grants document `doc`.
-pub fn grants(pattern: &str, doc: &str) -> bool {
+pub(crate) fn grants(pattern: &str, doc: &str) -> bool {
     match pattern.strip_suffix('*') {
         Some(prefix) => doc.starts_with(prefix),
         None => pattern == doc,

@@ -2,46 +2,46 @@
 //! keep the two in step.
 
 /// Normal closure.
-pub const NORMAL: u16 = 1000;
+pub(crate) const NORMAL: u16 = 1000;
 /// The server is shutting down; reconnect elsewhere or later.
-pub const GOING_AWAY: u16 = 1001;
+pub(crate) const GOING_AWAY: u16 = 1001;
 /// Broken WebSocket framing or a malformed y-websocket envelope (truncated, bad varint).
-pub const PROTOCOL_ERROR: u16 = 1002;
+pub(crate) const PROTOCOL_ERROR: u16 = 1002;
 /// Data we do not accept: text frames, unknown message types.
-pub const UNSUPPORTED_DATA: u16 = 1003;
+pub(crate) const UNSUPPORTED_DATA: u16 = 1003;
 /// Well-framed but invalid payload: not a Yjs update, invalid awareness JSON, bad UTF-8.
-pub const INVALID_PAYLOAD: u16 = 1007;
+pub(crate) const INVALID_PAYLOAD: u16 = 1007;
 /// Policy violation: too many messages in one frame, awareness limits, the pending-update
 /// limit, writing another connection's client id. y-websocket reconnects and resyncs.
-pub const POLICY_VIOLATION: u16 = 1008;
+pub(crate) const POLICY_VIOLATION: u16 = 1008;
 /// A frame or message above the configured size limit.
-pub const MESSAGE_TOO_BIG: u16 = 1009;
+pub(crate) const MESSAGE_TOO_BIG: u16 = 1009;
 /// The server hit an internal error handling this document; reconnecting resyncs.
-pub const INTERNAL_ERROR: u16 = 1011;
+pub(crate) const INTERNAL_ERROR: u16 = 1011;
 /// A temporary condition (e.g. storage backlog full); retry later.
-pub const TRY_AGAIN_LATER: u16 = 1013;
+pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
 /// An administrator closed the connection (it may reconnect; revoke a token to keep it out).
-pub const DISCONNECTED: u16 = 4000;
+pub(crate) const DISCONNECTED: u16 = 4000;
 /// The client did not read its frames fast enough; its queue overflowed. Reconnect and resync.
-pub const SLOW_CONSUMER: u16 = 4001;
+pub(crate) const SLOW_CONSUMER: u16 = 4001;
 /// No frame (not even a pong) arrived within the ping timeout.
-pub const PING_TIMEOUT: u16 = 4002;
+pub(crate) const PING_TIMEOUT: u16 = 4002;
 /// The document could not be loaded from storage; nothing was served. Retry later.
-pub const LOAD_FAILED: u16 = 4003;
+pub(crate) const LOAD_FAILED: u16 = 4003;
 /// The connection's token expired; get a new token and reconnect.
-pub const TOKEN_EXPIRED: u16 = 4401;
+pub(crate) const TOKEN_EXPIRED: u16 = 4401;
 /// The connection's token (or its user) was revoked.
-pub const REVOKED: u16 = 4403;
+pub(crate) const REVOKED: u16 = 4403;
 /// The document was deleted by an administrator. Permanent: the name is refused from now on, so
 /// do not reconnect (and do not resend the old content elsewhere under this name).
-pub const DOCUMENT_DELETED: u16 = 4410;
+pub(crate) const DOCUMENT_DELETED: u16 = 4410;
 /// No message arrived within the handshake timeout after the upgrade.
-pub const HANDSHAKE_TIMEOUT: u16 = 4408;
+pub(crate) const HANDSHAKE_TIMEOUT: u16 = 4408;
 /// No message (pongs aside) arrived within the idle timeout.
-pub const IDLE_TIMEOUT: u16 = 4409;
+pub(crate) const IDLE_TIMEOUT: u16 = 4409;
 /// Rate abuse: one frame held more messages than the whole `--message-burst`. (A connection
 /// merely above its message rate is throttled, not closed.) Final for y-websocket 3.
-pub const RATE_LIMITED: u16 = 4429;
+pub(crate) const RATE_LIMITED: u16 = 4429;
 
 /// Why a frame's y-websocket content was refused while decoding (see
 /// [`crate::protocol::ProtocolError`]); one [`Close::Malformed`] each.

@@ -39,7 +39,7 @@ const CLOSE_DRAIN_BYTES: usize = 4 << 20;
 
 /// What the HTTP layer established about a connection before the upgrade.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     /// The document.
     pub name: Arc<str>,
     /// Identity and rights from the token (or open mode).
@@ -55,7 +55,7 @@ pub struct Admission {
 /// and the admission unpacked *before* the future is built, so the future (which lives as long
 /// as the connection) stores only the small halves instead of a dead copy of the whole socket
 /// state. Measured: 2.5 KiB less per connection.
-pub fn run<S>(
+pub(crate) fn run<S>(
     socket: S,
     admission: Admission,
     shared: Arc<Shared>,

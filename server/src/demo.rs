@@ -27,7 +27,7 @@ const CSP: &str = "default-src 'self'; script-src 'self'; connect-src 'self' ws:
                    form-action 'self'; frame-ancestors 'none'";
 
 /// The routes serving the demo: `/`, `/history`, `/favicon.svg` and `/assets/...`.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { page("index.html") }))
         .route("/history", get(|| async { page("history.html") }))

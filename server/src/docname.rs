@@ -19,7 +19,7 @@
 
 /// Why a path is not a usable document name (answered with HTTP 400).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum NameError {
+pub(crate) enum NameError {
     /// The path is `/`.
     #[error("document name is empty: connect to /<document name>")]
     Empty,
@@ -99,7 +99,7 @@ fn decode(raw: &str) -> Result<String, NameError> {
 }
 
 /// The document name for request path `path` (which starts with `/`).
-pub fn from_path(path: &str, max_len: usize) -> Result<String, NameError> {
+pub(crate) fn from_path(path: &str, max_len: usize) -> Result<String, NameError> {
     let raw = path.strip_prefix('/').unwrap_or(path);
     if raw.is_empty() {
         return Err(NameError::Empty);
@@ -108,7 +108,7 @@ pub fn from_path(path: &str, max_len: usize) -> Result<String, NameError> {
 }
 
 /// Checks an already decoded document name (from the admin API's path) by the same rules.
-pub fn validate(name: String, max_len: usize) -> Result<String, NameError> {
+pub(crate) fn validate(name: String, max_len: usize) -> Result<String, NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }

@@ -3,36 +3,38 @@
 //! [`serve`] runs the server on a listener until a shutdown future resolves; `main.rs` is a
 //! thin wrapper around it and tests call it directly on port 0.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod admin;
-pub mod api;
-pub mod auth;
+mod api;
+mod auth;
 pub mod backup;
-pub mod changes;
-pub mod close;
+mod changes;
+mod close;
 pub mod config;
-pub mod connection;
-pub mod demo;
-pub mod docname;
-pub mod error;
+mod connection;
+mod demo;
+mod docname;
+mod error;
 pub mod first_run;
 pub mod fuzz_entry;
-pub mod history;
-pub mod hocuspocus;
+mod history;
+mod hocuspocus;
 pub mod http;
-pub mod limits;
-pub mod listener;
+mod limits;
+mod listener;
 pub mod logging;
-pub mod metrics;
-pub mod peer;
-pub mod pending;
-pub mod presence;
+mod metrics;
+mod peer;
+mod pending;
+mod presence;
 pub mod protocol;
-pub mod readiness;
-pub mod registry;
-pub mod room;
-pub mod state;
+mod readiness;
+mod registry;
+mod room;
+mod state;
 pub mod storage;
-pub mod update_check;
+mod update_check;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,18 +66,13 @@ impl<K: Eq + Hash + Clone> Drop for Slot<K> {
     }
 }
 
-/// Connections per client address.
-pub type AddrCounter = Counter<IpAddr>;
-/// Connections per document.
-pub type DocCounter = Counter<Arc<str>>;
-
 /// The shortest pause a throttled connection gets: resuming for a single message at a time
 /// would wake the connection once per message; 20 ms of refill lets it read a few at once.
 const MIN_PAUSE: Duration = Duration::from_millis(20);
 
 /// What the bucket says about one frame's messages.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Within the rate: go on reading.
     Pass,
     /// Admitted, but over the rate: stop reading the socket for this long (TCP then slows the
@@ -94,7 +88,7 @@ pub enum Verdict {
 /// frame is still admitted and the bucket goes into debt; the caller stops reading until the
 /// debt is repaid, so a fast sender is slowed to the rate instead of being disconnected.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -103,7 +97,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     /// A full bucket. `rate == 0` means unlimited.
-    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+    pub(crate) fn new(rate: u32, burst: u32, now: Instant) -> Self {
         RateLimiter {
             rate: f64::from(rate),
             burst: f64::from(burst.max(rate).max(1)),
@@ -113,7 +107,7 @@ impl RateLimiter {
     }
 
     /// Takes `n` tokens for one frame of `n` messages.
-    pub fn admit(&mut self, n: u32, now: Instant) -> Verdict {
+    pub(crate) fn admit(&mut self, n: u32, now: Instant) -> Verdict {
         if self.rate == 0.0 {
             return Verdict::Pass;
         }

@@ -25,7 +25,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Serves `app` on `listener` until `shutdown` is cancelled; in-flight HTTP requests finish
 /// (upgraded WebSockets are handed off and tracked elsewhere). Connection tasks are tracked in
 /// `tracker`.
-pub async fn run<S>(
+pub(crate) async fn run<S>(
     listener: TcpListener,
     app: S,
     header_timeout: Duration,

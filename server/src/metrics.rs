@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Label set naming why a connection closed or a message was refused.
-pub type ReasonLabels = Vec<(&'static str, &'static str)>;
+pub(crate) type ReasonLabels = Vec<(&'static str, &'static str)>;
 
 /// Every metric the server exports. Cheap to share (`Arc<Metrics>`).
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use yrs::{Doc, ReadTxn, Transact, TransactionMut, Update, WriteTxn};
 
 /// What applying one update did.
 #[derive(Debug)]
-pub struct Integrated {
+pub(crate) struct Integrated {
     /// The change it made, encoded as one update; `None`: nothing new.
     pub changed: Option<Vec<u8>>,
     /// Its missing-dependency part would have taken the document past the bound; that part
@@ -27,7 +27,7 @@ pub struct Integrated {
 
 /// The updates yrs holds as pending in `txn`'s document, encoded (v1): the blocks still
 /// missing dependencies, and the deletions of items not yet known. Empty when none.
-pub fn encode_pending<T: ReadTxn>(txn: &T) -> Vec<Vec<u8>> {
+pub(crate) fn encode_pending<T: ReadTxn>(txn: &T) -> Vec<Vec<u8>> {
     let store = txn.store();
     let mut parts = Vec::new();
     if let Some(pending) = store.pending_update() {
@@ -56,7 +56,7 @@ fn total(parts: &[Vec<u8>]) -> u64 {
 /// so their author resends them when it reconnects and resyncs.
 ///
 /// The caller guards against panics (yrs has assertions on decoded data).
-pub fn integrate(
+pub(crate) fn integrate(
     doc: &Doc,
     held: &mut Held,
     update: Update,
@@ -116,17 +116,12 @@ pub fn integrate(
 /// still points to (a heap-use-after-free the update_admission fuzz target found). So they
 /// wait here, counted in the pending bound, until the clocks before them arrived.
 #[derive(Debug, Default)]
-pub struct Held {
+pub(crate) struct Held {
     updates: Vec<Vec<u8>>,
     bytes: u64,
 }
 
 impl Held {
-    /// Encoded bytes held.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
     /// Applies every held update whose clocks now follow the document's, until none does.
     fn release(&mut self, txn: &mut TransactionMut) -> Result<(), yrs::error::UpdateError> {
         loop {

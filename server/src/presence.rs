@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crate::protocol::{AwarenessEntry, AwarenessUpdate};
 
 /// Identifies one connection within the server (unique for the process lifetime).
-pub type ConnId = u64;
+pub(crate) type ConnId = u64;
 
 /// Client ids one connection may hold by writing alone. A client writes under one id of its
 /// own; a relayer's sync may carry many ids, which need no protection from it. The bound keeps
@@ -38,11 +38,11 @@ pub type ConnId = u64;
 const MAX_WRITE_CLAIMS_PER_CONN: usize = 64;
 
 /// A change to announce to the room: `state == None` means "removed".
-pub type Change = (u64, u32, Option<Arc<str>>);
+pub(crate) type Change = (u64, u32, Option<Arc<str>>);
 
 /// What one connection may own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Client ids one connection may announce in awareness.
     pub ids_per_conn: usize,
     /// Bytes of live awareness states (JSON) one connection may own at once.
@@ -104,7 +104,7 @@ struct Claim {
 
 /// Result of applying one awareness message from a connection.
 #[derive(Debug, Default, PartialEq)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// Entries to broadcast, as accepted (possibly with a bumped clock).
     pub changes: Vec<Change>,
     /// Entries ignored because another connection owns the id (or, for a removed id, because
@@ -122,7 +122,7 @@ fn same_user(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
 
 /// The awareness table and client-id claims of one room.
 #[derive(Debug)]
-pub struct Presence {
+pub(crate) struct Presence {
     entries: HashMap<u64, Entry>,
     claims: HashMap<u64, Claim>,
     members: HashMap<ConnId, Member>,
@@ -133,7 +133,7 @@ pub struct Presence {
 impl Presence {
     /// An empty table whose states expire `timeout` after their last renewal. Tombstones and
     /// released claims are kept twice as long.
-    pub fn new(timeout: Duration, limits: Limits) -> Self {
+    pub(crate) fn new(timeout: Duration, limits: Limits) -> Self {
         Presence {
             entries: HashMap::new(),
             claims: HashMap::new(),
@@ -148,7 +148,7 @@ impl Presence {
     }
 
     /// Registers a connection that joined the room at `now`, with its token subject.
-    pub fn join(&mut self, conn: ConnId, user: Option<&str>, now: Instant) {
+    pub(crate) fn join(&mut self, conn: ConnId, user: Option<&str>, now: Instant) {
         self.members.insert(
             conn,
             Member {
@@ -187,7 +187,12 @@ impl Presence {
 
     /// Applies the entries of one awareness message from `conn`, returning what changed.
     /// Nothing is allocated for ignored entries.
-    pub fn apply(&mut self, conn: ConnId, update: &AwarenessUpdate, now: Instant) -> Applied {
+    pub(crate) fn apply(
+        &mut self,
+        conn: ConnId,
+        update: &AwarenessUpdate,
+        now: Instant,
+    ) -> Applied {
         let mut applied = Applied::default();
         for entry in update.entries() {
             if !self.apply_one(conn, entry, now, &mut applied) {
@@ -294,7 +299,7 @@ impl Presence {
     /// Checks that `conn` may write new clocks for every id in `ids`; `Err(id)` names the
     /// first one held by another live connection (of another user) or reserved for another
     /// user.
-    pub fn may_write(&self, conn: ConnId, ids: &[u64], now: Instant) -> Result<(), u64> {
+    pub(crate) fn may_write(&self, conn: ConnId, ids: &[u64], now: Instant) -> Result<(), u64> {
         match ids
             .iter()
             .find(|&&id| !self.may_claim(conn, id, false, now))
@@ -306,7 +311,7 @@ impl Presence {
 
     /// Records that `conn` wrote new clocks for `ids`: the ids nobody holds become its own
     /// (a weak claim, which an announcement by their client takes over).
-    pub fn wrote(&mut self, conn: ConnId, ids: &[u64], now: Instant) {
+    pub(crate) fn wrote(&mut self, conn: ConnId, ids: &[u64], now: Instant) {
         let Some(member) = self.members.get_mut(&conn) else {
             return;
         };
@@ -332,7 +337,7 @@ impl Presence {
 
     /// Removes every live state `conn` owns and releases its claims (it disconnected); returns
     /// the removals to broadcast.
-    pub fn remove_conn(&mut self, conn: ConnId, now: Instant) -> Vec<Change> {
+    pub(crate) fn remove_conn(&mut self, conn: ConnId, now: Instant) -> Vec<Change> {
         self.members.remove(&conn);
         for claim in self.claims.values_mut() {
             if claim.holder == Some(conn) {
@@ -353,7 +358,7 @@ impl Presence {
 
     /// Removes states not renewed within the timeout, and forgets tombstones and released
     /// claims twice as old. Returns the removals to broadcast.
-    pub fn expire(&mut self, now: Instant) -> Vec<Change> {
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<Change> {
         let mut removed = Vec::new();
         let (timeout, keep) = (self.timeout, self.keep());
         let members = &mut self.members;
@@ -381,7 +386,7 @@ impl Presence {
     }
 
     /// Every live state, for a joining connection or a query-awareness request.
-    pub fn live(&self) -> Vec<(u64, u32, &str)> {
+    pub(crate) fn live(&self) -> Vec<(u64, u32, &str)> {
         self.entries
             .iter()
             .filter_map(|(&id, e)| e.state.as_deref().map(|s| (id, e.clock, s)))
@@ -389,12 +394,13 @@ impl Presence {
     }
 
     /// Whether there is anything to sweep (states, tombstones or released claims).
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.claims.values().all(|c| c.holder.is_some())
     }
 
     /// Number of live states (for metrics and admin views).
-    pub fn live_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn live_count(&self) -> usize {
         self.entries.values().filter(|e| e.state.is_some()).count()
     }
 }

@@ -41,7 +41,7 @@ fn not_ready(reason: &str, detail: serde_json::Value) -> Response {
 /// `GET /readyz`: 200 `{"status":"ready",...}` when storage answers (migrations are applied
 /// before the server listens) and the node is neither draining nor shutting down; otherwise
 /// 503 `{"status":"not_ready","reason":"draining"|"shutting_down"|"storage_unreachable",...}`.
-pub async fn readyz(State(state): State<AppState>) -> Response {
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let shared = &state.shared;
     if shared.shutdown.is_cancelled() {
         return not_ready("shutting_down", serde_json::Value::Null);

@@ -37,7 +37,7 @@ pub(super) struct ListQuery {
 
 /// A document as the list shows it.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Document {
+pub(crate) struct Document {
     /// The document's name.
     name: String,
     /// When its first change (or first admin write) was stored.
@@ -95,7 +95,7 @@ impl Document {
 
 /// A Document plus its oldest logged change and newest snapshot.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DocumentDetail {
+pub(crate) struct DocumentDetail {
     // Written out rather than `#[serde(flatten)]`ed: a flattened part becomes an `allOf` in the
     // schema, which cannot also refuse unknown fields.
     /// The document's name.
@@ -180,7 +180,7 @@ impl DocumentDetail {
 
 /// Where a document's newest snapshot stands.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct LatestSnapshot {
+pub(crate) struct LatestSnapshot {
     /// The last change it covers.
     #[schema(minimum = 0)]
     seq: i64,
@@ -194,7 +194,7 @@ pub struct LatestSnapshot {
 
 /// A page of the document list.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct DocumentPage {
+pub(crate) struct DocumentPage {
     /// Documents ordered by name (bytewise).
     documents: Vec<Document>,
     /// Pass as cursor for the next page; null on the last page.
@@ -204,7 +204,7 @@ pub struct DocumentPage {
 
 /// The answer to a delete.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Deleted {
+pub(crate) struct Deleted {
     /// Always true.
     deleted: bool,
     /// Connections closed with 4410.
@@ -213,7 +213,7 @@ pub struct Deleted {
 
 /// The answer to a snapshot request.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SnapshotTaken {
+pub(crate) struct SnapshotTaken {
     /// The last change the stored snapshot covers.
     #[schema(minimum = 0)]
     seq: i64,
@@ -221,7 +221,7 @@ pub struct SnapshotTaken {
 
 /// The answer to a disconnect request.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Disconnected {
+pub(crate) struct Disconnected {
     /// Connections closed with 4000.
     connections_closed: usize,
 }
@@ -229,7 +229,7 @@ pub struct Disconnected {
 /// The answer to an admin change (import): the new change, once durable.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Applied)]
-pub struct AppliedChange {
+pub(crate) struct AppliedChange {
     /// Seq of the new change; null when the update changed nothing.
     #[schema(required = true)]
     pub(super) seq: Option<i64>,
@@ -388,7 +388,7 @@ pub(super) async fn snapshot(
 /// Optional body of a disconnect request.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DisconnectRequest {
+pub(crate) struct DisconnectRequest {
     /// Only this token subject's connections.
     user: Option<String>,
 }

@@ -146,7 +146,7 @@ pub(super) enum StateFormat {
 /// A page of the timeline: changes, or sessions with `group=session`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
-pub enum TimelinePage {
+pub(crate) enum TimelinePage {
     /// group=none.
     Changes(ChangePage),
     /// group=session.
@@ -155,7 +155,7 @@ pub enum TimelinePage {
 
 /// A page of changes.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ChangePage {
+pub(crate) struct ChangePage {
     /// The changes, in the page's order.
     changes: Vec<history::summary::Change>,
     /// Pass as after (asc) or before (desc); null on the last page.
@@ -165,7 +165,7 @@ pub struct ChangePage {
 
 /// A page of sessions.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct SessionPage {
+pub(crate) struct SessionPage {
     /// The sessions, in the page's order.
     sessions: Vec<history::summary::Session>,
     /// Pass as after (asc) or before (desc); null on the last page.
@@ -300,7 +300,7 @@ pub(super) struct StateQuery {
 /// The content at a point.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = State)]
-pub struct StateAt {
+pub(crate) struct StateAt {
     /// The point.
     #[schema(minimum = 0)]
     seq: i64,
@@ -493,7 +493,7 @@ pub(super) async fn diff(
 /// Body of a restore request: exactly one of seq, at and label.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RestoreRequest {
+pub(crate) struct RestoreRequest {
     /// The point as a sequence number.
     #[schema(minimum = 0)]
     seq: Option<i64>,
@@ -510,7 +510,7 @@ pub struct RestoreRequest {
 
 /// The answer to a restore, once durable.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Restored {
+pub(crate) struct Restored {
     /// The point restored to.
     #[schema(minimum = 0)]
     restored_to: i64,
@@ -592,7 +592,7 @@ fn check_text(what: &str, s: &str) -> Result<(), AdminError> {
 /// A label as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Label)]
-pub struct LabelView {
+pub(crate) struct LabelView {
     /// Its name, unique within the document.
     name: String,
     /// The point it names.
@@ -615,14 +615,14 @@ impl From<&Label> for LabelView {
 
 /// A document's labels.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Labels {
+pub(crate) struct Labels {
     /// Ordered by seq.
     labels: Vec<LabelView>,
 }
 
 /// The answer to a label removal.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct LabelDeleted {
+pub(crate) struct LabelDeleted {
     /// Always true.
     deleted: bool,
 }
@@ -663,7 +663,7 @@ pub(super) async fn labels(
 /// Body of a new label.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LabelRequest {
+pub(crate) struct LabelRequest {
     /// 1..=200 bytes (UTF-8), no control characters.
     #[schema(min_length = 1, max_length = 200)]
     name: String,

@@ -18,7 +18,7 @@ use crate::http::AppState;
 /// Body of a revocation request: a token id, a user id, or both.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RevocationRequest {
+pub(super) struct RevocationRequest {
     /// Token id (`jti`) to revoke.
     pub token_id: Option<String>,
     /// User id (`sub`) whose tokens issued until now are revoked.
@@ -27,7 +27,7 @@ pub struct RevocationRequest {
 
 /// The answer to a revocation.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Revoked {
+pub(super) struct Revoked {
     /// Always true.
     revoked: bool,
     /// Live connections closed with 4403.
@@ -36,7 +36,7 @@ pub struct Revoked {
 
 /// The answer to lifting a revocation.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Lifted {
+pub(super) struct Lifted {
     /// Always true.
     lifted: bool,
 }

@@ -16,7 +16,7 @@ const MAX_SECS: i64 = 253_402_300_799;
 
 /// Why a time was refused; the text is the 400's reason.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TimeError {
+pub(super) enum TimeError {
     /// Neither RFC 3339 nor unix milliseconds.
     #[error(
         "invalid time {0:?} ({1}); use RFC 3339 (2026-11-25T18:49:10.123Z, or with an offset \
@@ -29,12 +29,12 @@ pub enum TimeError {
 }
 
 /// RFC 3339 UTC with milliseconds, the API's time format.
-pub fn format(t: SystemTime) -> String {
+pub(super) fn format(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// An API time (see the module docs).
-pub fn parse(s: &str) -> Result<SystemTime, TimeError> {
+pub(super) fn parse(s: &str) -> Result<SystemTime, TimeError> {
     let invalid = |why| TimeError::Invalid(s.to_owned(), why);
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         let ms: u64 = s.parse().map_err(|_| TimeError::OutOfRange(s.to_owned()))?;

@@ -26,7 +26,7 @@ use crate::room::CommandError;
 /// A failed request: its status and a short reason (never internals).
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}")]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     reason: String,
     /// A 401 carries `WWW-Authenticate: Bearer`.
@@ -35,7 +35,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with `status` and `reason`.
-    pub fn new(status: StatusCode, reason: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, reason: impl Into<String>) -> ApiError {
         ApiError {
             status,
             reason: reason.into(),
@@ -44,7 +44,7 @@ impl ApiError {
     }
 
     /// 400 with `reason`.
-    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(reason: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, reason)
     }
 }
@@ -133,7 +133,7 @@ impl From<PathRejection> for ApiError {
 
 /// Who is calling, as established from the bearer token.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// Recorded as the author of what the caller writes.
     pub author: Option<String>,
     /// What the caller may do.
@@ -154,7 +154,7 @@ impl Caller {
 }
 
 /// What a caller asks to reach: one document, or every document under a prefix.
-pub enum Scope<'a> {
+pub(crate) enum Scope<'a> {
     /// One document.
     Document(&'a str),
     /// Every document whose name starts with this.
@@ -173,7 +173,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Authenticates a request for `scope`: the admin token (everything, author `admin`) or a
 /// document JWT checked like a WebSocket connection's (open mode: anyone, anonymous).
-pub fn caller(state: &AppState, headers: &HeaderMap, scope: Scope<'_>) -> Result<Caller, ApiError> {
+pub(crate) fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: Scope<'_>,
+) -> Result<Caller, ApiError> {
     let token = bearer(headers);
     if let (Some(token), Some(admin)) = (token, state.shared.config.admin_token.as_deref())
         && crate::admin::constant_time_eq(token.as_bytes(), admin.as_bytes())
@@ -210,7 +214,7 @@ fn doc_name(
 }
 
 /// The routes, with their full paths (merged into the server's router beside the admin API).
-pub fn routes(state: &AppState) -> Router<AppState> {
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     let max_update = state.shared.config.max_message_size;
     let max_content = state.shared.config.max_import_size;
     Router::new()

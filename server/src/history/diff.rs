@@ -50,7 +50,7 @@ use super::{HistoryError, decode, guard};
 /// What happened to a span of text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum Op {
+pub(crate) enum Op {
     /// Present at both points.
     Keep,
     /// Inserted between the points (present at the later one only).
@@ -61,7 +61,7 @@ pub enum Op {
 
 /// A run of text with one op and one author.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Span {
+pub(crate) struct Span {
     /// What happened to it.
     pub op: Op,
     /// The characters.
@@ -79,7 +79,7 @@ pub struct Span {
 /// paragraph, horizontal rule). Inline nodes appear in spans as U+FFFC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[schema(as = DiffBlock)]
-pub struct Block {
+pub(crate) struct Block {
     /// Child indexes from the fragment, counting children present at either point.
     pub path: Vec<u32>,
     /// The node type (element name; "text" for text directly inside a container).
@@ -95,7 +95,7 @@ pub struct Block {
 /// show as keep, map and array roots are not diffed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum RootDiff {
+pub(crate) enum RootDiff {
     /// A `Y.Text`.
     Text {
         /// The whole text, in order.
@@ -111,7 +111,7 @@ pub enum RootDiff {
 /// The difference between two points of a document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[schema(as = Diff)]
-pub struct DocDiff {
+pub(crate) struct DocDiff {
     /// The earlier point.
     #[schema(minimum = 0)]
     pub from: i64,
@@ -127,7 +127,7 @@ pub struct DocDiff {
 /// The difference between `base` — the document at `from`, built with `skip_gc = true` so
 /// deletions keep their text — and `base` with `rows` (the log rows right after `from`, in
 /// order) applied. `base` is consumed: it ends at the later point.
-pub fn diff(base: Doc, from: i64, rows: &[LogRow]) -> Result<DocDiff, HistoryError> {
+pub(crate) fn diff(base: Doc, from: i64, rows: &[LogRow]) -> Result<DocDiff, HistoryError> {
     if !base.skip_gc() {
         return Err(HistoryError::CollectsGarbage);
     }
@@ -585,7 +585,8 @@ fn push(spans: &mut Vec<Span>, op: Op, text: &str, (author, seq): (Option<String
 
 /// The text of a span list at the earlier (`Op::Delete` kept) or later (`Op::Insert` kept)
 /// point.
-pub fn text_at(spans: &[Span], later: bool) -> String {
+#[cfg(test)]
+pub(crate) fn text_at(spans: &[Span], later: bool) -> String {
     spans
         .iter()
         .filter(|s| match s.op {

@@ -18,7 +18,7 @@ use yrs::{
 
 /// One edit: at `pos` (in characters) delete `del` characters, then insert `ins`.
 #[derive(Debug, Clone)]
-pub struct Edit {
+pub(super) struct Edit {
     pub pos: usize,
     pub del: usize,
     pub ins: String,
@@ -27,13 +27,13 @@ pub struct Edit {
 }
 
 /// A small deterministic PRNG (xorshift64*), so fixtures need no dependency.
-pub struct Rng(u64);
+pub(super) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         Rng(seed.max(1))
     }
-    pub fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -41,7 +41,7 @@ impl Rng {
         self.0 = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    pub fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         if n == 0 {
             0
         } else {
@@ -74,7 +74,7 @@ const WORDS: &[&str] = &[
 ];
 
 /// A generated editing session of `n` edits by `authors` authors taking turns in bursts.
-pub fn generate(n: usize, authors: usize, seed: u64) -> Vec<Edit> {
+pub(super) fn generate(n: usize, authors: usize, seed: u64) -> Vec<Edit> {
     let mut rng = Rng::new(seed);
     let mut len = 0usize;
     let mut cursor = 0usize;
@@ -156,7 +156,7 @@ fn utf16_at(chars: &[char], pos: usize) -> u32 {
 }
 
 /// A replayed history: the stored rows and the text after each of them.
-pub struct Replay {
+pub(super) struct Replay {
     /// Log rows, seq 1.., one per edit.
     pub rows: Vec<LogRow>,
     /// `texts[i]` = the text after `i` rows (`texts[0]` is empty).
@@ -167,11 +167,11 @@ pub struct Replay {
 }
 
 /// Author names used by the fixtures.
-pub const AUTHORS: &[&str] = &["alice", "bob", "carol"];
+pub(super) const AUTHORS: &[&str] = &["alice", "bob", "carol"];
 
 /// Replays `edits` into the text root `name`: each author edits through their own document
 /// (own client id), every update is delivered to the others before the next edit.
-pub fn replay(edits: &[Edit], name: &str, snapshot_every: usize) -> Replay {
+pub(super) fn replay(edits: &[Edit], name: &str, snapshot_every: usize) -> Replay {
     let authors = edits.iter().map(|e| e.author).max().map_or(1, |m| m + 1);
     let docs: Vec<Doc> = (0..authors)
         .map(|i| {
@@ -242,7 +242,7 @@ pub fn replay(edits: &[Edit], name: &str, snapshot_every: usize) -> Replay {
 /// A trace file of the public editing-traces collection (see ../shared/data/editing-traces).
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TraceFile {
+pub(super) struct TraceFile {
     #[serde(default)]
     pub start_content: String,
     pub end_content: String,
@@ -251,12 +251,12 @@ pub struct TraceFile {
 
 /// One transaction of a trace.
 #[derive(Debug, serde::Deserialize)]
-pub struct TraceTxn {
+pub(super) struct TraceTxn {
     pub patches: Vec<(usize, usize, String)>,
 }
 
 /// Reads a gzip-compressed trace with the system's `gzip -dc` (no compression crate needed).
-pub fn read_trace(path: &Path) -> TraceFile {
+pub(super) fn read_trace(path: &Path) -> TraceFile {
     let out = std::process::Command::new("gzip")
         .arg("-dc")
         .arg(path)
@@ -270,7 +270,7 @@ pub fn read_trace(path: &Path) -> TraceFile {
 
 /// Turns a sequential trace into edits by one author (one edit per patch; the traces' ASCII
 /// variants make code points, bytes and UTF-16 units agree).
-pub fn trace_edits(trace: &TraceFile) -> Vec<Vec<Edit>> {
+pub(super) fn trace_edits(trace: &TraceFile) -> Vec<Vec<Edit>> {
     trace
         .txns
         .iter()
@@ -289,11 +289,11 @@ pub fn trace_edits(trace: &TraceFile) -> Vec<Vec<Edit>> {
 }
 
 /// Rows, snapshots (seq, state) and the final document of a replayed trace.
-pub type ReplayedTrace = (Vec<LogRow>, Vec<(i64, Vec<u8>)>, Doc);
+pub(super) type ReplayedTrace = (Vec<LogRow>, Vec<(i64, Vec<u8>)>, Doc);
 
 /// Replays a trace (one update per trace transaction) and returns its rows, the snapshots a
 /// server would write every `snapshot_every` rows, and the final document.
-pub fn replay_trace(txns: &[Vec<Edit>], name: &str, snapshot_every: usize) -> ReplayedTrace {
+pub(super) fn replay_trace(txns: &[Vec<Edit>], name: &str, snapshot_every: usize) -> ReplayedTrace {
     let doc = Doc::with_options(Options {
         client_id: yrs::ClientID::new(42),
         ..Options::default()
@@ -336,7 +336,11 @@ pub fn replay_trace(txns: &[Vec<Edit>], name: &str, snapshot_every: usize) -> Re
 
 /// A TipTap-like document history: paragraphs typed one keystroke per update into an XML
 /// fragment named `default`, with Enter creating new paragraphs, by alternating authors.
-pub fn tiptap_history(paragraphs: usize, chars_each: usize, typos: bool) -> (Vec<LogRow>, Doc) {
+pub(super) fn tiptap_history(
+    paragraphs: usize,
+    chars_each: usize,
+    typos: bool,
+) -> (Vec<LogRow>, Doc) {
     let doc = Doc::with_options(Options {
         client_id: yrs::ClientID::new(7),
         offset_kind: OffsetKind::Utf16,
@@ -399,7 +403,7 @@ pub fn tiptap_history(paragraphs: usize, chars_each: usize, typos: bool) -> (Vec
 }
 
 /// The text of the named root of `doc`.
-pub fn text_of(doc: &Doc, name: &str) -> String {
+pub(super) fn text_of(doc: &Doc, name: &str) -> String {
     use yrs::GetString;
     let txn = doc.transact();
     txn.get_text(name)

@@ -34,13 +34,13 @@ pub(crate) const MAX_DEPTH: usize = 200;
 
 /// The content of `doc` as `{root name: {"kind": k, "value": v}}`, roots in name order. Opens
 /// its own read transaction; roots without content are left out (see [`super::root_kinds`]).
-pub fn content_json(doc: &Doc) -> Value {
+pub(crate) fn content_json(doc: &Doc) -> Value {
     let txn = doc.transact();
     content_json_in(&txn)
 }
 
 /// [`content_json`] inside a transaction the caller already holds.
-pub fn content_json_in<T: ReadTxn>(txn: &T) -> Value {
+pub(crate) fn content_json_in<T: ReadTxn>(txn: &T) -> Value {
     let mut roots: Vec<(String, Out)> = txn
         .root_refs()
         .map(|(name, out)| (name.to_string(), out))
@@ -62,7 +62,7 @@ pub fn content_json_in<T: ReadTxn>(txn: &T) -> Value {
 
 /// The JSON value of one root of a known kind. Works on undefined (rebuilt) roots too: the
 /// typed wrappers only read the branch's item list or entry map.
-pub fn root_value<T: ReadTxn>(txn: &T, branch: BranchPtr, kind: RootKind) -> Value {
+pub(crate) fn root_value<T: ReadTxn>(txn: &T, branch: BranchPtr, kind: RootKind) -> Value {
     match kind {
         RootKind::Text => Value::String(TextRef::from(branch).get_string(txn)),
         RootKind::Xml => prosemirror_doc(txn, branch),
@@ -73,7 +73,7 @@ pub fn root_value<T: ReadTxn>(txn: &T, branch: BranchPtr, kind: RootKind) -> Val
 
 /// A ProseMirror JSON document from the children of an XML fragment. `content` is always
 /// present here (possibly empty) so consumers can iterate it without a check.
-pub fn prosemirror_doc<T: ReadTxn>(txn: &T, fragment: BranchPtr) -> Value {
+pub(crate) fn prosemirror_doc<T: ReadTxn>(txn: &T, fragment: BranchPtr) -> Value {
     json!({ "type": "doc", "content": pm_children(txn, &fragment, 1) })
 }
 
@@ -196,7 +196,7 @@ fn mark_name(key: &str) -> &str {
 }
 
 /// JSON of any value read from a document; nested shared types are rendered recursively.
-pub fn out_json<T: ReadTxn>(txn: &T, value: Out, depth: usize) -> Value {
+pub(crate) fn out_json<T: ReadTxn>(txn: &T, value: Out, depth: usize) -> Value {
     if depth > MAX_DEPTH {
         return Value::Null;
     }
@@ -235,7 +235,7 @@ fn map_json<T: ReadTxn>(txn: &T, map: &MapRef, depth: usize) -> Value {
 
 /// JSON of a plain Yjs value. Numbers that are integers print as integers (as JavaScript's
 /// `JSON.stringify` does); binary becomes an array of byte values.
-pub fn any_json(any: &Any, depth: usize) -> Value {
+pub(crate) fn any_json(any: &Any, depth: usize) -> Value {
     if depth > MAX_DEPTH {
         return Value::Null;
     }

@@ -20,7 +20,7 @@ use yrs::{
 /// type; it is inferred from content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum RootKind {
+pub(crate) enum RootKind {
     /// `Y.Text`: characters, embeds and formatting marks.
     Text,
     /// `Y.XmlFragment` (what y-prosemirror / TipTap use): XML elements and XML texts.
@@ -36,13 +36,13 @@ pub enum RootKind {
 ///
 /// Roots that are undefined (rebuilt from updates) and hold nothing visible are left out: an
 /// empty root renders the same whatever its kind.
-pub fn root_kinds(doc: &Doc) -> Vec<(Arc<str>, RootKind)> {
+pub(crate) fn root_kinds(doc: &Doc) -> Vec<(Arc<str>, RootKind)> {
     let txn = doc.transact();
     root_kinds_in(&txn)
 }
 
 /// [`root_kinds`] inside a transaction the caller already holds.
-pub fn root_kinds_in<T: ReadTxn>(txn: &T) -> Vec<(Arc<str>, RootKind)> {
+pub(crate) fn root_kinds_in<T: ReadTxn>(txn: &T) -> Vec<(Arc<str>, RootKind)> {
     let mut kinds: Vec<(Arc<str>, RootKind)> = txn
         .root_refs()
         .filter_map(|(name, out)| Some((Arc::from(name), kind_of_root(txn, out)?)))
@@ -57,7 +57,8 @@ pub fn root_kinds_in<T: ReadTxn>(txn: &T) -> Vec<(Arc<str>, RootKind)> {
 ///
 /// Must not be called while a transaction on `doc` is open: `get_or_insert_*` opens a write
 /// transaction of its own and would deadlock.
-pub fn type_roots(doc: &Doc) -> Vec<(Arc<str>, RootKind)> {
+#[cfg(test)]
+pub(crate) fn type_roots(doc: &Doc) -> Vec<(Arc<str>, RootKind)> {
     // The read transaction of `root_kinds` is closed when it returns.
     let kinds = root_kinds(doc);
     for (name, kind) in &kinds {
@@ -143,7 +144,7 @@ pub(crate) fn has_text<T: ReadTxn>(txn: &T, branch: BranchPtr) -> bool {
 /// bytes) it loops forever. So it is used only when the branch holds no text; otherwise the
 /// text walk lists the strings and nested types (plain values mixed into a text are then left
 /// out).
-pub fn list_values<T: ReadTxn>(txn: &T, branch: BranchPtr) -> Vec<Out> {
+pub(crate) fn list_values<T: ReadTxn>(txn: &T, branch: BranchPtr) -> Vec<Out> {
     if has_text(txn, branch) {
         TextRef::from(branch)
             .diff(txn, YChange::identity)

@@ -18,25 +18,23 @@
 //! one offset unit (an emoji), so nothing here reads a branch that may hold text through them
 //! (see [`kinds::list_values`]).
 
-pub mod diff;
+pub(crate) mod diff;
 #[cfg(test)]
 mod fixture;
-pub mod json;
-pub mod kinds;
-pub mod restore;
+pub(crate) mod json;
+pub(crate) mod kinds;
+pub(crate) mod restore;
 mod structs;
-pub mod summary;
+pub(crate) mod summary;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, OffsetKind, Options, Transact, Update};
 
-pub use kinds::{RootKind, root_kinds, type_roots};
-
 /// Why a history could not be computed.
 #[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
+pub(crate) enum HistoryError {
     /// A stored update (or snapshot) is not a valid Yjs v1 update.
     #[error("stored update {index} is not a valid Yjs update: {reason}")]
     Undecodable {
@@ -116,7 +114,7 @@ pub(crate) fn guard<T>(
 ///
 /// `skip_gc` keeps deleted content (needed to diff or to count deletions afterwards); plain
 /// state reads should pass `false`, which is faster and smaller.
-pub fn reconstruct<'a>(
+pub(crate) fn reconstruct<'a>(
     snapshot: Option<&'a [u8]>,
     rows: impl Iterator<Item = &'a [u8]>,
     skip_gc: bool,

@@ -45,7 +45,7 @@ use super::{HistoryError, decode, guard};
 /// What one change did to one root type: characters inserted and deleted (UTF-16 units as
 /// Yjs counts; an embed or an element counts 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct RootChange {
+pub(crate) struct RootChange {
     /// The root's kind.
     pub kind: RootKind,
     /// Characters (UTF-16 units; embeds and elements count 1) that became visible.
@@ -56,7 +56,7 @@ pub struct RootChange {
 
 /// What one update did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ChangeSummary {
+pub(crate) struct ChangeSummary {
     /// Yjs client ids whose items the update carries, ascending. An update that only deletes
     /// carries no items (a delete set names the deleted items' owners, not the deleter).
     pub clients: Vec<u64>,
@@ -71,7 +71,8 @@ pub struct ChangeSummary {
 /// `before` should have been built with `skip_gc = true` ([`super::reconstruct`]) when it will
 /// be walked further; the counting itself works either way. On error the document may hold a
 /// partly applied update and should be dropped.
-pub fn summarize(before: &Doc, update: &[u8]) -> Result<ChangeSummary, HistoryError> {
+#[cfg(test)]
+pub(crate) fn summarize(before: &Doc, update: &[u8]) -> Result<ChangeSummary, HistoryError> {
     let mut tracker = Tracker::new(before)?;
     let summary = tracker.apply(update, 0);
     tracker.close();
@@ -80,7 +81,7 @@ pub fn summarize(before: &Doc, update: &[u8]) -> Result<ChangeSummary, HistoryEr
 
 /// One change of the timeline, as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Change {
+pub(crate) struct Change {
     /// Log sequence number.
     #[schema(minimum = 1)]
     pub seq: i64,
@@ -104,7 +105,7 @@ pub struct Change {
 /// Summarizes consecutive log `rows` on `before`, which must hold the state just before the
 /// first of them (and is advanced past the last). One error fails the page: a row that cannot
 /// be applied leaves every later state unknown.
-pub fn summarize_rows(before: &Doc, rows: &[LogRow]) -> Result<Vec<Change>, HistoryError> {
+pub(crate) fn summarize_rows(before: &Doc, rows: &[LogRow]) -> Result<Vec<Change>, HistoryError> {
     let mut tracker = Tracker::new(before)?;
     let mut changes = Vec::with_capacity(rows.len());
     let mut outcome = Ok(());
@@ -130,7 +131,7 @@ pub fn summarize_rows(before: &Doc, rows: &[LogRow]) -> Result<Vec<Change>, Hist
 
 /// Consecutive changes by one author, merged for `group=session`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Session {
+pub(crate) struct Session {
     /// First change's sequence number.
     #[schema(minimum = 1)]
     pub from_seq: i64,
@@ -164,7 +165,7 @@ pub struct Session {
 /// compared with the previous change, so a steady typist's session can last hours). Changes
 /// are taken in the order given; times that go backwards (descending pages) are compared by
 /// their distance.
-pub fn group_sessions(changes: &[Change], gap: Duration) -> Vec<Session> {
+pub(crate) fn group_sessions(changes: &[Change], gap: Duration) -> Vec<Session> {
     let mut sessions: Vec<Session> = Vec::new();
     let mut last_time: Option<SystemTime> = None;
     for change in changes {

@@ -39,15 +39,15 @@ use self::session::{Joined, Session};
 
 /// Most documents one socket may have open at once; an auth message beyond it is answered
 /// with permission denied.
-pub const MAX_DOCUMENTS: usize = 256;
+pub(crate) const MAX_DOCUMENTS: usize = 256;
 /// Most messages a document may send while its room is still loading; beyond, it is closed.
 const MAX_HELD: usize = 256;
 
 /// Places the socket holds in the connection limits (the per-address slot).
-pub type Slots = Vec<Box<dyn std::any::Any + Send + Sync>>;
+pub(crate) type Slots = Vec<Box<dyn std::any::Any + Send + Sync>>;
 
 /// Serves one Hocuspocus socket until it closes.
-pub fn run<S>(
+pub(crate) fn run<S>(
     socket: S,
     slots: Slots,
     shared: Arc<Shared>,

@@ -37,7 +37,7 @@ use crate::protocol::{self, Inbound};
 
 /// The options the core's rules depend on (a subset of the server's `Config`).
 #[derive(Debug, Clone)]
-pub struct CoreConfig {
+pub(crate) struct CoreConfig {
     /// Awareness states expire after this long without renewal.
     pub awareness_timeout: Duration,
     /// Per-connection awareness limits.
@@ -52,7 +52,7 @@ pub struct CoreConfig {
 
 impl CoreConfig {
     /// The core's options taken from the server's configuration.
-    pub fn from_config(config: &crate::config::Config) -> Self {
+    pub(crate) fn from_config(config: &crate::config::Config) -> Self {
         CoreConfig {
             awareness_timeout: config.awareness_timeout,
             limits: Limits {
@@ -69,7 +69,7 @@ impl CoreConfig {
 /// The process-wide metrics the core counts into (prometheus handles share their values, so
 /// these clones count into the server's registry).
 #[derive(Debug, Clone)]
-pub struct CoreMetrics {
+pub(crate) struct CoreMetrics {
     updates_applied: Counter,
     update_apply_seconds: Histogram,
     awareness_foreign: Counter,
@@ -81,7 +81,7 @@ pub struct CoreMetrics {
 
 impl CoreMetrics {
     /// Handles on `metrics`' counters.
-    pub fn new(metrics: &Metrics) -> Self {
+    pub(crate) fn new(metrics: &Metrics) -> Self {
         CoreMetrics {
             updates_applied: metrics.updates_applied.clone(),
             update_apply_seconds: metrics.update_apply_seconds.clone(),
@@ -102,7 +102,7 @@ impl CoreMetrics {
 
 /// What the core asks its driver to do, in order.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
+pub(crate) enum Effect {
     /// Queue a frame on one peer. If its queue is full, the driver drops the peer and reports
     /// it with [`RoomCore::leave`].
     Send(ConnId, Bytes),
@@ -124,7 +124,7 @@ pub enum Effect {
 
 /// What the core knows about a joined connection.
 #[derive(Debug, Clone, Default)]
-pub struct PeerMeta {
+pub(crate) struct PeerMeta {
     /// Token subject.
     pub user: Option<String>,
     /// Updates from it are not applied; its awareness follows `readonly_awareness`.
@@ -144,7 +144,7 @@ enum Release {
 }
 
 /// One document's state and rules; see the module documentation.
-pub struct RoomCore {
+pub(crate) struct RoomCore {
     config: CoreConfig,
     metrics: CoreMetrics,
     doc: Doc,
@@ -193,7 +193,7 @@ fn adds_anything(doc: &Doc, update: &Update) -> bool {
 
 impl RoomCore {
     /// An empty document with no peers.
-    pub fn new(config: CoreConfig, metrics: CoreMetrics) -> Self {
+    pub(crate) fn new(config: CoreConfig, metrics: CoreMetrics) -> Self {
         RoomCore {
             presence: Presence::new(config.awareness_timeout, config.limits),
             config,
@@ -211,7 +211,7 @@ impl RoomCore {
 
     /// Applies an update (v1) to `doc` in one transaction (an encoded state into an empty
     /// copy, or a computed restore into the document); errors and panics become an error.
-    pub fn apply_state(doc: &Doc, state: &[u8]) -> Result<(), String> {
+    pub(crate) fn apply_state(doc: &Doc, state: &[u8]) -> Result<(), String> {
         catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
             let update = Update::decode_v1(state).map_err(|e| e.to_string())?;
             doc.transact_mut()
@@ -223,7 +223,7 @@ impl RoomCore {
 
     /// Applies stored updates (snapshot, then log rows) in one transaction; `last_seq` is the
     /// sequence number they end at. Errors and panics become an error.
-    pub fn load<'a>(
+    pub(crate) fn load<'a>(
         &mut self,
         updates: impl Iterator<Item = &'a [u8]>,
         last_seq: i64,
@@ -243,38 +243,33 @@ impl RoomCore {
     }
 
     /// Sequence number of the last accepted update.
-    pub fn seq(&self) -> i64 {
+    pub(crate) fn seq(&self) -> i64 {
         self.seq
     }
 
     /// Whether the document can no longer be trusted (yrs panicked on it).
-    pub fn poisoned(&self) -> bool {
+    pub(crate) fn poisoned(&self) -> bool {
         self.poisoned
     }
 
     /// Whether frames are waiting for durability.
-    pub fn waiting(&self) -> bool {
+    pub(crate) fn waiting(&self) -> bool {
         !self.pending.is_empty()
     }
 
     /// Whether some awareness state is live (so [`RoomCore::tick`] has work).
-    pub fn has_presence(&self) -> bool {
+    pub(crate) fn has_presence(&self) -> bool {
         !self.presence.is_empty()
     }
 
     /// Whether `conn` is joined.
-    pub fn has_peer(&self, conn: ConnId) -> bool {
+    pub(crate) fn has_peer(&self, conn: ConnId) -> bool {
         self.peers.contains_key(&conn)
-    }
-
-    /// How many connections are joined.
-    pub fn peer_count(&self) -> usize {
-        self.peers.len()
     }
 
     /// The frames a joining connection gets first: the document's SyncStep1, then the live
     /// awareness states if any.
-    pub fn welcome(&self) -> Vec<Bytes> {
+    pub(crate) fn welcome(&self) -> Vec<Bytes> {
         let sv = self.doc.transact().state_vector();
         let mut frames = vec![protocol::encode_sync_step1(&sv)];
         let live = self.presence.live();
@@ -288,21 +283,21 @@ impl RoomCore {
     }
 
     /// Registers a connection that was sent [`RoomCore::welcome`].
-    pub fn join(&mut self, conn: ConnId, meta: PeerMeta, now: Instant) {
+    pub(crate) fn join(&mut self, conn: ConnId, meta: PeerMeta, now: Instant) {
         self.presence.join(conn, meta.user.as_deref(), now);
         self.peers.insert(conn, meta);
     }
 
     /// A connection left (closed, errored, or its queue overflowed): its awareness states are
     /// removed and the removal broadcast.
-    pub fn leave(&mut self, conn: ConnId, now: Instant) -> Vec<Effect> {
+    pub(crate) fn leave(&mut self, conn: ConnId, now: Instant) -> Vec<Effect> {
         self.remove(conn, now);
         self.take()
     }
 
     /// One decoded message from joined connection `conn`. `backlog_full` says whether the
     /// storage backlog is past `--max-backlog-bytes` (updates are then refused with 1013).
-    pub fn message(
+    pub(crate) fn message(
         &mut self,
         conn: ConnId,
         msg: Inbound,
@@ -316,7 +311,7 @@ impl RoomCore {
     }
 
     /// Sends every waiting frame whose update is durable up to `seq`.
-    pub fn durable_up_to(&mut self, seq: i64) -> Vec<Effect> {
+    pub(crate) fn durable_up_to(&mut self, seq: i64) -> Vec<Effect> {
         while self.pending.front().is_some_and(|(s, _)| *s <= seq) {
             let Some((_, release)) = self.pending.pop_front() else {
                 break;
@@ -330,7 +325,7 @@ impl RoomCore {
     }
 
     /// Expires awareness states not renewed in time and broadcasts their removal.
-    pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
+    pub(crate) fn tick(&mut self, now: Instant) -> Vec<Effect> {
         let expired = self.presence.expire(now);
         if !expired.is_empty() {
             self.metrics.awareness_expired.inc_by(expired.len() as u64);
@@ -341,7 +336,7 @@ impl RoomCore {
 
     /// Makes the content (of the roots in `only`; all when `None`) equal to `target`'s as
     /// one new change (restore, import with `mode=replace`, the content API). Returns its sequence number (`None` when nothing changed).
-    pub fn replace(
+    pub(crate) fn replace(
         &mut self,
         target: &Doc,
         only: Option<&std::collections::BTreeSet<String>>,
@@ -367,14 +362,14 @@ impl RoomCore {
 
     /// The Yjs client id the document's own changes (restores) are written under: a copy made
     /// to compute a restore elsewhere uses it, so its update continues this document's clocks.
-    pub fn client_id(&self) -> u64 {
+    pub(crate) fn client_id(&self) -> u64 {
         self.doc.client_id().get()
     }
 
     /// Applies a restore computed elsewhere on a copy of this document taken at the current
     /// [`RoomCore::seq`] (the driver checks that the document did not move since), then logs
     /// and relays it like [`RoomCore::replace`]. `None` means the copy needed no change.
-    pub fn apply_restore(
+    pub(crate) fn apply_restore(
         &mut self,
         update: Option<Vec<u8>>,
         author: String,
@@ -396,7 +391,7 @@ impl RoomCore {
     }
 
     /// Applies a Yjs update (v1) as a change, like a client's (import with `mode=merge`).
-    pub fn merge(
+    pub(crate) fn merge(
         &mut self,
         update: &[u8],
         author: String,
@@ -430,7 +425,7 @@ impl RoomCore {
     }
 
     /// Closes the connections of `user` (all when `None`) with 4000; returns how many.
-    pub fn disconnect(&mut self, user: Option<&str>, now: Instant) -> (usize, Vec<Effect>) {
+    pub(crate) fn disconnect(&mut self, user: Option<&str>, now: Instant) -> (usize, Vec<Effect>) {
         let mut chosen: Vec<ConnId> = self
             .peers
             .iter()
@@ -446,7 +441,7 @@ impl RoomCore {
 
     /// Closes every connection with 4410 (the document is being deleted); returns how many.
     /// Their awareness is not announced: nobody is left to hear it.
-    pub fn delete(&mut self) -> (usize, Vec<Effect>) {
+    pub(crate) fn delete(&mut self) -> (usize, Vec<Effect>) {
         let closed = self.peers.len();
         let mut conns: Vec<ConnId> = self.peers.drain().map(|(id, _)| id).collect();
         conns.sort_unstable();
@@ -457,7 +452,7 @@ impl RoomCore {
     }
 
     /// The current state as one update (v1) and its state vector; `None` if yrs panicked.
-    pub fn encode_state(&self) -> Option<(Vec<u8>, Vec<u8>)> {
+    pub(crate) fn encode_state(&self) -> Option<(Vec<u8>, Vec<u8>)> {
         catch_unwind(AssertUnwindSafe(|| {
             let txn = self.doc.transact();
             (
@@ -470,7 +465,7 @@ impl RoomCore {
 
     /// The room is retiring: yrs' pending updates are memory only and leave with it (their
     /// senders resend them on their next sync), so they leave the process-wide gauge too.
-    pub fn retire(&mut self) {
+    pub(crate) fn retire(&mut self) {
         self.held = pending::Held::default();
         self.set_yrs_pending_bytes(0);
     }

@@ -13,7 +13,7 @@
 //! room never waits on the database: it keeps applying and queueing while commits are in
 //! flight); with memory storage the driver reports each append durable as it executes it.
 
-pub mod core;
+pub(crate) mod core;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -218,7 +218,7 @@ impl Applied {
 
 /// A cheap handle to a running room.
 #[derive(Debug, Clone)]
-pub struct RoomHandle {
+pub(crate) struct RoomHandle {
     /// The room's inbox.
     pub tx: mpsc::Sender<RoomMsg>,
     /// Distinguishes successive rooms of the same name in the registry.
@@ -289,7 +289,7 @@ struct Room {
 }
 
 /// Starts the task for document `name` and returns its handle.
-pub fn spawn(
+pub(crate) fn spawn(
     name: Arc<str>,
     generation: u64,
     shared: Arc<Shared>,

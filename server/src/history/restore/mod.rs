@@ -61,14 +61,14 @@ use restorer::Restorer;
 ///   still commits what it did, so `current` may hold part of the restore that no update
 ///   describes: the caller must stop trusting its in-memory document (poison the room, reload
 ///   it from storage).
-pub fn restore_into(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, HistoryError> {
+pub(crate) fn restore_into(current: &Doc, target: &Doc) -> Result<Option<Vec<u8>>, HistoryError> {
     restore_roots_into(current, target, None)
 }
 
 /// [`restore_into`] limited to the roots named in `only` (all roots when `None`): the other
 /// roots of `current` are left as they are, whatever `target` holds for them. Setting a few
 /// fields of a document (the HTTP content API) must not revert what others wrote elsewhere.
-pub fn restore_roots_into(
+pub(crate) fn restore_roots_into(
     current: &Doc,
     target: &Doc,
     only: Option<&std::collections::BTreeSet<String>>,
