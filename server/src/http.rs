@@ -109,6 +109,43 @@ fn looks_like_jwt(s: &str) -> bool {
         })
 }
 
+/// Places in the per-address and per-document connection limits for one upgrade (released
+/// when the connection ends); 429 when either is full.
+fn limit_slots(
+    state: &AppState,
+    req: &Request,
+    name: &Arc<str>,
+) -> Result<Vec<Box<dyn std::any::Any + Send + Sync>>, Box<Response>> {
+    let mut slots: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        match state.shared.per_addr.acquire(addr.ip()) {
+            Some(slot) => slots.push(Box::new(slot)),
+            None => {
+                let reason = "too many connections from this address".to_string();
+                return Err(Box::new(refuse(
+                    state,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    reason,
+                    "per_addr_limit",
+                )));
+            }
+        }
+    }
+    match state.shared.per_doc.acquire(name.clone()) {
+        Some(slot) => slots.push(Box::new(slot)),
+        None => {
+            let reason = "too many connections to this document".to_string();
+            return Err(Box::new(refuse(
+                state,
+                StatusCode::TOO_MANY_REQUESTS,
+                reason,
+                "per_doc_limit",
+            )));
+        }
+    }
+    Ok(slots)
+}
+
 /// Middleware placed in front of the router: upgrades become rooms, after the name, origin,
 /// token and connection limits are checked. No document byte reaches a refused client.
 pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -139,33 +176,10 @@ pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -
         }
     };
     let name: Arc<str> = Arc::from(name);
-    let mut slots: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
-    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        match state.shared.per_addr.acquire(addr.ip()) {
-            Some(slot) => slots.push(Box::new(slot)),
-            None => {
-                let reason = "too many connections from this address".to_string();
-                return refuse(
-                    &state,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    reason,
-                    "per_addr_limit",
-                );
-            }
-        }
-    }
-    match state.shared.per_doc.acquire(name.clone()) {
-        Some(slot) => slots.push(Box::new(slot)),
-        None => {
-            let reason = "too many connections to this document".to_string();
-            return refuse(
-                &state,
-                StatusCode::TOO_MANY_REQUESTS,
-                reason,
-                "per_doc_limit",
-            );
-        }
-    }
+    let slots = match limit_slots(&state, &req, &name) {
+        Ok(slots) => slots,
+        Err(refused) => return *refused,
+    };
     let selected = offered_protocols(req.headers())
         .find(|p| p == "tandem")
         .or_else(|| {

@@ -200,37 +200,7 @@ pub(super) async fn timeline(
 ) -> Result<Response, AdminError> {
     let Query(q) = query?;
     let (_, store, info) = stored_doc(&state, name).await?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(AdminError::BadRequest(format!(
-            "limit must be 1..={MAX_PAGE}"
-        )));
-    }
-    let descending = match q.order.as_deref() {
-        None | Some("asc") => false,
-        Some("desc") => true,
-        Some(other) => {
-            return Err(AdminError::BadRequest(format!(
-                "order must be asc or desc, not {other:?}"
-            )));
-        }
-    };
-    let sessions = match q.group.as_deref() {
-        None | Some("none") => false,
-        Some("session") => true,
-        Some(other) => {
-            return Err(AdminError::BadRequest(format!(
-                "group must be none or session, not {other:?}"
-            )));
-        }
-    };
-    for (what, value) in [("after", q.after), ("before", q.before)] {
-        if value.is_some_and(|v| v < 0) {
-            return Err(AdminError::BadRequest(format!(
-                "{what} must be a sequence number >= 0"
-            )));
-        }
-    }
+    let (limit, descending, sessions) = q.checked()?;
     let gap = std::time::Duration::from_secs(q.gap.unwrap_or(300));
     let mut rows = if descending {
         let before = q.before.unwrap_or(info.last_seq + 1);
@@ -274,6 +244,45 @@ pub(super) async fn timeline(
         return Ok(ok(TimelinePage::Sessions(SessionPage { sessions, next })));
     }
     Ok(ok(TimelinePage::Changes(ChangePage { changes, next })))
+}
+
+impl TimelineQuery {
+    /// The page size, whether the page goes backwards, whether changes are grouped into
+    /// sessions; 400 for a value out of range.
+    fn checked(&self) -> Result<(u32, bool, bool), AdminError> {
+        let limit = self.limit.unwrap_or(100);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(AdminError::BadRequest(format!(
+                "limit must be 1..={MAX_PAGE}"
+            )));
+        }
+        let descending = match self.order.as_deref() {
+            None | Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => {
+                return Err(AdminError::BadRequest(format!(
+                    "order must be asc or desc, not {other:?}"
+                )));
+            }
+        };
+        let sessions = match self.group.as_deref() {
+            None | Some("none") => false,
+            Some("session") => true,
+            Some(other) => {
+                return Err(AdminError::BadRequest(format!(
+                    "group must be none or session, not {other:?}"
+                )));
+            }
+        };
+        for (what, value) in [("after", self.after), ("before", self.before)] {
+            if value.is_some_and(|v| v < 0) {
+                return Err(AdminError::BadRequest(format!(
+                    "{what} must be a sequence number >= 0"
+                )));
+            }
+        }
+        Ok((limit, descending, sessions))
+    }
 }
 
 /// `?seq=|at=|label=&format=` of a state read.

@@ -121,6 +121,10 @@ enum Wakeup {
 impl Socket<'_> {
     /// The loop: reads frames and routes them to sessions, writes the queue in batches, pings,
     /// and keeps the timers. On return the socket's peer has its close reason.
+    ///
+    /// Why one function: like `connection::drive`, it is one `select!` loop whose state (the
+    /// deadlines, the held frame, the write batch) lives in its locals while the socket idles;
+    /// each branch's work is in a helper.
     async fn drive<S>(&mut self, socket: &mut S)
     where
         S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
