@@ -28,6 +28,7 @@ SERVER="$TARGET/release/tandem"
 BENCH="$TARGET/release/tandem-bench"
 OUT=$(mktemp -d /tmp/tandem-restore-bench.XXXXXX)
 TOKEN=bench-admin-token
+SERVER_ARGS=${SERVER_ARGS:-}
 
 # shellcheck source=bench/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -69,6 +69,9 @@ struct Shared {
     finished: Vec<AtomicU32>,
     clients_per_room: usize,
     total: usize,
+    /// Yjs client ids are `base + 1 ..= base + total`: 0 in fresh rooms; in an existing
+    /// document (`--room`) a value of this run's own, so two runs never write the same ids.
+    base: u64,
 }
 
 /// What one client saw.
@@ -135,8 +138,8 @@ struct FanoutResult {
 }
 
 /// Client id of the client with global index `gi` (ids are unique per run: rooms are fresh).
-fn client_id(gi: usize) -> u64 {
-    gi as u64 + 1
+fn client_id(base: u64, gi: usize) -> u64 {
+    base + gi as u64 + 1
 }
 
 /// Runs the scenario and prints the summary.
@@ -163,6 +166,16 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
         finished: (0..total).map(|_| AtomicU32::new(u32::MAX)).collect(),
         clients_per_room: args.clients_per_room,
         total,
+        base: if args.room.is_some() {
+            // Milliseconds of the clock, spread out: below 2^53 (JavaScript's safe integers).
+            (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+                % 1_000_000_000)
+                * 1_000
+        } else {
+            0
+        },
     });
     let run = run_id();
     let server0 = procstat::maybe_sample(common.server_pid);
@@ -483,7 +496,7 @@ async fn client_loop(
     let cpr = shared.clients_per_room;
     let room_first = ctx.gi - ctx.gi % cpr;
     let me = ctx.gi % cpr;
-    let mut editor = Editor::new(client_id(ctx.gi));
+    let mut editor = Editor::new(client_id(shared.base, ctx.gi));
     let period = Duration::from_secs_f64(1.0 / ctx.rate);
     // Clients start evenly staggered over one period, so the room sees a steady stream.
     let phase = period.mul_f64(ctx.gi as f64 / shared.total as f64);
@@ -523,7 +536,7 @@ async fn client_loop(
                 }
                 let now = stats::now_us();
                 for r in &ranges {
-                    let Some(gi) = (r.client as usize).checked_sub(1) else { continue };
+                    let Some(gi) = r.client.checked_sub(shared.base + 1).map(|g| g as usize) else { continue };
                     if gi < room_first || gi >= room_first + cpr {
                         continue;
                     }
