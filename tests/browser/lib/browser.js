@@ -109,7 +109,10 @@ export class Person {
   /** Types at the end of the document, as keystrokes. */
   async typeAtEnd (text) {
     await this.page.locator('.tiptap').click()
-    await this.page.keyboard.press('Control+End')
+    // The caret goes to the end through the editor: a Control+End pressed while the click is
+    // still being handled sometimes left it where the click landed (a CI run typed a list into
+    // the middle of the heading).
+    await this.page.evaluate(() => window.tandem.editor.commands.focus('end'))
     await this.page.keyboard.type(text)
   }
 
