@@ -226,7 +226,8 @@ pub(crate) struct Disconnected {
     connections_closed: usize,
 }
 
-/// The answer to an admin change (import): the new change, once durable.
+/// The answer to a change (admin import, document API write or content): the new change, once
+/// durable.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Applied)]
 pub(crate) struct AppliedChange {
@@ -615,7 +616,7 @@ pub(super) async fn replace_content(
 }
 
 /// Waits until an admin change is durable; its answer is `{"seq", "changed"}`.
-pub(super) async fn applied_answer(mut applied: Applied) -> Result<AppliedChange, AdminError> {
+pub(crate) async fn applied_answer(mut applied: Applied) -> Result<AppliedChange, AdminError> {
     if !applied.wait_durable(DURABLE_WITHIN).await {
         return Err(AdminError::Storage(
             "the change was applied and is queued, but is not durable yet; check /healthz".into(),

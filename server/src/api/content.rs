@@ -70,7 +70,7 @@ pub(crate) struct ContentQuery {
     params(DocName, ContentQuery),
     request_body = ContentBody,
     responses(
-        (status = 200, description = "Durable; connected editors see only what changed.", body = super::documents::WriteResult),
+        (status = 200, description = "Durable; connected editors see only what changed.", body = crate::admin::documents::AppliedChange),
         (status = 409, response = Conflict),
         (status = 413, response = PayloadTooLarge),
         (status = 400, response = BadRequest),

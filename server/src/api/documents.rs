@@ -13,17 +13,13 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact};
 
 use super::{ApiError, Scope, caller, doc_name};
-use crate::admin::documents::update_response;
+use crate::admin::documents::{AppliedChange, applied_answer, update_response};
 use crate::admin::openapi::{
     BadRequest, DocName, Forbidden, Gone, Internal, NotFound, PayloadTooLarge, Unauthorized,
     Unavailable, YjsUpdate,
 };
 use crate::http::AppState;
 use crate::room::{Applied, Command};
-
-/// How long a write may take to become durable before the request answers 503 (the change
-/// stays accepted and queued; it is not lost).
-const DURABLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `?format=&sv=` of a read.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -45,15 +41,6 @@ pub(crate) struct DocumentContent {
     /// `{root: {"kind", "value"}}`, as the admin state renders it.
     #[schema(value_type = Object)]
     content: serde_json::Value,
-}
-
-/// What a write did.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct WriteResult {
-    /// The change's sequence number; null when nothing changed.
-    seq: Option<i64>,
-    /// Whether the write changed the document.
-    changed: bool,
 }
 
 /// `GET /documents/{name}`: the current content as JSON with its seq, or (`?format=binary`)
@@ -169,7 +156,7 @@ pub(super) async fn export(state: &AppState, name: &str) -> Result<(i64, Vec<u8>
     params(DocName),
     request_body(content = YjsUpdate, content_type = "application/octet-stream"),
     responses(
-        (status = 200, description = "Durable; connected editors have it.", body = WriteResult),
+        (status = 200, description = "Durable; connected editors have it.", body = AppliedChange),
         (status = 413, response = PayloadTooLarge),
         (status = 400, response = BadRequest),
         (status = 401, response = Unauthorized),
@@ -216,18 +203,9 @@ pub(crate) async fn write(
     durable_answer(applied).await
 }
 
-/// Waits until a change is durable; answers `{"seq", "changed"}` (`seq` null when the
-/// update held nothing new).
-pub(super) async fn durable_answer(mut applied: Applied) -> Result<Response, ApiError> {
-    if !applied.wait_durable(DURABLE_WITHIN).await {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the change was applied and is queued, but is not durable yet; check /healthz",
-        ));
-    }
-    let body = WriteResult {
-        seq: applied.seq,
-        changed: applied.seq.is_some(),
-    };
-    Ok((StatusCode::OK, axum::Json(body)).into_response())
+/// Waits until a change is durable (the admin API's rule: 503 after 10 s, the change stays
+/// queued); answers `{"seq", "changed"}`.
+pub(super) async fn durable_answer(applied: Applied) -> Result<Response, ApiError> {
+    let answer = applied_answer(applied).await?;
+    Ok((StatusCode::OK, axum::Json(answer)).into_response())
 }

@@ -205,7 +205,7 @@ impl DocFeed {
                 Ok(()) => {}
                 Err(Stop::Gone) => return,
                 Err(Stop::Deleted) => {
-                    let _ = self.tx.send(deleted_event(&self.name, None)).await;
+                    let _ = self.tx.send(deleted_event(&self.name)).await;
                     return;
                 }
             }
@@ -243,7 +243,7 @@ impl DocFeed {
                     ChangeKind::Deleted => {
                         // What was logged before the deletion is still sent (when readable).
                         let _ = self.catch_up().await;
-                        let _ = self.tx.send(deleted_event(&self.name, None)).await;
+                        let _ = self.tx.send(deleted_event(&self.name)).await;
                         return;
                     }
                 },
@@ -349,7 +349,7 @@ async fn change_events(
     built.unwrap_or((None, Vec::new()))
 }
 
-fn deleted_event(name: &str, _seq: Option<i64>) -> Event {
+fn deleted_event(name: &str) -> Event {
     Event::default()
         .event("deleted")
         .json_data(serde_json::json!({ "name": name }))
@@ -439,7 +439,7 @@ async fn prefix_feed(
                 restored_to,
                 author,
             } => vec![restored_event(Some(&ev.name), seq, restored_to, &author)],
-            ChangeKind::Deleted => vec![deleted_event(&ev.name, None)],
+            ChangeKind::Deleted => vec![deleted_event(&ev.name)],
         };
         for event in events {
             if tx.send(event).await.is_err() {

@@ -51,7 +51,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "status": self.status.as_u16(), "reason": self.reason });
+        let body = crate::admin::ErrorBody {
+            status: self.status.as_u16(),
+            reason: self.reason,
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.challenge {
             response
