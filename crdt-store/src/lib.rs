@@ -32,7 +32,7 @@ pub use model::{
     Backend, DocRef, DocumentInfo, Label, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind,
     Snapshot, SnapshotInfo,
 };
-pub use writer::{Backlog, Writer, WriterOptions};
+pub use writer::{AssignedSeqs, Backlog, Writer, WriterOptions};
 
 use postgres::PgStore;
 use queries::{Direction, DocumentList};
@@ -234,6 +234,35 @@ impl Store {
     /// NOTHING`. SQLite: multi-row VALUES inserts inside one transaction.
     pub async fn append(&self, rows: &[NewUpdate]) -> Result<(), StoreError> {
         dispatch!(self, b => b.append(rows).await)
+    }
+
+    /// Appends `rows` giving each the next sequence number of its document, as the database
+    /// sees it, instead of `row.seq`: several servers (a cluster) append to one document, so
+    /// no server can number rows alone. Returns the numbers given, in `rows`' order.
+    ///
+    /// Each document's row is locked until the statement commits, so a document's rows
+    /// commit in sequence order across servers: whoever reads rows after a seq never sees a
+    /// later row appear before an earlier one. Rows of a deleted document are dropped (their
+    /// number is then 0). Postgres only: SQLite serves one process.
+    pub async fn append_assigning(&self, rows: &[NewUpdate]) -> Result<Vec<i64>, StoreError> {
+        match &self.inner {
+            Inner::Postgres(b) => b.append_assigning(rows).await,
+            Inner::Sqlite(_) => Err(StoreError::Query(
+                "numbering rows across servers needs Postgres".into(),
+            )),
+        }
+    }
+
+    /// The newest sequence number of each named document that exists (not deleted), in one
+    /// query: how a cluster node finds the documents whose log moved past what it has.
+    /// Postgres only.
+    pub async fn last_seqs(&self, names: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
+        match &self.inner {
+            Inner::Postgres(b) => b.last_seqs(names).await,
+            Inner::Sqlite(_) => Err(StoreError::Query(
+                "following other servers' writes needs Postgres".into(),
+            )),
+        }
     }
 
     /// Stores a snapshot covering log rows up to and including `seq`. Writing the

@@ -86,7 +86,7 @@ impl DocRef {
     }
 
     /// Records the id of the row the writer found or created.
-    pub(crate) fn set_id(&self, id: i64) {
+    pub fn set_id(&self, id: i64) {
         let _ = self.id.set(id);
     }
 }

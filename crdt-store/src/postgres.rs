@@ -158,20 +158,14 @@ impl SqlStore<Pg> {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut doc_ids = Vec::with_capacity(rows.len());
-        let mut seqs = Vec::with_capacity(rows.len());
-        let mut times = Vec::with_capacity(rows.len());
-        let mut sizes = Vec::with_capacity(rows.len());
-        let mut authors = Vec::with_capacity(rows.len());
-        let mut datas = Vec::with_capacity(rows.len());
-        for r in rows {
-            doc_ids.push(r.doc_id);
-            seqs.push(r.seq);
-            times.push(Pg::time(r.created_at));
-            sizes.push(size_i32(r.data.len())?);
-            authors.push(r.author.as_deref());
-            datas.push(&r.data[..]);
-        }
+        let Columns {
+            doc_ids,
+            seqs,
+            times,
+            sizes,
+            authors,
+            datas,
+        } = Columns::of(rows)?;
         // A single statement is a single transaction: all rows or none.
         sqlx::query(
             "INSERT INTO updates (doc_id, seq, created_at, size, author, data) \
@@ -189,6 +183,117 @@ impl SqlStore<Pg> {
         .await
         .map_err(db_err("append"))?;
         Ok(())
+    }
+}
+
+impl PgStore {
+    /// See [`Store::append_assigning`](crate::Store::append_assigning): one statement that
+    /// locks the documents' rows (in id order, so two servers never deadlock), numbers the
+    /// rows after each document's `last_seq` in batch order, and inserts them.
+    pub(crate) async fn append_assigning(
+        &self,
+        rows: &[NewUpdate],
+    ) -> Result<Vec<i64>, StoreError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Columns {
+            doc_ids,
+            times,
+            sizes,
+            authors,
+            datas,
+            ..
+        } = Columns::of(rows)?;
+        let given: Vec<(i64, i64)> = sqlx::query_as(
+            "WITH i AS ( \
+                 SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::int[], \
+                                      $4::text[], $5::bytea[]) \
+                     WITH ORDINALITY AS t(doc_id, created_at, size, author, data, ord)), \
+             l AS ( \
+                 SELECT id, last_seq FROM documents \
+                 WHERE id IN (SELECT doc_id FROM i) AND deleted_at IS NULL \
+                 ORDER BY id FOR UPDATE) \
+             INSERT INTO updates (doc_id, seq, created_at, size, author, data) \
+             SELECT i.doc_id, \
+                    l.last_seq + row_number() OVER (PARTITION BY i.doc_id ORDER BY i.ord), \
+                    i.created_at, i.size, i.author, i.data \
+             FROM i JOIN l ON l.id = i.doc_id \
+             RETURNING doc_id, seq",
+        )
+        .bind(&doc_ids)
+        .bind(times)
+        .bind(sizes)
+        .bind(authors)
+        .bind(datas)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("append"))?;
+        Ok(number_in_order(&doc_ids, given))
+    }
+}
+
+impl PgStore {
+    /// See [`Store::last_seqs`](crate::Store::last_seqs).
+    pub(crate) async fn last_seqs(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT name, last_seq FROM documents WHERE name = ANY($1) AND deleted_at IS NULL",
+        )
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("last_seqs"))
+    }
+}
+
+/// Hands the numbers the database gave each document back to that document's rows, in
+/// batch order (within a document, numbers ascend with the batch order). Rows the database
+/// dropped (deleted document) get 0.
+fn number_in_order(doc_ids: &[i64], mut given: Vec<(i64, i64)>) -> Vec<i64> {
+    given.sort_unstable();
+    let mut next: std::collections::HashMap<i64, std::collections::VecDeque<i64>> =
+        std::collections::HashMap::new();
+    for (doc, seq) in given {
+        next.entry(doc).or_default().push_back(seq);
+    }
+    doc_ids
+        .iter()
+        .map(|d| next.get_mut(d).and_then(|q| q.pop_front()).unwrap_or(0))
+        .collect()
+}
+
+/// Rows to append as one array per column, for `UNNEST`.
+struct Columns<'a> {
+    doc_ids: Vec<i64>,
+    seqs: Vec<i64>,
+    times: Vec<DateTime<Utc>>,
+    sizes: Vec<i32>,
+    authors: Vec<Option<&'a str>>,
+    datas: Vec<&'a [u8]>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(rows: &'a [NewUpdate]) -> Result<Columns<'a>, StoreError> {
+        let mut c = Columns {
+            doc_ids: Vec::with_capacity(rows.len()),
+            seqs: Vec::with_capacity(rows.len()),
+            times: Vec::with_capacity(rows.len()),
+            sizes: Vec::with_capacity(rows.len()),
+            authors: Vec::with_capacity(rows.len()),
+            datas: Vec::with_capacity(rows.len()),
+        };
+        for r in rows {
+            c.doc_ids.push(r.doc_id);
+            c.seqs.push(r.seq);
+            c.times.push(Pg::time(r.created_at));
+            c.sizes.push(size_i32(r.data.len())?);
+            c.authors.push(r.author.as_deref());
+            c.datas.push(&r.data[..]);
+        }
+        Ok(c)
     }
 }
 
@@ -219,5 +324,17 @@ impl StoredRow for PgRow {
         Ok(self
             .try_get::<Option<DateTime<Utc>>, _>(col)?
             .map(Into::into))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn numbers_go_back_to_their_rows_in_batch_order() {
+        let given = vec![(2, 8), (1, 5), (2, 7), (1, 4)];
+        assert_eq!(
+            super::number_in_order(&[1, 2, 1, 2, 3], given),
+            vec![4, 7, 5, 8, 0]
+        );
     }
 }

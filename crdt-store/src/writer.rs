@@ -33,6 +33,11 @@ pub struct WriterOptions {
     /// a network path that silently drops packets, where the driver would
     /// otherwise wait for TCP to give up (many minutes).
     pub commit_timeout: Duration,
+    /// Let the database number the rows ([`Store::append_assigning`]) instead of taking
+    /// `row.seq`: for a cluster, where several servers append to one document. `row.seq`
+    /// is then the room's own ticket: the watermark is raised in tickets, and the numbers
+    /// given are reported through each row's [`AssignedSeqs`].
+    pub assign_seqs: bool,
 }
 
 impl Default for WriterOptions {
@@ -43,9 +48,15 @@ impl Default for WriterOptions {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             commit_timeout: Duration::from_secs(10),
+            assign_seqs: false,
         }
     }
 }
+
+/// Where the writer reports the sequence numbers the database gave a room's rows (with
+/// [`WriterOptions::assign_seqs`]): `(ticket, seq)` pairs in commit order, pushed before the
+/// room's watermark is raised past the ticket, so a room woken by its watermark finds them.
+pub type AssignedSeqs = Arc<Mutex<Vec<(i64, i64)>>>;
 
 /// What has been queued but is not yet durable, for metrics, health checks
 /// and back-pressure decisions (e.g. refuse new edits when the backlog grows).
@@ -120,6 +131,7 @@ struct Pending {
     /// creates the document's row before committing this one.
     doc: Option<DocRef>,
     durable: Arc<watch::Sender<i64>>,
+    assigned: Option<AssignedSeqs>,
     queued_at: Instant,
 }
 
@@ -129,6 +141,10 @@ struct Batch {
     /// For `rows[i]` whose document had no id yet: `(i, its document)`.
     unresolved: Vec<(usize, DocRef)>,
     watermarks: Vec<(Arc<watch::Sender<i64>>, i64)>,
+    /// For each row: where to report the number the database gave it.
+    assigned: Vec<Option<AssignedSeqs>>,
+    /// The numbers given (with [`WriterOptions::assign_seqs`]), in row order.
+    given: Vec<i64>,
     bytes: u64,
 }
 
@@ -185,7 +201,7 @@ impl Writer {
     ///
     /// After [`Writer::shutdown`] the row is refused (logged, watermark untouched).
     pub fn append(&self, row: NewUpdate, durable: Arc<watch::Sender<i64>>) {
-        self.queue(row, None, durable);
+        self.queue(row, None, durable, None);
     }
 
     /// Like [`Writer::append`], for a row of document `doc`, which may have no row in the
@@ -193,17 +209,35 @@ impl Writer {
     /// first row commits (one extra statement, once per document): a document is created by
     /// its first logged change, never by loading it. Rows of a deleted document are dropped
     /// like any late write.
-    pub fn append_to(&self, doc: &DocRef, mut row: NewUpdate, durable: Arc<watch::Sender<i64>>) {
+    pub fn append_to(&self, doc: &DocRef, row: NewUpdate, durable: Arc<watch::Sender<i64>>) {
+        self.append_numbered(doc, row, durable, None);
+    }
+
+    /// Like [`Writer::append_to`], and reports the sequence number the database gives the row
+    /// into `assigned` (with [`WriterOptions::assign_seqs`]; `row.seq` is then a ticket).
+    pub fn append_numbered(
+        &self,
+        doc: &DocRef,
+        mut row: NewUpdate,
+        durable: Arc<watch::Sender<i64>>,
+        assigned: Option<AssignedSeqs>,
+    ) {
         match doc.id() {
             Some(id) => {
                 row.doc_id = id;
-                self.queue(row, None, durable);
+                self.queue(row, None, durable, assigned);
             }
-            None => self.queue(row, Some(doc.clone()), durable),
+            None => self.queue(row, Some(doc.clone()), durable, assigned),
         }
     }
 
-    fn queue(&self, row: NewUpdate, doc: Option<DocRef>, durable: Arc<watch::Sender<i64>>) {
+    fn queue(
+        &self,
+        row: NewUpdate,
+        doc: Option<DocRef>,
+        durable: Arc<watch::Sender<i64>>,
+        assigned: Option<AssignedSeqs>,
+    ) {
         let shared = &self.handle.shared;
         let len = row.data.len() as u64;
         {
@@ -221,6 +255,7 @@ impl Writer {
                 row,
                 doc,
                 durable,
+                assigned,
                 queued_at: Instant::now(),
             });
             st.queued_total += 1;
@@ -339,6 +374,8 @@ fn take_batch(st: &mut State, opts: &WriterOptions) -> Batch {
         rows: Vec::new(),
         unresolved: Vec::new(),
         watermarks: Vec::new(),
+        assigned: Vec::new(),
+        given: Vec::new(),
         bytes: 0,
     };
     st.inflight_oldest = st.queue.front().map(|p| p.queued_at);
@@ -352,6 +389,7 @@ fn take_batch(st: &mut State, opts: &WriterOptions) -> Batch {
         let Some(p) = st.queue.pop_front() else { break };
         batch.bytes += len;
         batch.watermarks.push((p.durable, p.row.seq));
+        batch.assigned.push(p.assigned);
         if let Some(doc) = p.doc {
             batch.unresolved.push((batch.rows.len(), doc));
         }
@@ -370,7 +408,12 @@ async fn commit(store: &Store, opts: &WriterOptions, shared: &Shared, mut batch:
         let started = Instant::now();
         let attempt = async {
             resolve(store, &mut batch).await?;
-            store.append(&batch.rows).await
+            if opts.assign_seqs {
+                batch.given = store.append_assigning(&batch.rows).await?;
+                Ok(())
+            } else {
+                store.append(&batch.rows).await
+            }
         };
         let outcome = match tokio::time::timeout(opts.commit_timeout, attempt).await {
             Ok(r) => r,
@@ -447,6 +490,14 @@ async fn resolve(store: &Store, batch: &mut Batch) -> Result<(), StoreError> {
 /// After a successful commit: raise watermarks, shrink the backlog, clear the
 /// degraded flag, wake flushers.
 fn publish(shared: &Shared, batch: &Batch) {
+    // Numbers first: a room woken by its watermark reads them.
+    for ((sink, row), seq) in batch.assigned.iter().zip(&batch.rows).zip(&batch.given) {
+        if let Some(sink) = sink {
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((row.seq, *seq));
+        }
+    }
     // The batch committed atomically: raise each room's watermark once, to the
     // highest seq it had in the batch (one wake-up per room, not per row).
     let mut highest: HashMap<*const watch::Sender<i64>, (&watch::Sender<i64>, i64)> =

@@ -300,6 +300,19 @@ pub struct Config {
     #[arg(long, env = "TANDEM_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 
+    /// Turns on clustering: several Tandem nodes serve the same documents, sharing the log in
+    /// Postgres (required: the server refuses to start on SQLite or memory) and relaying
+    /// updates, awareness and administrative actions through this Redis
+    /// (`redis://host:6379`). Redis is a fast path only: a node that misses a message catches
+    /// up from the log. See README, "Running more than one node".
+    #[arg(long, env = "TANDEM_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of the Redis channels this cluster uses, so several clusters can share one
+    /// Redis.
+    #[arg(long, env = "TANDEM_REDIS_PREFIX", default_value = "tandem")]
+    pub redis_prefix: String,
+
     /// Most database connections in the pool.
     #[arg(
         long,

@@ -301,19 +301,25 @@ fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// `GET /healthz`: 200 with `{"status":"ok"}` while serving; 200 with `"degraded"` while
-/// the database is failing (documents are served from memory and updates queue); 503 while
-/// shutting down. Always includes the storage backlog.
+/// the database is failing (documents are served from memory and updates queue) or, in a
+/// cluster, Redis is unreachable (each node serves its own clients; other nodes' changes
+/// arrive through the log); 503 while shutting down. Always includes the storage backlog, and
+/// in a cluster the link's state.
 async fn healthz(State(state): State<AppState>) -> Response {
     let shared = &state.shared;
     let backlog = shared.storage.backlog();
+    let cluster_down = shared.cluster.as_ref().is_some_and(|c| !c.is_up());
     let (code, status) = if shared.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
-    } else if backlog.degraded || backlog.oldest_age.is_some_and(|age| age > DEGRADED_AFTER) {
+    } else if cluster_down
+        || backlog.degraded
+        || backlog.oldest_age.is_some_and(|age| age > DEGRADED_AFTER)
+    {
         (StatusCode::OK, "degraded")
     } else {
         (StatusCode::OK, "ok")
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": status,
         "storage": {
             "backend": shared.storage.backend(),
@@ -325,6 +331,9 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "documents_open": state.registry.len(),
         "pending_bytes": shared.metrics.pending_bytes.get(),
     });
+    if let Some(cluster) = &shared.cluster {
+        body["cluster"] = cluster.health();
+    }
     (code, axum::Json(body)).into_response()
 }
 

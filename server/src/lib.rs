@@ -11,6 +11,7 @@ mod auth;
 pub mod backup;
 mod changes;
 mod close;
+mod cluster;
 pub mod config;
 mod connection;
 mod demo;
@@ -37,6 +38,7 @@ pub mod storage;
 mod update_check;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -78,6 +80,25 @@ fn authenticator(config: &Config) -> Result<auth::Authenticator, ServerError> {
     }
 }
 
+/// This node's cluster membership (`--redis-url`), which needs the log in Postgres: SQLite
+/// and memory belong to one process.
+fn cluster_of(config: &Config) -> Result<Option<Arc<cluster::Cluster>>, ServerError> {
+    let Some(url) = config.redis_url.as_deref() else {
+        return Ok(None);
+    };
+    let db = config.effective_database_url();
+    if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+        return Err(ServerError::Config(
+            "--redis-url (clustering) needs --database-url postgres://...: several nodes share \
+             one log in Postgres; SQLite and memory storage belong to a single process"
+                .into(),
+        ));
+    }
+    cluster::Cluster::new(url, &config.redis_prefix)
+        .map(|c| Some(Arc::new(c)))
+        .map_err(|e| ServerError::Config(e.to_string()))
+}
+
 /// Opens storage and builds the state the HTTP surface ([`http::app`]) serves: the
 /// configuration checked, stored revocations and deletions loaded. [`serve_with_drain`] does
 /// this before listening; a test can do it to call the router without TCP.
@@ -89,13 +110,17 @@ pub async fn open(config: Config, drain: Drain) -> Result<AppState, ServerError>
     config.allowed_origins = config::allowed_origins(&config.allowed_origins)
         .map_err(|e| ServerError::Config(format!("--allowed-origins: {e}")))?;
     let auth = authenticator(&config)?;
+    let cluster = cluster_of(&config)?;
     let storage = storage::Storage::open(&config).await?;
     let deleted = load_stored_state(&storage, &auth).await?;
-    let shared = Shared::new(config, storage, auth);
+    let shared = Shared::clustered(config, storage, auth, cluster.clone());
     for name in &deleted {
         shared.mark_deleted(name);
     }
     let registry = Registry::new(shared.clone());
+    if let Some(cluster) = cluster {
+        cluster::start(cluster, shared.clone(), registry.clone());
+    }
     Ok(AppState {
         shared,
         registry,

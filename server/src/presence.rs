@@ -72,6 +72,10 @@ struct Member {
     bytes: usize,
     /// Client ids it claimed by writing (bounded by [`MAX_WRITE_CLAIMS_PER_CONN`]).
     written: usize,
+    /// Another cluster node, standing for all its clients: the states it relays were checked
+    /// there, so here they claim nothing and meet no per-connection limit (see
+    /// [`Presence::apply_remote`]).
+    remote: bool,
 }
 
 #[derive(Debug)]
@@ -157,8 +161,31 @@ impl Presence {
                 announced: 0,
                 bytes: 0,
                 written: 0,
+                remote: false,
             },
         );
+    }
+
+    /// Applies awareness relayed by another cluster node, represented by `node` (a
+    /// connection id no local connection uses). Ownership and limits were enforced where its
+    /// clients are connected; here only the clock rules apply, and its states claim no client
+    /// id, so a client that moves to this node takes its id over at once.
+    /// [`Presence::remove_conn`] of `node` removes all its states (the node died).
+    pub(crate) fn apply_remote(
+        &mut self,
+        node: ConnId,
+        update: &AwarenessUpdate,
+        now: Instant,
+    ) -> Applied {
+        self.members.entry(node).or_insert(Member {
+            joined: now,
+            user: None,
+            announced: 0,
+            bytes: 0,
+            written: 0,
+            remote: true,
+        });
+        self.apply(node, update, now)
     }
 
     /// Whether `conn` may act on client id `id`: nobody else holds it (a claim made only by
@@ -215,7 +242,8 @@ impl Presence {
         now: Instant,
         applied: &mut Applied,
     ) -> bool {
-        if !self.may_claim(conn, client_id, true, now) {
+        let remote = self.members.get(&conn).is_some_and(|m| m.remote);
+        if !remote && !self.may_claim(conn, client_id, true, now) {
             applied.foreign += 1;
             return true;
         }
@@ -256,7 +284,7 @@ impl Presence {
             .and_then(|e| e.state.as_ref().filter(|_| e.owner == conn))
             .map_or(0, |s| s.len());
         let new_bytes = state.map_or(0, str::len);
-        if state.is_some() {
+        if state.is_some() && !remote {
             let ids = member.announced + usize::from(!holds);
             let bytes = member.bytes.saturating_sub(old_bytes) + new_bytes;
             if ids > self.limits.ids_per_conn || bytes > self.limits.bytes_per_conn {
@@ -270,7 +298,7 @@ impl Presence {
                 member.announced += 1;
             }
         }
-        if state.is_some() && !holds {
+        if state.is_some() && !holds && !remote {
             self.claims.insert(
                 client_id,
                 Claim {
@@ -389,6 +417,15 @@ impl Presence {
     pub(crate) fn live(&self) -> Vec<(u64, u32, &str)> {
         self.entries
             .iter()
+            .filter_map(|(&id, e)| e.state.as_deref().map(|s| (id, e.clock, s)))
+            .collect()
+    }
+
+    /// The live states owned by connections `owned_by` accepts.
+    pub(crate) fn live_of(&self, owned_by: impl Fn(ConnId) -> bool) -> Vec<(u64, u32, &str)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| owned_by(e.owner))
             .filter_map(|(&id, e)| e.state.as_deref().map(|s| (id, e.clock, s)))
             .collect()
     }

@@ -205,6 +205,21 @@ impl Registry {
         }
     }
 
+    /// Hands `msg` to the open room of `name` without waiting; false when the document is
+    /// not open here or its inbox is full (a cluster message then waits for the next catch-up
+    /// from the log).
+    pub fn try_send(&self, name: &str, msg: RoomMsg) -> bool {
+        let Some(handle) = self.rooms().get(name).cloned() else {
+            return false;
+        };
+        handle.tx.try_send(msg).is_ok()
+    }
+
+    /// The names of the open documents.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        self.rooms().keys().cloned().collect()
+    }
+
     /// Number of open documents.
     pub fn len(&self) -> usize {
         self.rooms().len()

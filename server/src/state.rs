@@ -45,13 +45,26 @@ pub struct Shared {
     pub connections: TaskTracker,
     /// Tracks room tasks so shutdown can wait for their final flush and snapshot.
     pub rooms: TaskTracker,
+    /// This node's link to the other nodes (`--redis-url`); `None` when it runs alone.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
     next_conn: AtomicU64,
 }
 
 impl Shared {
     /// Builds the shared state for a server with `config`.
     pub fn new(config: Config, storage: Storage, auth: Authenticator) -> Arc<Shared> {
+        Shared::clustered(config, storage, auth, None)
+    }
+
+    /// [`Shared::new`] for a node of a cluster.
+    pub(crate) fn clustered(
+        config: Config,
+        storage: Storage,
+        auth: Authenticator,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
+            cluster,
             auth,
             per_addr: Counter::new(config.max_conns_per_ip),
             per_doc: Counter::new(config.max_conns_per_doc),
@@ -70,6 +83,13 @@ impl Shared {
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Arc<Peer>>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells the other nodes of the cluster (if this node is in one).
+    pub(crate) fn tell_cluster(&self, control: crate::cluster::Control) {
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_control(control);
+        }
     }
 
     /// Registers a live connection.

@@ -33,7 +33,14 @@ impl Storage {
         let store = open_store(&url, config).await?;
         store.migrate().await?;
         store.warm_up().await?;
-        let writer = Writer::spawn(store.clone(), WriterOptions::default());
+        // Clustered: several nodes append to one document, so the database numbers the rows.
+        let writer = Writer::spawn(
+            store.clone(),
+            WriterOptions {
+                assign_seqs: config.redis_url.is_some(),
+                ..WriterOptions::default()
+            },
+        );
         info!(backend = %store.backend(), "storage ready");
         Ok(Storage::Durable { store, writer })
     }

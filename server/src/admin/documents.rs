@@ -342,6 +342,9 @@ pub(super) async fn delete(
     // Refuse new joins first, then close the open room (it answers once everything it
     // accepted is durable, so no late log row lands after the data is removed), then remove.
     state.shared.mark_deleted(&name);
+    state.shared.tell_cluster(crate::cluster::Control::Deleted {
+        doc: name.to_string(),
+    });
     let closed = state.registry.delete(&name).await;
     if !store.delete_document(&name).await? {
         return Err(AdminError::no_document());
@@ -427,6 +430,12 @@ pub(super) async fn disconnect(
         serde_json::from_slice(&body)
             .map_err(|e| AdminError::BadRequest(format!("invalid JSON body: {e}")))?
     };
+    state
+        .shared
+        .tell_cluster(crate::cluster::Control::Disconnect {
+            doc: name.to_string(),
+            user: req.user.clone(),
+        });
     // A document that is not open has no clients: nothing to load.
     let closed = state
         .registry

@@ -577,9 +577,17 @@ pub(super) async fn restore(
         let kind = crate::changes::ChangeKind::Restored {
             seq: change,
             restored_to: seq,
-            author,
+            author: author.clone(),
         };
         state.shared.changes.publish(&name.as_str().into(), kind);
+        state
+            .shared
+            .tell_cluster(crate::cluster::Control::Restored {
+                doc: name.to_string(),
+                seq: change,
+                restored_to: seq,
+                author,
+            });
     }
     Ok(ok(Restored {
         restored_to: seq,

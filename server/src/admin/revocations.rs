@@ -93,6 +93,13 @@ pub(super) async fn revoke(
             revocations.revoke_user(u, now);
         }
     }
+    state.shared.tell_cluster(crate::cluster::Control::Revoked {
+        token_id: req.token_id.clone(),
+        user: req.user.clone(),
+        at_ms: now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    });
     let closed = state.shared.close_matching(
         |peer| {
             req.token_id.is_some() && peer.token_id == req.token_id
@@ -159,6 +166,10 @@ pub(super) async fn lift(
         .write()
         .unwrap_or_else(|e| e.into_inner())
         .lift(req.token_id.as_deref(), req.user.as_deref());
+    state.shared.tell_cluster(crate::cluster::Control::Lifted {
+        token_id: req.token_id.clone(),
+        user: req.user.clone(),
+    });
     let mut stored = false;
     if let Some(store) = state.shared.storage.store() {
         let kinds = [

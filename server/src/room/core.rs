@@ -23,6 +23,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tracing::{debug, error, warn};
+
+use crate::protocol::AwarenessUpdate;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
@@ -48,6 +50,9 @@ pub(crate) struct CoreConfig {
     pub max_nesting_depth: usize,
     /// What happens to awareness from read-only connections.
     pub readonly_awareness: ReadOnlyAwareness,
+    /// Clustered: awareness changes of this node's connections are also given to the driver
+    /// to share with the other nodes ([`Effect::Share`]).
+    pub share_awareness: bool,
 }
 
 impl CoreConfig {
@@ -62,6 +67,7 @@ impl CoreConfig {
             max_pending_bytes: config.max_pending_bytes as u64,
             max_nesting_depth: config.max_nesting_depth,
             readonly_awareness: config.readonly_awareness,
+            share_awareness: config.redis_url.is_some(),
         }
     }
 }
@@ -120,6 +126,9 @@ pub(crate) enum Effect {
     },
     /// Close a peer's connection; the core already removed it.
     Close(ConnId, Close),
+    /// Tell the other cluster nodes (with [`CoreConfig::share_awareness`]): an awareness
+    /// frame of this node's connections, already broadcast here.
+    Share(Bytes),
 }
 
 /// What the core knows about a joined connection.
@@ -150,8 +159,12 @@ pub(crate) struct RoomCore {
     doc: Doc,
     presence: Presence,
     peers: HashMap<ConnId, PeerMeta>,
-    /// Sequence number of the last accepted update.
+    /// Sequence number of the last accepted update (clustered: this node's own count of
+    /// accepted updates, a ticket; the log's numbers are the driver's business).
     seq: i64,
+    /// Counts every change to the document, accepted here or applied from another node: a
+    /// restore computed on a copy applies only if it did not move.
+    version: u64,
     /// Frames waiting for durability, in sequence order.
     pending: VecDeque<(i64, Release)>,
     /// Set when yrs panicked: the document can no longer be trusted and the room retires.
@@ -201,6 +214,7 @@ impl RoomCore {
             doc: Doc::new(),
             peers: HashMap::new(),
             seq: 0,
+            version: 0,
             pending: VecDeque::new(),
             poisoned: false,
             yrs_pending_bytes: 0,
@@ -245,6 +259,70 @@ impl RoomCore {
     /// Sequence number of the last accepted update.
     pub(crate) fn seq(&self) -> i64 {
         self.seq
+    }
+
+    /// How many changes the document has had since it was loaded (see the field).
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Applies a change another cluster node logged (durable already, so it is relayed at
+    /// once, not logged again). Applying a change the document already has changes nothing
+    /// and sends nothing, so the driver may replay log rows freely.
+    pub(crate) fn remote_update(&mut self, bytes: &[u8]) -> Vec<Effect> {
+        let update = match protocol::decode_stored_update(bytes) {
+            Ok(update) => update,
+            Err(e) => {
+                warn!(error = %e, "undecodable update from another node; ignored");
+                return self.take();
+            }
+        };
+        match self.integrate(update) {
+            Ok(Integrated {
+                changed: Some(changed),
+                ..
+            }) => {
+                self.version += 1;
+                self.out
+                    .push(Effect::Broadcast(protocol::encode_update(&changed)));
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "update from another node refused"),
+        }
+        self.take()
+    }
+
+    /// Applies awareness relayed by another cluster node (`node`: its stand-in connection
+    /// id) and relays what changed to this node's connections.
+    pub(crate) fn remote_awareness(
+        &mut self,
+        node: ConnId,
+        update: &AwarenessUpdate,
+        now: Instant,
+    ) -> Vec<Effect> {
+        let applied = self.presence.apply_remote(node, update, now);
+        self.broadcast_awareness(&applied.changes, false);
+        self.take()
+    }
+
+    /// Another cluster node died or left: its clients' awareness is removed here.
+    pub(crate) fn node_gone(&mut self, node: ConnId, now: Instant) -> Vec<Effect> {
+        let removed = self.presence.remove_conn(node, now);
+        self.broadcast_awareness(&removed, false);
+        self.take()
+    }
+
+    /// This node's live awareness states as one frame, for the other nodes after a Redis
+    /// outage (so they need not wait for the clients' next renewal); `None` when there are
+    /// none.
+    pub(crate) fn own_awareness(&self) -> Option<Bytes> {
+        let live = self.presence.live_of(|conn| self.peers.contains_key(&conn));
+        (!live.is_empty()).then(|| {
+            protocol::encode_awareness(
+                live.into_iter()
+                    .map(|(id, clock, state)| (id, clock, Some(state))),
+            )
+        })
     }
 
     /// Whether the document can no longer be trusted (yrs panicked on it).
@@ -329,7 +407,7 @@ impl RoomCore {
         let expired = self.presence.expire(now);
         if !expired.is_empty() {
             self.metrics.awareness_expired.inc_by(expired.len() as u64);
-            self.broadcast_awareness(&expired);
+            self.broadcast_awareness(&expired, false);
         }
         self.take()
     }
@@ -481,7 +559,7 @@ impl RoomCore {
     fn remove(&mut self, conn: ConnId, now: Instant) {
         if self.peers.remove(&conn).is_some() {
             let removed = self.presence.remove_conn(conn, now);
-            self.broadcast_awareness(&removed);
+            self.broadcast_awareness(&removed, true);
         }
     }
 
@@ -540,7 +618,7 @@ impl RoomCore {
                         "awareness for ids owned by another connection"
                     );
                 }
-                self.broadcast_awareness(&applied.changes);
+                self.broadcast_awareness(&applied.changes, true);
                 if applied.over_limit {
                     warn!(conn, "awareness limit reached; closing the connection");
                     self.kick(conn, Close::AwarenessLimit, now);
@@ -667,6 +745,7 @@ impl RoomCore {
     fn accept(&mut self, author: Option<String>, changed: Vec<u8>) {
         let frame = protocol::encode_update(&changed);
         self.seq += 1;
+        self.version += 1;
         self.out.push(Effect::Append {
             seq: self.seq,
             update: changed,
@@ -691,7 +770,10 @@ impl RoomCore {
         }
     }
 
-    fn broadcast_awareness(&mut self, changes: &[Change]) {
+    /// Relays awareness changes to this node's connections and, when they are changes of
+    /// this node's own connections (`own`) in a cluster, to the other nodes. Expiries are
+    /// not shared: every node expires states by its own clock.
+    fn broadcast_awareness(&mut self, changes: &[Change], own: bool) {
         if changes.is_empty() {
             return;
         }
@@ -700,6 +782,9 @@ impl RoomCore {
                 .iter()
                 .map(|(id, clock, state)| (*id, *clock, state.as_deref())),
         );
+        if own && self.config.share_awareness {
+            self.out.push(Effect::Share(frame.clone()));
+        }
         self.out.push(Effect::Broadcast(frame));
     }
 }
@@ -722,6 +807,7 @@ mod tests {
             max_pending_bytes: 1 << 20,
             max_nesting_depth: 64,
             readonly_awareness,
+            share_awareness: false,
         }
     }
 
@@ -779,6 +865,7 @@ mod tests {
                 Effect::Broadcast(frame) => format!("all {}", kind(frame)),
                 Effect::Append { seq, .. } => format!("append {seq}"),
                 Effect::Close(conn, reason) => format!("close {conn} {}", reason.label()),
+                Effect::Share(frame) => format!("share {}", kind(frame)),
             })
             .collect()
     }
@@ -1296,5 +1383,53 @@ mod tests {
         let (seq, effects) = core.apply_restore(None, "admin".into());
         assert_eq!(seq.expect("nothing to do"), None);
         assert!(effects.is_empty());
+    }
+
+    #[test]
+    fn cluster_inputs() {
+        let metrics = Metrics::new();
+        let mut config = config(ReadOnlyAwareness::Relay);
+        config.share_awareness = true;
+        let mut core = RoomCore::new(config, CoreMetrics::new(&metrics));
+        let now = Instant::now();
+        core.join(1, PeerMeta::default(), now);
+        // A local client's awareness is shared with the other nodes and relayed here.
+        let effects = core.message(1, awareness_msg(11, 1, Some("{}")), false, now);
+        assert_eq!(
+            summary(&effects),
+            strs(&["share awareness", "all awareness"])
+        );
+        // Another node's (under its stand-in) is relayed here only, and never refused as
+        // foreign: the other node checked it.
+        let node = crate::cluster::stand_in(42);
+        let Inbound::Awareness(remote) = awareness_msg(22, 1, Some("{}")) else {
+            unreachable!()
+        };
+        assert_eq!(
+            summary(&core.remote_awareness(node, &remote, now)),
+            strs(&["all awareness"])
+        );
+        // Only this node's states are re-announced after an outage.
+        let own = core.own_awareness().expect("own states");
+        assert_eq!(
+            awareness_of(&Effect::Broadcast(own)),
+            vec![(11, Some("{}".into()))]
+        );
+        // The other node dies: its client's state is removed here, not shared.
+        let gone = core.node_gone(node, now);
+        assert_eq!(summary(&gone), strs(&["all awareness"]));
+        assert_eq!(awareness_of(&gone[0]), vec![(22, None)]);
+        // A logged change from another node is relayed at once (it is durable), not logged
+        // again; the same change a second time (Redis and a read-back) sends nothing.
+        let version = core.version();
+        let update = edit(7, "elsewhere");
+        assert_eq!(summary(&core.remote_update(&update)), strs(&["all update"]));
+        assert_eq!(core.version(), version + 1);
+        assert!(core.remote_update(&update).is_empty());
+        assert!(core.remote_update(b"garbage").is_empty());
+        assert_eq!(text_of(&core), "elsewhere");
+        // A local client writing under an id another node's client announced is not refused.
+        let effects = core.message(1, update_msg(22, "mine"), false, now);
+        assert_eq!(summary(&effects), strs(&["append 1"]));
     }
 }

@@ -14,6 +14,7 @@
 //! flight); with memory storage the driver reports each append durable as it executes it.
 
 pub(crate) mod core;
+mod replica;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use tracing::{Instrument, debug, error, info_span, warn};
 use yrs::Doc;
 
 use self::core::{CoreConfig, CoreMetrics, Effect, PeerMeta, RoomCore};
+use self::replica::Replica;
 use crate::close::Close;
 use crate::history::HistoryError;
 use crate::peer::Peer;
@@ -77,6 +79,41 @@ pub enum RoomMsg {
     Shutdown,
     /// A request from the admin API.
     Command(Command),
+    /// News from the other nodes of a cluster.
+    Remote(Remote),
+}
+
+/// What a cluster tells a room (see [`crate::cluster`]).
+#[derive(Debug)]
+pub enum Remote {
+    /// Log row `seq`, written by another node.
+    Update {
+        /// Its sequence number.
+        seq: i64,
+        /// The Yjs update (v1).
+        update: Bytes,
+    },
+    /// Awareness of another node's clients.
+    Awareness {
+        /// That node.
+        node: crate::cluster::NodeId,
+        /// A y-websocket awareness frame.
+        frame: Bytes,
+    },
+    /// A node died or left: its clients' awareness goes.
+    NodeGone {
+        /// That node.
+        node: crate::cluster::NodeId,
+    },
+    /// The document's log reaches `seq` (the cluster's periodic check): the room catches up
+    /// if it has less.
+    LogAt {
+        /// The log's newest sequence number.
+        seq: i64,
+    },
+    /// The link to the other nodes is back after an outage: catch up from the log and tell
+    /// them this node's awareness again.
+    Relinked,
 }
 
 /// What an administrator asks of a room (through the admin API). Each carries its reply.
@@ -197,10 +234,13 @@ pub enum CommandError {
 /// A change an administrator made, as accepted by the room.
 #[derive(Debug)]
 pub struct Applied {
-    /// Its sequence number in the log; `None` when it changed nothing.
+    /// Its sequence number in the log; `None` when it changed nothing. In a cluster this is
+    /// the room's ticket until [`Applied::wait_durable`] replaces it with the log's number.
     pub seq: Option<i64>,
     /// The room's durability watermark (`None` for memory storage).
     durable: Option<watch::Receiver<i64>>,
+    /// In a cluster: the log's number for the change, once it commits.
+    number: Option<oneshot::Receiver<i64>>,
 }
 
 impl Applied {
@@ -209,10 +249,23 @@ impl Applied {
         let (Some(seq), Some(w)) = (self.seq, self.durable.as_mut()) else {
             return true;
         };
-        matches!(
-            tokio::time::timeout(timeout, w.wait_for(|d| *d >= seq)).await,
+        let deadline = tokio::time::Instant::now() + timeout;
+        if !matches!(
+            tokio::time::timeout_at(deadline, w.wait_for(|d| *d >= seq)).await,
             Ok(Ok(_))
-        )
+        ) {
+            return false;
+        }
+        match self.number.take() {
+            None => true,
+            Some(number) => match tokio::time::timeout_at(deadline, number).await {
+                Ok(Ok(n)) => {
+                    self.seq = Some(n);
+                    true
+                }
+                _ => false,
+            },
+        }
     }
 }
 
@@ -247,7 +300,8 @@ struct Durable {
 
 /// A restore being computed off the room task, on a copy of the document at `base_seq`.
 struct Restore {
-    base_seq: i64,
+    /// The document's [`RoomCore::version`] when the copy was taken.
+    base_version: u64,
     target: Doc,
     author: String,
     scope: ReplaceScope,
@@ -257,6 +311,9 @@ struct Restore {
     /// What `restore_into` made of the copy; `Err` when the copy could not be built.
     outcome: Result<Result<Option<Vec<u8>>, HistoryError>, String>,
 }
+
+/// Rows read back from the log (in a cluster): the end of the range read, and the rows.
+type ReadBack = Result<(i64, Vec<crdt_store::LogRow>), StoreError>;
 
 /// Why the room's main loop ended.
 enum Exit {
@@ -286,6 +343,10 @@ struct Room {
     restores: JoinSet<Restore>,
     /// The durable watermark last announced on the change bus.
     announced: i64,
+    /// In a cluster: which log rows the document holds (see [`replica`]).
+    replica: Option<Replica>,
+    /// In a cluster: a read of rows missing from the document.
+    catch_up: Option<JoinHandle<ReadBack>>,
 }
 
 /// Starts the task for document `name` and returns its handle.
@@ -310,6 +371,8 @@ pub(crate) fn spawn(
         deleting: None,
         restores: JoinSet::new(),
         announced: 0,
+        replica: None,
+        catch_up: None,
         shared: shared.clone(),
     };
     shared.rooms.spawn(room.run(rx).instrument(span));
@@ -334,7 +397,10 @@ impl Room {
         let metrics = &shared.metrics;
         let mut watermark = match self.load().await {
             Ok(watermark) => watermark,
-            Err(e) => return self.refuse_all(&mut rx, e).await,
+            Err(e) => {
+                self.unsubscribe();
+                return self.refuse_all(&mut rx, e).await;
+            }
         };
         metrics.documents_open.inc();
         metrics.documents_loaded.inc();
@@ -343,6 +409,7 @@ impl Room {
         let mut unload_at = Some(Instant::now() + shared.config.unload_after);
         let mut next_sweep = Instant::now() + SWEEP_EVERY;
         let mut snapshot: Option<JoinHandle<Result<(i64, u64), StoreError>>> = None;
+        let mut catch_up = None;
         let exit = loop {
             if self.core.poisoned() {
                 break Exit::Poisoned;
@@ -355,6 +422,10 @@ impl Room {
             }
             let sweeping = self.core.has_presence();
             let waiting = self.core.waiting();
+            if catch_up.is_none() {
+                catch_up = self.catch_up.take();
+            }
+            let gap_at = self.replica.as_ref().and_then(Replica::gap_deadline);
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(RoomMsg::Shutdown) | None => break Exit::Shutdown,
@@ -363,10 +434,15 @@ impl Room {
                 changed = async { watermark.as_mut()?.changed().await.ok() }, if waiting => {
                     if changed.is_some() {
                         let durable = watermark.as_ref().map_or(self.core.seq(), |w| *w.borrow());
-                        self.announce(durable);
-                        let effects = self.core.durable_up_to(durable);
-                        self.execute(effects);
+                        self.durable_reached(durable);
                     }
+                }
+                done = async { catch_up.as_mut()?.await.ok() }, if catch_up.is_some() => {
+                    catch_up = None;
+                    self.caught_up(done);
+                }
+                _ = sleep_until(gap_at.unwrap_or_else(Instant::now).into()), if gap_at.is_some() && catch_up.is_none() => {
+                    self.start_catch_up(false);
                 }
                 Some(done) = self.restores.join_next(), if !self.restores.is_empty() => {
                     match done {
@@ -418,8 +494,16 @@ impl Room {
             }
         }
         self.retire(exit, &mut rx, watermark).await;
+        self.unsubscribe();
         self.core.retire();
         metrics.documents_open.dec();
+    }
+
+    /// In a cluster: this node stops following the document's channel (for this room).
+    fn unsubscribe(&self) {
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.unsubscribe(&self.name);
+        }
     }
 
     /// After a failed load: leaves the registry and refuses everything still queued (joins
@@ -452,6 +536,13 @@ impl Room {
         let Storage::Durable { store, writer } = &self.shared.storage else {
             return Ok(None);
         };
+        // Subscribed before loading: an update committed elsewhere between the load and the
+        // subscription would otherwise reach this room only with the next periodic check.
+        if let Some(cluster) = &self.shared.cluster
+            && !cluster.subscribe(&self.name).await
+        {
+            warn!("redis unavailable; following other nodes through the log only");
+        }
         let loaded = store.load(&self.name).await.map_err(|e| match e {
             StoreError::Deleted(_) => CommandError::Deleted,
             e => CommandError::Unavailable(e.to_string()),
@@ -468,6 +559,11 @@ impl Room {
         let bytes_since: u64 = loaded.updates.iter().map(|r| r.size.max(0) as u64).sum();
         let (watermark, rx) = watch::channel(loaded.last_seq);
         self.announced = loaded.last_seq;
+        if let Some(cluster) = &self.shared.cluster {
+            // The core's seq goes on counting this node's updates as tickets; the log's
+            // numbers are the replica's business.
+            self.replica = Some(Replica::new(cluster.clone(), loaded.last_seq));
+        }
         self.durable = Some(Durable {
             store: store.clone(),
             writer: writer.clone(),
@@ -498,6 +594,135 @@ impl Room {
             RoomMsg::Leave { conn } => self.leave(conn),
             RoomMsg::Shutdown => {}
             RoomMsg::Command(cmd) => self.command(cmd),
+            RoomMsg::Remote(remote) => self.remote(remote),
+        }
+    }
+
+    /// The writer made this node's updates durable up to ticket `durable`: frames waiting
+    /// for them go out, change feeds learn of the new rows, and in a cluster the updates'
+    /// numbers are taken and the other nodes told.
+    fn durable_reached(&mut self, durable: i64) {
+        match &mut self.replica {
+            Some(replica) => {
+                replica.take_numbers(&self.name);
+                let (after, upto) = (self.announced, replica.contiguous());
+                if upto > after {
+                    replica.announce(&self.name, after, upto);
+                }
+                self.announce(upto);
+            }
+            None => self.announce(durable),
+        }
+        let effects = self.core.durable_up_to(durable);
+        self.execute(effects);
+    }
+
+    /// News from the other nodes of the cluster.
+    fn remote(&mut self, remote: Remote) {
+        let Some(replica) = &mut self.replica else {
+            return;
+        };
+        let now = Instant::now();
+        match remote {
+            Remote::Update { seq, update } => {
+                if replica.relayed(seq) {
+                    let effects = self.core.remote_update(&update);
+                    self.execute(effects);
+                    let upto = self.replica.as_ref().map_or(0, Replica::contiguous);
+                    self.announce(upto);
+                }
+            }
+            Remote::Awareness { node, frame } => {
+                let limits = crate::protocol::frame_limits(&self.shared.config);
+                let Ok(msgs) = crate::protocol::decode_frame_with(&frame, &limits) else {
+                    warn!("unreadable awareness from another node; ignored");
+                    return;
+                };
+                for msg in msgs {
+                    if let Inbound::Awareness(update) = msg {
+                        let stand_in = crate::cluster::stand_in(node);
+                        let effects = self.core.remote_awareness(stand_in, &update, now);
+                        self.execute(effects);
+                    }
+                }
+            }
+            Remote::NodeGone { node } => {
+                let effects = self.core.node_gone(crate::cluster::stand_in(node), now);
+                self.execute(effects);
+            }
+            Remote::LogAt { seq } => {
+                replica.log_at(seq);
+                self.start_catch_up(true);
+            }
+            Remote::Relinked => {
+                replica.log_at(replica.known());
+                if let Some(frame) = self.core.own_awareness() {
+                    replica.cluster.publish_awareness(&self.name, frame);
+                }
+                self.start_catch_up(true);
+            }
+        }
+    }
+
+    /// Reads the log rows the document lacks (in a cluster), when some are missing for long
+    /// enough (or at once with `now`).
+    fn start_catch_up(&mut self, now: bool) {
+        let (Some(replica), Some(durable)) = (&mut self.replica, &self.durable) else {
+            return;
+        };
+        let Some((after, upto)) = replica.due(Instant::now(), now) else {
+            return;
+        };
+        replica.catching_up = true;
+        let (store, doc) = (durable.store.clone(), durable.doc.clone());
+        debug!(after, upto, "reading rows written elsewhere from the log");
+        self.catch_up = Some(tokio::spawn(
+            async move {
+                let doc_id = match doc.id() {
+                    Some(id) => id,
+                    // Created by another node: this one has not written to it yet.
+                    None => match store.find_doc_id(doc.name()).await? {
+                        Some(id) => {
+                            doc.set_id(id);
+                            id
+                        }
+                        None => return Ok((upto, Vec::new())),
+                    },
+                };
+                Ok((upto, store.log_range(doc_id, after, upto).await?))
+            }
+            .in_current_span(),
+        ));
+    }
+
+    /// Applies rows read back from the log.
+    fn caught_up(&mut self, done: Option<ReadBack>) {
+        let rows = match done {
+            Some(Ok(rows)) => Some(rows),
+            Some(Err(e)) => {
+                warn!(error = %e, "reading rows written elsewhere failed; retrying later");
+                None
+            }
+            None => None,
+        };
+        let Some(replica) = &mut self.replica else {
+            return;
+        };
+        let Some((upto, rows)) = rows else {
+            replica.catching_up = false;
+            return;
+        };
+        for row in &rows {
+            if let Some(replica) = &mut self.replica {
+                replica.read_back(row.seq);
+            }
+            let effects = self.core.remote_update(&row.data);
+            self.execute(effects);
+        }
+        if let Some(replica) = &mut self.replica {
+            replica.read_done(upto);
+            let contiguous = replica.contiguous();
+            self.announce(contiguous);
         }
     }
 
@@ -540,6 +765,10 @@ impl Room {
                 None => {
                     let _ = reply.send(Err(if self.durable.is_none() {
                         CommandError::NoStorage
+                    } else if self.snapshot_point().is_none() {
+                        CommandError::Unavailable(
+                            "the document is taking in changes from other nodes; retry".into(),
+                        )
                     } else {
                         CommandError::Unavailable("could not encode the document".into())
                     }));
@@ -549,7 +778,7 @@ impl Room {
                 let result = self
                     .core
                     .encode_state()
-                    .map(|(state, _)| (self.core.seq(), state))
+                    .map(|(state, _)| (self.log_seq(), state))
                     .ok_or_else(|| {
                         CommandError::Unavailable("could not encode the document".into())
                     });
@@ -590,7 +819,7 @@ impl Room {
             )));
             return;
         };
-        let base_seq = self.core.seq();
+        let base_version = self.core.version();
         let client_id = self.core.client_id();
         let span = tracing::Span::current();
         self.restores.spawn_blocking(move || {
@@ -600,7 +829,7 @@ impl Room {
                 crate::history::restore::restore_roots_into(&copy, &target, scope.roots.as_deref())
             });
             Restore {
-                base_seq,
+                base_version,
                 target,
                 author,
                 scope,
@@ -613,7 +842,7 @@ impl Room {
 
     /// The refusal of a conditional replace whose document moved past its `if_seq`.
     fn moved_past(&self, scope: &ReplaceScope) -> Option<CommandError> {
-        let seq = self.core.seq();
+        let seq = self.log_seq();
         scope
             .if_seq
             .is_some_and(|n| seq > n)
@@ -642,7 +871,7 @@ impl Room {
     /// the last one runs inside the room, which nothing can overtake (the old behaviour).
     fn restore_done(&mut self, restore: Restore) {
         let Restore {
-            base_seq,
+            base_version,
             target,
             author,
             scope,
@@ -655,7 +884,7 @@ impl Room {
             return;
         }
         let result = match outcome {
-            Ok(Ok(changed)) if base_seq == self.core.seq() => {
+            Ok(Ok(changed)) if base_version == self.core.version() => {
                 let (result, effects) = self.core.apply_restore(changed, author);
                 self.execute(effects);
                 result
@@ -684,10 +913,35 @@ impl Room {
     }
 
     /// An administrator's change as accepted, with the durability watermark to wait on.
-    fn applied(&self, seq: Option<i64>) -> Applied {
+    fn applied(&mut self, seq: Option<i64>) -> Applied {
+        let number = match (&mut self.replica, seq) {
+            (Some(replica), Some(ticket)) => Some(replica.wait_for_number(ticket)),
+            _ => None,
+        };
         Applied {
             seq,
             durable: self.durable.as_ref().map(|d| d.watermark.subscribe()),
+            number,
+        }
+    }
+
+    /// The log's newest sequence number the document holds: the core's count alone; in a
+    /// cluster, the newest row known to exist (another node may have logged it).
+    fn log_seq(&self) -> i64 {
+        self.replica
+            .as_ref()
+            .map_or(self.core.seq(), Replica::known)
+    }
+
+    /// The log's sequence number the document's state is exactly, if it is one (a snapshot
+    /// of it is then valid): always on one node (rows become durable in the room's order);
+    /// in a cluster only when it holds no row above a gap and no update waiting for its
+    /// number.
+    fn snapshot_point(&self) -> Option<i64> {
+        match &self.replica {
+            None => Some(self.core.seq()),
+            Some(r) if r.is_prefix() && !self.core.waiting() => Some(r.contiguous()),
+            Some(_) => None,
         }
     }
 
@@ -742,16 +996,22 @@ impl Room {
                 } => match &mut self.durable {
                     Some(durable) => {
                         durable.bytes_logged += update.len() as u64;
-                        durable.writer.append_to(
+                        let data = Bytes::from(update);
+                        let numbered = self.replica.as_mut().map(|replica| {
+                            replica.accepted(seq, data.clone());
+                            replica.assigned.clone()
+                        });
+                        durable.writer.append_numbered(
                             &durable.doc,
                             NewUpdate {
                                 doc_id: 0, // set by the writer from `doc`
                                 seq,
-                                data: Bytes::from(update),
+                                data,
                                 author,
                                 created_at: SystemTime::now(),
                             },
                             durable.watermark.clone(),
+                            numbered,
                         );
                     }
                     // Memory storage: nothing to wait for.
@@ -763,6 +1023,11 @@ impl Room {
                 Effect::Close(conn, reason) => {
                     if let Some(peer) = self.peers.remove(&conn) {
                         peer.close(reason);
+                    }
+                }
+                Effect::Share(frame) => {
+                    if let Some(cluster) = &self.shared.cluster {
+                        cluster.publish_awareness(&self.name, frame);
                     }
                 }
             }
@@ -781,8 +1046,8 @@ impl Room {
         {
             return None;
         }
-        let seq = self.core.seq();
-        let rows = (seq - durable.snapshot_seq) as u64;
+        let seq = self.snapshot_point()?;
+        let rows = (seq - durable.snapshot_seq).max(0) as u64;
         let bytes = durable.bytes_logged - durable.bytes_at_snapshot;
         if rows == 0
             || (rows < config.snapshot_every_updates && bytes < config.snapshot_every_bytes as u64)
@@ -796,11 +1061,12 @@ impl Room {
             durable.bytes_logged,
         );
         let mut watermark = durable.watermark.subscribe();
+        let ticket = self.core.seq();
         let retention = config.log_retention;
         Some(tokio::spawn(
             async move {
                 // The sender lives in this room, which outlives the task.
-                let _ = watermark.wait_for(|w| *w >= seq).await;
+                let _ = watermark.wait_for(|w| *w >= ticket).await;
                 let doc_id = logged_id(&doc)?;
                 store.write_snapshot(doc_id, seq, &state, &sv).await?;
                 if let Some(keep) = retention {
@@ -838,7 +1104,7 @@ impl Room {
     /// log alone is still complete, so the document never depends on this write.
     fn final_snapshot(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
         let durable = self.durable.as_ref()?;
-        if self.core.seq() == durable.snapshot_seq || self.core.poisoned() {
+        if self.snapshot_point() == Some(durable.snapshot_seq) || self.core.poisoned() {
             return None;
         }
         let (seq, write) = self.snapshot_write()?;
@@ -865,11 +1131,12 @@ impl Room {
         impl Future<Output = Result<(), StoreError>> + Send + 'static,
     )> {
         let durable = self.durable.as_ref()?;
+        let seq = self.snapshot_point()?;
         let (state, sv) = self.core.encode_state()?;
-        let (store, doc, seq) = (durable.store.clone(), durable.doc.clone(), self.core.seq());
+        let (store, doc, ticket) = (durable.store.clone(), durable.doc.clone(), self.core.seq());
         let mut watermark = durable.watermark.subscribe();
         Some((seq, async move {
-            let _ = watermark.wait_for(|w| *w >= seq).await;
+            let _ = watermark.wait_for(|w| *w >= ticket).await;
             if seq == 0 && doc.id().is_none() {
                 // Nothing was ever written: there is nothing to store, and no row to store it in.
                 return Ok(());

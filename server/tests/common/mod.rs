@@ -18,6 +18,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 pub mod admin;
+pub mod bin;
 
 /// Runs `case` (an async fn taking `&Db`) once per database: SQLite, and Postgres when
 /// `TANDEM_TEST_DATABASE_URL` is set; each run is timed and its database cleaned up.
@@ -820,6 +821,11 @@ impl Db {
             .into_iter()
             .map(Db)
             .collect()
+    }
+
+    /// Postgres only (clustering needs it), when configured.
+    pub async fn postgres(test: &str) -> Option<Db> {
+        testkit::TestDb::postgres(test).await.map(Db)
     }
 
     /// A store on the same database, for reading the log in assertions (migrated, so it also
