@@ -26,6 +26,12 @@ pub struct Target {
 }
 
 impl Target {
+    /// Parses a comma-separated list of `ws://` URLs: the nodes of a cluster, which clients
+    /// are spread over in turn (client `i` uses node `i % n`).
+    pub fn parse_many(urls: &str) -> Result<Vec<Self>, Error> {
+        urls.split(',').map(|u| Target::parse(u.trim())).collect()
+    }
+
     /// Parses a `ws://` URL. Only loopback IPv4 literals are accepted: load goes nowhere else.
     pub fn parse(url: &str) -> Result<Self, Error> {
         let rest = url

@@ -157,7 +157,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
     if !(args.duration > 0.0 && args.duration <= 3600.0) {
         return Err("--duration must be in (0, 3600]".into());
     }
-    let target = Target::parse(&common.url)?;
+    let targets = Target::parse_many(&common.url)?;
     let restores = restore_plan(args)?;
     let total = args.rooms * args.clients_per_room;
     let per_client = (args.rate * (args.warmup + args.duration + 2.0)).ceil() as usize + 16;
@@ -189,6 +189,7 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
             Some(room) => room.clone(),
             None => format!("fanout-{run}-{}", gi / args.clients_per_room),
         };
+        let target = &targets[gi % targets.len()];
         let url = target.room_url(&room);
         let ctx = ClientCtx {
             gi,
@@ -241,8 +242,8 @@ pub async fn run(common: &Common, args: &FanoutArgs) -> Result<(), Error> {
         args.drain,
     );
     plan_tx.send_replace(Some(plan));
-    let restorer =
-        restores.map(|r| tokio::spawn(r.run(target.addr, plan.measure_start, plan.measure_end)));
+    let restorer = restores
+        .map(|r| tokio::spawn(r.run(targets[0].addr, plan.measure_start, plan.measure_end)));
 
     let window = procstat::measure_window(
         common.server_pid,

@@ -161,7 +161,7 @@ fn raise_nofile_limit() {
 /// order of the report it prints, over locals every phase shares; split, the phases would pass
 /// those around for nothing.
 pub fn run(common: &Common, args: &IdleArgs) -> Result<(), Error> {
-    Target::parse(&common.url)?;
+    Target::parse_many(&common.url)?;
     if args.conns == 0 || args.rooms == 0 || args.procs == 0 {
         return Err("--conns, --rooms and --procs must be positive".into());
     }
@@ -420,7 +420,7 @@ fn stop_children(children: &mut [(Child, Option<ChildStdin>)]) {
 /// once.
 pub async fn worker(args: &WorkerArgs) -> Result<(), Error> {
     raise_nofile_limit();
-    let target = Target::parse(&args.url)?;
+    let targets = Target::parse_many(&args.url)?;
     if args.conns > MAX_CONNS_PER_PROC || args.rooms == 0 {
         return Err("worker: bad --conns or --rooms".into());
     }
@@ -440,9 +440,9 @@ pub async fn worker(args: &WorkerArgs) -> Result<(), Error> {
     let config = conn::ws_config(4096);
     for j in 0..args.conns {
         let gi = args.first_index + j;
+        let target = targets[gi % targets.len()].clone();
         let url = target.room_url(&format!("idle-{}-{}", args.run, gi % args.rooms));
         let source = conn::source_ip(args.source_ip_base, args.source_ips, gi);
-        let target = target.clone();
         let sem = sem.clone();
         let tx = tx.clone();
         let dropped = dropped.clone();

@@ -37,6 +37,8 @@ struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// Server base URL; room names are appended as the path. Only 127.0.0.0/8 is accepted.
+    /// Several comma-separated URLs (the nodes of a cluster) spread the clients over them in
+    /// turn.
     #[arg(long, env = "TANDEM_BENCH_URL", default_value = "ws://127.0.0.1:1234")]
     pub url: String,
     /// Server process id: its CPU time and memory are sampled from /proc and reported.

@@ -141,7 +141,7 @@ pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
     if !(1..=10_000).contains(&args.rooms) {
         return Err("--rooms must be in 1..=10000".into());
     }
-    let target = Target::parse(&common.url)?;
+    let targets = Target::parse_many(&common.url)?;
     let run = run_id();
     // Smaller send logs when many writers run at once: each writer has at most `window` updates
     // in flight, so a few windows of slots are plenty.
@@ -165,7 +165,7 @@ pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
                     .collect(),
                 window: args.window,
             });
-            (target.room_url(&name), shared)
+            (name, shared)
         })
         .collect();
     let server0 = procstat::maybe_sample(common.server_pid);
@@ -176,7 +176,9 @@ pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
     let started = Instant::now();
     let mut handles = Vec::with_capacity(total);
     for i in 0..total {
-        let (url, shared) = &rooms[i / per_room];
+        let (name, shared) = &rooms[i / per_room];
+        let target = &targets[i % targets.len()];
+        let url = target.room_url(name);
         let role = if i % per_room < args.writers {
             Role::Writer(i % per_room)
         } else {
@@ -185,7 +187,7 @@ pub async fn run(common: &Common, args: &ThroughputArgs) -> Result<(), Error> {
         handles.push(tokio::spawn(client(
             role,
             target.clone(),
-            url.clone(),
+            url,
             shared.clone(),
             synced_tx.clone(),
             plan_rx.clone(),
