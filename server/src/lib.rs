@@ -16,6 +16,7 @@ mod connection;
 mod demo;
 mod docname;
 mod error;
+mod fallback;
 pub mod first_run;
 pub mod fuzz_entry;
 mod history;
@@ -37,6 +38,7 @@ pub mod storage;
 mod update_check;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -100,6 +102,7 @@ pub async fn open(config: Config, drain: Drain) -> Result<AppState, ServerError>
         shared,
         registry,
         drain,
+        sessions: Arc::default(),
     })
 }
 

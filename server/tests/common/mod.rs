@@ -18,6 +18,7 @@ use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 pub mod admin;
+pub mod sse;
 
 /// Runs `case` (an async fn taking `&Db`) once per database: SQLite, and Postgres when
 /// `TANDEM_TEST_DATABASE_URL` is set; each run is timed and its database cleaned up.
