@@ -11,8 +11,8 @@
 // 'synced', 'connection-close', 'connection-error', 'closed'; `synced`, `wsconnected`,
 // `awareness`, `messageHandlers`, `connect()`, `disconnect()`, `destroy()`), plus
 // `transport` ('websocket' or 'sse': what the current or last connection used) and
-// `sendMessage(bytes)`. In 'auto' it tries the socket first; after FALLBACK_AFTER attempts in
-// a row that never opened, it uses the HTTP transport for as long as it lives.
+// `sendMessage(bytes)` and `ws`. In 'auto' it tries the socket first; after FALLBACK_AFTER
+// attempts in a row that never opened, it uses the HTTP transport (see _chooseTransport).
 
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
@@ -284,6 +284,7 @@ export class TandemProvider extends ObservableV2 {
     this.wsconnecting = false
     this.wsUnsuccessfulReconnects = 0
     this.failedOpens = 0
+    this.socketWorked = false
     this.wsLastMessageReceived = 0
     this.shouldConnect = connect
     this._synced = false
@@ -419,10 +420,7 @@ export class TandemProvider extends ObservableV2 {
       this.wsUnsuccessfulReconnects++
     }
     this.emit('connection-close', [event, this])
-    if (!opened && this.transport === 'websocket' && this.wanted === 'auto' && ++this.failedOpens >= FALLBACK_AFTER) {
-      this.transport = 'sse'
-      this.wsUnsuccessfulReconnects = 0
-    }
+    if (this.wanted === 'auto' && this.WebSocketPolyfill) this._chooseTransport(opened, event)
     // 44xx closes (token expired or revoked, document deleted) and refusals that a retry
     // cannot change are final, as for y-websocket 3.
     if (event.final || (event.code >= 4400 && event.code < 4500)) {
@@ -433,6 +431,31 @@ export class TandemProvider extends ObservableV2 {
     if (!this.shouldConnect) return
     const delay = Math.min(2 ** this.wsUnsuccessfulReconnects * 100, this.maxBackoffTime)
     this._reconnectTimer = setTimeout(() => { this._reconnectTimer = null; this._open() }, delay)
+  }
+
+  /**
+   * 'auto': which transport the next attempt uses. The socket, until FALLBACK_AFTER attempts in
+   * a row never opened; then HTTP. Back to the socket when HTTP did not open either (the server
+   * is unreachable, not the socket: e.g. while it restarts or the network is down), or when an
+   * HTTP session ends and the socket has worked before.
+   */
+  _chooseTransport (opened, event) {
+    if (this.transport === 'websocket') {
+      if (opened) {
+        this.socketWorked = true
+        this.failedOpens = 0
+      } else if (++this.failedOpens >= FALLBACK_AFTER) {
+        this.transport = 'sse'
+        this.failedOpens = 0
+      }
+    } else if (opened ? this.socketWorked : !event.final) {
+      this.transport = 'websocket'
+    }
+  }
+
+  /** The WebSocket of the current connection, if it uses one (as y-websocket's `ws`). */
+  get ws () {
+    return this.conn instanceof SocketConnection ? this.conn.ws : null
   }
 
   connect () {

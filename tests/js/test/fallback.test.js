@@ -6,6 +6,7 @@
 
 import { after, afterEach, before, test } from 'node:test'
 import assert from 'node:assert/strict'
+import WebSocket from 'ws'
 import { startServer } from '../../harness/server.js'
 import { ClientPool, Y, waitFor, waitSynced } from '../lib/clients.js'
 import { TandemProvider, documentName } from '../lib/demo.js'
@@ -93,6 +94,23 @@ test('a session closed by the server reconnects and resyncs', { timeout: 30000 }
   await waitSynced(f.provider, 'fallback provider again')
   const ws = pool.open(server.url, 'fallback-reconnect')
   await waitFor(() => ws.doc.getText('t').toString() === 'after the close', { message: 'the edit reached the server' })
+})
+
+test('in auto mode a server that is down does not pin the provider to HTTP', { timeout: 60000 }, async () => {
+  const f = fallback('fallback-restart', { WebSocketPolyfill: WebSocket, maxBackoffTime: 200 })
+  await waitSynced(f.provider, 'provider')
+  assert.equal(f.provider.transport, 'websocket')
+  const tried = []
+  f.provider.on('status', ({ status }) => { if (status === 'connecting') tried.push(f.provider.transport) })
+  await server.stop()
+  // Two failed sockets, then HTTP, which fails too: the socket is tried again.
+  await waitFor(() => tried.includes('sse') && tried.lastIndexOf('websocket') > tried.indexOf('sse'),
+    { message: () => `attempts ${tried}` })
+  f.doc.getText('t').insert(0, 'while down')
+  await server.start()
+  await waitFor(() => f.provider.synced, { message: 'synced after the restart' })
+  const ws = pool.open(server.url, 'fallback-restart')
+  await waitFor(() => ws.doc.getText('t').toString() === 'while down', { message: 'the edit made while down' })
 })
 
 test('a refused session is final and says why', { timeout: 30000 }, async () => {
