@@ -58,8 +58,11 @@ async function measure (url, from, to) {
   }
   const deadline = Date.now() + 10000
   while (latencies.length < UPDATES && Date.now() < deadline) await sleep(20)
-  sender.provider.destroy()
-  receiver.provider.destroy()
+  // Destroying the documents stops their awareness timers too.
+  for (const c of [sender, receiver]) {
+    c.provider.destroy()
+    c.doc.destroy()
+  }
   const sorted = latencies.sort((a, b) => a - b)
   const ms = (v) => v === undefined ? '-' : `${v.toFixed(2)} ms`
   return `| ${from} → ${to} | ${latencies.length} / ${UPDATES} | ${ms(percentile(sorted, 50))} | ${ms(percentile(sorted, 90))} | ${ms(percentile(sorted, 99))} | ${ms(sorted.at(-1))} |`

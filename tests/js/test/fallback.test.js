@@ -32,7 +32,10 @@ class RefusedSocket {
 
 before(async () => { server = await startServer({ args: ['--admin-token', ADMIN] }) })
 afterEach(() => {
-  for (const p of providers.splice(0)) p.destroy()
+  for (const p of providers.splice(0)) {
+    p.destroy()
+    p.doc.destroy()
+  }
   pool.destroyAll()
 })
 after(async () => { await server?.destroy() })
