@@ -27,6 +27,7 @@ use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
 use serde::Deserialize;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use utoipa::IntoParams;
 
@@ -41,8 +42,9 @@ use crate::close::Close;
 use crate::connection::{admit_frame, deadline_at};
 use crate::http::AppState;
 use crate::limits::RateLimiter;
-use crate::peer::Peer;
+use crate::peer::{Outbox, Peer};
 use crate::registry::JoinError;
+use crate::room::RoomMsg;
 
 /// The routes, with their full paths.
 pub(crate) fn routes(state: &AppState) -> Router<AppState> {
@@ -112,30 +114,7 @@ pub(crate) async fn open(
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, reason)
     })?;
     let config = &shared.config;
-    let (peer, outbox) = Peer::new(
-        shared.next_conn_id(),
-        config.outbox_frames,
-        config.outbox_bytes,
-    );
-    let peer = Arc::new(peer.with_grant(&grant).within(&shared.shutdown));
-    // Registered before joining, as a WebSocket's peer: a revocation meanwhile reaches it.
-    shared.register(peer.clone());
-    let room = match state.registry.join(&name, peer.clone()).await {
-        Ok(room) => room,
-        Err(e) => {
-            shared.unregister(peer.id);
-            return Err(match e {
-                JoinError::Deleted => {
-                    shared.metrics.refused("deleted");
-                    ApiError::new(StatusCode::GONE, "document deleted")
-                }
-                JoinError::Unavailable | JoinError::LoadFailed => {
-                    shared.metrics.refused("load_failed");
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Close::LoadFailed.reason())
-                }
-            });
-        }
-    };
+    let (peer, outbox, room) = join(&state, &name, &grant).await?;
     let now = Instant::now();
     let rate = RateLimiter::new(
         config.max_messages_per_sec,
@@ -157,25 +136,13 @@ pub(crate) async fn open(
     };
     shared.metrics.connections.inc();
     shared.metrics.connections_accepted.inc();
-    let access = match grant.access {
-        Access::ReadOnly => "ro",
-        Access::ReadWrite => "rw",
-    };
-    let hello = serde_json::json!({
-        "session": format!("{id:032x}"),
-        "access": access,
-        "post": format!(
-            "/api/v1/documents/{}/sync/{id:032x}",
-            percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
-        ),
-    });
     let feed = Feed {
         id,
         session,
         outbox,
         sessions: state.sessions.clone(),
         shared: shared.clone(),
-        hello,
+        hello: hello(id, &name, grant.access),
         opened: now,
         expiry: grant.expires_at.map(deadline_at),
         heartbeat: now + config.ping_interval,
@@ -183,6 +150,55 @@ pub(crate) async fn open(
         _slots: slots,
     };
     Ok(stream(feed))
+}
+
+/// A peer with `grant`'s rights, joined to the room of `name` like a WebSocket connection's:
+/// the peer, its queue and the room's inbox; 410 for a deleted document, 503 when it cannot
+/// be loaded.
+async fn join(
+    state: &AppState,
+    name: &str,
+    grant: &Grant,
+) -> Result<(Arc<Peer>, Outbox, mpsc::Sender<RoomMsg>), ApiError> {
+    let shared = &state.shared;
+    let config = &shared.config;
+    let (peer, outbox) = Peer::new(
+        shared.next_conn_id(),
+        config.outbox_frames,
+        config.outbox_bytes,
+    );
+    let peer = Arc::new(peer.with_grant(grant).within(&shared.shutdown));
+    // Registered before joining, as a WebSocket's peer: a revocation meanwhile reaches it.
+    shared.register(peer.clone());
+    match state.registry.join(name, peer.clone()).await {
+        Ok(room) => Ok((peer, outbox, room)),
+        Err(e) => {
+            shared.unregister(peer.id);
+            Err(match e {
+                JoinError::Deleted => {
+                    shared.metrics.refused("deleted");
+                    ApiError::new(StatusCode::GONE, "document deleted")
+                }
+                JoinError::Unavailable | JoinError::LoadFailed => {
+                    shared.metrics.refused("load_failed");
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, Close::LoadFailed.reason())
+                }
+            })
+        }
+    }
+}
+
+/// The `data` of a session's first event: its id, where to POST, and its access.
+fn hello(id: SessionId, name: &str, access: Access) -> serde_json::Value {
+    let segment = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+    serde_json::json!({
+        "session": format!("{id:032x}"),
+        "post": format!("/api/v1/documents/{segment}/sync/{id:032x}"),
+        "access": match access {
+            Access::ReadOnly => "ro",
+            Access::ReadWrite => "rw",
+        },
+    })
 }
 
 /// The response of an open session: its feed as an event stream.
