@@ -4,11 +4,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::sse::Sse;
 use common::{Client, Db, TestServer, config, http_send, on_every_db};
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tandem::Config;
 use tandem::config::AuthMode;
@@ -19,22 +18,9 @@ use yrs::{Doc, GetString, IndexedSequence, ReadTxn, Text, Transact, Update};
 const SECRET: &str = "tandem-api-tests-hs256-secret-0123456789";
 const ADMIN: &str = "api-tests-admin-token";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
 /// A token for `docs` with `access`, for user `sub`.
 fn token(sub: &str, docs: &[&str], access: &str) -> String {
-    let claims = json!({ "sub": sub, "docs": docs, "access": access, "exp": now() + 3600 });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("encode token")
+    common::doc_token(SECRET, sub, docs, access)
 }
 
 fn api_config() -> Config {

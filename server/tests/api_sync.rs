@@ -5,13 +5,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::sse::{Sse, SseEvent};
 use common::{Client, Db, HttpResponse, TestServer, WAIT, config, frame, http_send, on_every_db};
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 use tandem::Config;
 use tandem::config::AuthMode;
@@ -23,18 +22,7 @@ use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 const SECRET: &str = "tandem-sync-tests-hs256-secret-0123456789";
 
 fn token(sub: &str, docs: &[&str], access: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 3600;
-    let claims = json!({ "sub": sub, "docs": docs, "access": access, "exp": exp });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("encode token")
+    common::doc_token(SECRET, sub, docs, access)
 }
 
 fn token_config() -> Config {

@@ -153,6 +153,20 @@ impl TestServer {
     }
 }
 
+/// An HS256 token signed with `secret`, granting `docs` with `access` to user `sub` for an
+/// hour.
+pub fn doc_token(secret: &str, sub: &str, docs: &[&str], access: &str) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({ "sub": sub, "docs": docs, "access": access, "exp": exp });
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    encode(&Header::new(Algorithm::HS256), &claims, &key).expect("encode token")
+}
+
 /// Minimal HTTP/1.1 GET over a raw socket, returning status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
