@@ -360,3 +360,31 @@ async fn the_openapi_document_describes_the_sync_endpoints() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn revoking_the_user_closes_the_session_with_4403() {
+    let mut cfg = token_config();
+    cfg.admin_token = Some("sync-tests-admin".into());
+    let server = TestServer::start(cfg).await;
+    let ada = token("ada", &["doc"], "rw");
+    let mut s = Session::open(server.addr, "doc", Some(&ada)).await;
+    s.sync().await;
+    let r = http_send(
+        server.addr,
+        "POST",
+        "/api/v1/admin/revocations",
+        &[
+            ("Authorization", "Bearer sync-tests-admin"),
+            ("Content-Type", "application/json"),
+        ],
+        br#"{"user": "ada"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let close = s.close_event().await.json();
+    assert_eq!(close, json!({"code": 4403, "reason": "token revoked"}));
+    let r = s.post(&frame(0, Some(0), &[0])).await;
+    assert_eq!(r.status, 410);
+    assert_eq!(reason(&r), "session closed: 4403 token revoked");
+    server.stop().await;
+}
