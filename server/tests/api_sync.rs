@@ -388,3 +388,27 @@ async fn revoking_the_user_closes_the_session_with_4403() {
     assert_eq!(reason(&r), "session closed: 4403 token revoked");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn allowed_origins_apply_when_a_request_carries_an_origin() {
+    let mut cfg = config();
+    cfg.allowed_origins = vec!["https://ok.example".into()];
+    let server = TestServer::start(cfg).await;
+    let addr = server.addr;
+    let path = "/api/v1/documents/doc/sync";
+    let (r, _) = Sse::open_with(addr, path, &[("Origin", "https://evil.example")]).await;
+    assert_eq!(r.status, 403);
+    let (r, _) = Sse::open_with(addr, path, &[("Origin", "https://ok.example")]).await;
+    assert_eq!(r.status, 200);
+    // A same-origin GET from a browser carries no Origin.
+    let mut s = Session::open(addr, "doc", None).await;
+    let headers = [("Origin", "https://evil.example")];
+    let r = http_send(addr, "POST", &s.post, &headers, &frame(0, Some(0), &[0])).await;
+    assert_eq!(r.status, 403, "a POST from another origin");
+    let headers = [("Origin", "https://ok.example")];
+    let sv = frame(0, Some(0), &[0]);
+    let r = http_send(addr, "POST", &s.post, &headers, &sv).await;
+    assert_eq!(r.status, 204);
+    s.until(|s| s.synced).await;
+    server.stop().await;
+}

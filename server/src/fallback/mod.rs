@@ -266,6 +266,7 @@ fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     responses(
         (status = 204, description = "Handed to the document's room, in order (answered later when the session is over its message rate)."),
         (status = 400, description = "Malformed messages: the session is closed with the close code in the reason (and in its stream's close event).", body = crate::admin::ErrorBody),
+        (status = 403, description = "An Origin not in --allowed-origins.", body = crate::admin::ErrorBody),
         (status = 404, response = NotFound),
         (status = 410, description = "The session is closed (the reason names its close code), or the document was deleted.", body = crate::admin::ErrorBody),
         (status = 413, response = PayloadTooLarge),
@@ -275,10 +276,12 @@ fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 )]
 pub(crate) async fn post(
     State(state): State<AppState>,
+    headers: HeaderMap,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path((name, id)) = path?;
+    check_origin(&state, &headers)?;
     let session = live_session(&state, &name, &id)?;
     let peer = &session.peer;
     let body = body.map_err(|e| {
