@@ -1,8 +1,11 @@
-// The demo editor: TipTap bound to a Y.Doc that the y-websocket provider syncs through tandem.
+// The demo editor: TipTap bound to a Y.Doc that TandemProvider (the y-websocket protocol, over a
+// WebSocket or Tandem's HTTP fallback) syncs through tandem.
 //
 //   /?doc=<name>            the document (default "welcome"); same name = same document
 //   /?doc=<name>&token=JWT  when the server runs with --auth token (kept for this tab only)
 //   /?provider=hocuspocus   sync with TipTap's @hocuspocus/provider instead of y-websocket
+//   /?transport=sse         sync over Tandem's HTTP fallback (SSE + POST) even if WebSocket works;
+//                           without it the page uses the fallback only when no socket opens
 
 import './style.css'
 import { Editor } from '@tiptap/core'
@@ -11,7 +14,7 @@ import Collaboration from '@tiptap/extension-collaboration'
 import CollaborationCaret from '@tiptap/extension-collaboration-caret'
 import { Placeholder } from '@tiptap/extensions'
 import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
+import { TandemProvider } from './fallback-provider.js'
 import { HocuspocusProvider } from '@hocuspocus/provider'
 import { trackSaved, trackSavedHocuspocus } from './saved.js'
 import {
@@ -43,16 +46,16 @@ $('history-link').href = historyHref(docName)
 
 const ydoc = new Y.Doc()
 // The room is the name with its slashes (see roomPath): tandem maps it back to `docName`.
-// BroadcastChannel is off so that tabs of one browser also sync through the server: what
+// The provider has no BroadcastChannel, so tabs of one browser also sync through the server: what
 // the demo shows is what tandem does.
 // `?provider=hocuspocus`: the same document over the Hocuspocus protocol, at the bare address
 // (the server's `--hocuspocus-path`), with the name as it is and the token in the auth message.
 const hocuspocus = param('provider') === 'hocuspocus'
 const provider = hocuspocus
   ? new HocuspocusProvider({ url: websocketBase(), name: docName, document: ydoc, token: token || null })
-  : new WebsocketProvider(websocketBase(), roomPath(docName), ydoc, {
+  : new TandemProvider(websocketBase(), roomPath(docName), ydoc, {
     params: token ? { token } : {},
-    disableBc: true
+    transport: param('transport') === 'sse' ? 'sse' : 'auto'
   })
 
 let user = loadUser(typeof claims?.name === 'string' ? claims.name : undefined)
@@ -146,7 +149,8 @@ if (readOnly) {
 let failedAttempts = 0
 let attemptOpened = false
 provider.on('status', ({ status }) => {
-  setPill($('connection'), status, STATUS_TEXT[status] ?? status)
+  const over = provider.transport === 'sse' ? 'over HTTP (Server-Sent Events + POST)' : 'over a WebSocket'
+  setPill($('connection'), status, STATUS_TEXT[status] ?? status, hocuspocus ? undefined : over)
   if (status === 'connecting') attemptOpened = false
   if (status === 'connected') {
     attemptOpened = true
@@ -189,7 +193,7 @@ provider.on('closed', ({ code, reason }) => {
   // Codes 44xx are final: the provider stops reconnecting.
   setPill($('connection'), 'disconnected', 'Disconnected')
   showNotice(CLOSE_TEXT[code] ?? `The server closed the connection (${code}${reason ? ': ' + reason : ''}).`,
-    { askToken: code === 4401 })
+    { askToken: code === 4401 || code === 401 })
 })
 
 function showNotice (text, { askToken = false } = {}) {

@@ -19,7 +19,7 @@ import * as syncProtocol from 'y-protocols/sync'
 const MESSAGE_SYNC = 0
 
 /**
- * @param {import('y-websocket').WebsocketProvider} provider
+ * @param {import('y-websocket').WebsocketProvider | import('./fallback-provider.js').TandemProvider} provider
  * @param {(state: 'loading'|'saved'|'saving'|'offline') => void} onChange
  * @returns {{ state: () => string, pending: () => number }}
  */
@@ -46,15 +46,21 @@ export function trackSaved (provider, onChange) {
       onChange(s)
     }
   }
-  const probe = () => {
+  // TandemProvider (fallback-provider.js) sends over whichever transport it uses;
+  // y-websocket's provider has only its socket (readyState 1: open).
+  const send = (message) => {
+    if (typeof provider.sendMessage === 'function') return provider.sendMessage(message)
     const ws = provider.ws
+    if (!ws || ws.readyState !== 1) return false
+    ws.send(message)
+    return true
+  }
+  const probe = () => {
     if (inflight !== null || confirmed >= local || !provider.synced || !answeredServer) return
-    if (!ws || ws.readyState !== WebSocket.OPEN) return
     const encoder = encoding.createEncoder()
     encoding.writeVarUint(encoder, MESSAGE_SYNC)
     syncProtocol.writeSyncStep1(encoder, provider.doc)
-    inflight = local
-    ws.send(encoding.toUint8Array(encoder))
+    if (send(encoding.toUint8Array(encoder))) inflight = local
   }
 
   provider.doc.on('update', (_update, origin) => {

@@ -20,6 +20,7 @@ use crate::auth::Grant;
 use crate::close::{self, Close};
 use crate::limits::{RateLimiter, Verdict};
 use crate::peer::{Outbox, Peer};
+use crate::presence::ConnId;
 use crate::protocol;
 use crate::registry::{JoinError, Registry};
 use crate::room::RoomMsg;
@@ -350,10 +351,6 @@ async fn drive<S>(
                 deadlines.handshake = None;
                 deadlines.idle = now + config.idle_timeout;
                 if let Some(pause) = pause {
-                    metrics.connections_throttled.inc();
-                    metrics
-                        .connections_throttled_seconds
-                        .inc_by(pause.as_secs_f64());
                     deadlines.throttled = Some(now + pause);
                 }
                 if !offer(room, msg, &mut held, peer) {
@@ -472,29 +469,9 @@ fn inbound(
 ) -> Inbound {
     let reason = match frame {
         Some(Ok(Message::Binary(data))) => {
-            metrics.bytes_in.inc_by(data.len() as u64);
-            match protocol::decode_frame_with(&data, limits) {
-                Ok(msgs) => {
-                    metrics.messages_in.inc_by(msgs.len() as u64);
-                    let count = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
-                    let pause = match rate.admit(count, now.into_std()) {
-                        Verdict::Pass => None,
-                        Verdict::Pause(pause) => Some(pause),
-                        Verdict::Abuse => {
-                            peer.close(Close::RateLimited);
-                            return Inbound::Close;
-                        }
-                    };
-                    let msg = RoomMsg::Frame {
-                        conn: peer.id,
-                        msgs,
-                    };
-                    return Inbound::Room(msg, pause);
-                }
-                Err(e) => {
-                    debug!(error = %e, "bad frame");
-                    Close::from(&e)
-                }
+            match admit_frame(&data, peer.id, metrics, limits, rate, now) {
+                Ok((msg, pause)) => return Inbound::Room(msg, pause),
+                Err(reason) => reason,
             }
         }
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Inbound::Control,
@@ -515,6 +492,40 @@ fn inbound(
     };
     peer.close(reason);
     Inbound::Close
+}
+
+/// Decodes one binary frame of connection `conn` and charges its messages to `rate`: the
+/// room message it comes to, with a pause when the client is over its message rate (counted
+/// in the throttling metrics), or the close it earns (malformed content, rate abuse). The
+/// one place a client's frame is judged, for the WebSocket driver and the HTTP fallback's
+/// POSTs alike.
+pub(crate) fn admit_frame(
+    data: &[u8],
+    conn: ConnId,
+    metrics: &crate::metrics::Metrics,
+    limits: &protocol::FrameLimits,
+    rate: &mut RateLimiter,
+    now: Instant,
+) -> Result<(RoomMsg, Option<Duration>), Close> {
+    metrics.bytes_in.inc_by(data.len() as u64);
+    let msgs = protocol::decode_frame_with(data, limits).map_err(|e| {
+        debug!(error = %e, "bad frame");
+        Close::from(&e)
+    })?;
+    metrics.messages_in.inc_by(msgs.len() as u64);
+    let count = u32::try_from(msgs.len()).unwrap_or(u32::MAX);
+    let pause = match rate.admit(count, now.into_std()) {
+        Verdict::Pass => None,
+        Verdict::Pause(pause) => {
+            metrics.connections_throttled.inc();
+            metrics
+                .connections_throttled_seconds
+                .inc_by(pause.as_secs_f64());
+            Some(pause)
+        }
+        Verdict::Abuse => return Err(Close::RateLimited),
+    };
+    Ok((RoomMsg::Frame { conn, msgs }, pause))
 }
 
 /// Maps a WebSocket-layer error to the close it earns.

@@ -41,6 +41,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Set while the node drains before shutdown (`/readyz` reports 503).
     pub drain: crate::readiness::Drain,
+    /// Live sessions of the HTTP fallback transport (SSE + POST).
+    pub(crate) sessions: Arc<crate::fallback::Sessions>,
 }
 
 /// The whole HTTP surface as one router: WebSocket upgrades on any path become rooms (checked
@@ -62,6 +64,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(crate::admin::openapi_json))
         .nest("/api/v1/admin", crate::admin::routes(state.clone()))
         .merge(crate::api::routes(&state))
+        .merge(crate::fallback::routes(&state))
         .merge(crate::demo::routes())
         .fallback(not_found)
         .with_state(state)
@@ -109,41 +112,41 @@ fn looks_like_jwt(s: &str) -> bool {
         })
 }
 
-/// Places in the per-address and per-document connection limits for one upgrade (released
-/// when the connection ends); 429 when either is full.
-fn limit_slots(
-    state: &AppState,
-    req: &Request,
+/// Places a connection holds in the connection limits; released when it ends.
+pub(crate) type Slots = Vec<Box<dyn std::any::Any + Send + Sync>>;
+
+/// A connection limit that is full: the reason for the client and the metric label.
+pub(crate) type LimitFull = (&'static str, &'static str);
+
+/// Places in the per-address (when the client's address is known) and per-document
+/// connection limits for one connection, WebSocket or fallback session (released when it
+/// ends); the full limit otherwise, which callers answer with 429.
+pub(crate) fn limit_slots(
+    shared: &Shared,
+    ip: Option<std::net::IpAddr>,
     name: &Arc<str>,
-) -> Result<Vec<Box<dyn std::any::Any + Send + Sync>>, Box<Response>> {
-    let mut slots: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
-    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        match state.shared.per_addr.acquire(addr.ip()) {
-            Some(slot) => slots.push(Box::new(slot)),
-            None => {
-                let reason = "too many connections from this address".to_string();
-                return Err(Box::new(refuse(
-                    state,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    reason,
-                    "per_addr_limit",
-                )));
-            }
-        }
+) -> Result<Slots, LimitFull> {
+    let mut slots: Slots = Vec::new();
+    if let Some(ip) = ip {
+        let slot = shared
+            .per_addr
+            .acquire(ip)
+            .ok_or(("too many connections from this address", "per_addr_limit"))?;
+        slots.push(Box::new(slot));
     }
-    match state.shared.per_doc.acquire(name.clone()) {
-        Some(slot) => slots.push(Box::new(slot)),
-        None => {
-            let reason = "too many connections to this document".to_string();
-            return Err(Box::new(refuse(
-                state,
-                StatusCode::TOO_MANY_REQUESTS,
-                reason,
-                "per_doc_limit",
-            )));
-        }
-    }
+    let slot = shared
+        .per_doc
+        .acquire(name.clone())
+        .ok_or(("too many connections to this document", "per_doc_limit"))?;
+    slots.push(Box::new(slot));
     Ok(slots)
+}
+
+/// The client's address, when the listener recorded it.
+fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
 }
 
 /// Middleware placed in front of the router: upgrades become rooms, after the name, origin,
@@ -176,9 +179,11 @@ pub async fn dispatch(State(state): State<AppState>, req: Request, next: Next) -
         }
     };
     let name: Arc<str> = Arc::from(name);
-    let slots = match limit_slots(&state, &req, &name) {
+    let slots = match limit_slots(&state.shared, client_ip(&req), &name) {
         Ok(slots) => slots,
-        Err(refused) => return *refused,
+        Err((reason, label)) => {
+            return refuse(&state, StatusCode::TOO_MANY_REQUESTS, reason.into(), label);
+        }
     };
     let selected = offered_protocols(req.headers())
         .find(|p| p == "tandem")
@@ -225,18 +230,21 @@ fn check_origin(state: &AppState, req: &Request) -> Option<Response> {
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok());
-    // Entries are lowercased at start-up; browsers send scheme and host in lowercase,
-    // other clients may not.
-    if origin.is_some_and(|o| {
-        config
-            .allowed_origins
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(o.trim()))
-    }) {
+    if origin.is_some_and(|o| origin_allowed(config, o)) {
         return None;
     }
     let reason = "origin not allowed".to_string();
     Some(refuse(state, StatusCode::FORBIDDEN, reason, "origin"))
+}
+
+/// Whether `origin` is in `--allowed-origins` (which must not be empty).
+pub(crate) fn origin_allowed(config: &crate::Config, origin: &str) -> bool {
+    // Entries are lowercased at start-up; browsers send scheme and host in lowercase,
+    // other clients may not.
+    config
+        .allowed_origins
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(origin.trim()))
 }
 
 /// Whether `path` is the Hocuspocus endpoint `configured` (stored without a trailing slash;
@@ -254,7 +262,7 @@ async fn hocuspocus_upgrade(state: AppState, req: Request) -> Response {
     if let Some(refused) = check_origin(&state, &req) {
         return refused;
     }
-    let mut slots: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+    let mut slots: Slots = Vec::new();
     if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
         match state.shared.per_addr.acquire(addr.ip()) {
             Some(slot) => slots.push(Box::new(slot)),

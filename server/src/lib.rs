@@ -17,6 +17,7 @@ mod connection;
 mod demo;
 mod docname;
 mod error;
+mod fallback;
 pub mod first_run;
 pub mod fuzz_entry;
 mod history;
@@ -125,6 +126,7 @@ pub async fn open(config: Config, drain: Drain) -> Result<AppState, ServerError>
         shared,
         registry,
         drain,
+        sessions: Arc::default(),
     })
 }
 

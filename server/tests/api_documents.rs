@@ -4,15 +4,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use common::{Client, Db, TestServer, WAIT, config, http_send, on_every_db};
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use common::sse::Sse;
+use common::{Client, Db, TestServer, config, http_send, on_every_db};
 use serde_json::{Value, json};
 use tandem::Config;
 use tandem::config::AuthMode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, GetString, IndexedSequence, ReadTxn, Text, Transact, Update};
@@ -20,22 +18,9 @@ use yrs::{Doc, GetString, IndexedSequence, ReadTxn, Text, Transact, Update};
 const SECRET: &str = "tandem-api-tests-hs256-secret-0123456789";
 const ADMIN: &str = "api-tests-admin-token";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
-
 /// A token for `docs` with `access`, for user `sub`.
 fn token(sub: &str, docs: &[&str], access: &str) -> String {
-    let claims = json!({ "sub": sub, "docs": docs, "access": access, "exp": now() + 3600 });
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("encode token")
+    common::doc_token(SECRET, sub, docs, access)
 }
 
 fn api_config() -> Config {
@@ -419,123 +404,6 @@ async fn content_is_set_with_minimal_edits_and_other_fields_stay() {
     server.stop().await;
 }
 
-/// A Server-Sent Events reader over a raw socket.
-struct Sse {
-    stream: TcpStream,
-    /// De-chunked bytes not yet parsed into events.
-    text: String,
-    raw: Vec<u8>,
-}
-
-/// One event.
-#[derive(Debug, Clone)]
-struct SseEvent {
-    event: String,
-    id: Option<String>,
-    data: Value,
-}
-
-impl Sse {
-    async fn open(
-        addr: SocketAddr,
-        path: &str,
-        bearer: &str,
-        last_event_id: Option<&str>,
-    ) -> (u16, Sse) {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let mut req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\nAuthorization: Bearer {bearer}\r\n"
-        );
-        if let Some(id) = last_event_id {
-            req.push_str(&format!("Last-Event-ID: {id}\r\n"));
-        }
-        req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).await.expect("write");
-        let mut sse = Sse {
-            stream,
-            text: String::new(),
-            raw: Vec::new(),
-        };
-        let end = loop {
-            if let Some(i) = sse.raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            sse.fill().await;
-        };
-        let head = String::from_utf8_lossy(&sse.raw[..end]).to_string();
-        sse.raw.drain(..end + 4);
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        assert!(
-            status != 200
-                || head
-                    .to_ascii_lowercase()
-                    .contains("transfer-encoding: chunked"),
-            "{head}"
-        );
-        (status, sse)
-    }
-
-    async fn fill(&mut self) {
-        let mut buf = [0u8; 8192];
-        let n = tokio::time::timeout(WAIT, self.stream.read(&mut buf))
-            .await
-            .expect("no SSE bytes in time")
-            .expect("read");
-        assert!(n > 0, "SSE stream closed");
-        self.raw.extend_from_slice(&buf[..n]);
-    }
-
-    /// Moves complete chunks from `raw` to `text`.
-    fn dechunk(&mut self) {
-        loop {
-            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
-                return;
-            };
-            let size_line = String::from_utf8_lossy(&self.raw[..line_end]).to_string();
-            let size = usize::from_str_radix(size_line.trim(), 16).expect("chunk size");
-            if self.raw.len() < line_end + 2 + size + 2 {
-                return;
-            }
-            let chunk = self.raw[line_end + 2..line_end + 2 + size].to_vec();
-            self.raw.drain(..line_end + 2 + size + 2);
-            self.text.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-
-    /// The next event (comments such as heartbeats are skipped).
-    async fn next(&mut self) -> SseEvent {
-        loop {
-            self.dechunk();
-            if let Some(end) = self.text.find("\n\n") {
-                let block: String = self.text.drain(..end + 2).collect();
-                let (mut event, mut id, mut data) = ("message".to_string(), None, String::new());
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().to_string());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim_start());
-                    }
-                }
-                if data.is_empty() {
-                    continue;
-                }
-                return SseEvent {
-                    event,
-                    id,
-                    data: serde_json::from_str(&data).expect("JSON data"),
-                };
-            }
-            self.fill().await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_change_feed_resumes_without_gap_or_duplicate_across_a_restart() {
     on_every_db!(
@@ -572,11 +440,11 @@ async fn feed_across_restart(db: &Db) {
         let e = feed.next().await;
         assert_eq!(e.event, "change");
         assert_eq!(e.id.as_deref(), Some(seq.to_string().as_str()));
-        assert_eq!(e.data["seq"], seq);
-        assert_eq!(e.data["author"], "ada");
-        assert_eq!(e.data["clients"], json!([19 + seq]));
-        assert_eq!(e.data["summary"]["t"]["inserted"], 1);
-        assert!(e.data["update"].is_string());
+        assert_eq!(e.json()["seq"], seq);
+        assert_eq!(e.json()["author"], "ada");
+        assert_eq!(e.json()["clients"], json!([19 + seq]));
+        assert_eq!(e.json()["summary"]["t"]["inserted"], 1);
+        assert!(e.json()["update"].is_string());
     }
     // Live: a new change arrives once durable.
     post_update(server.addr, "feed", &rw, &text_update(30, "t", "d")).await;
@@ -592,7 +460,7 @@ async fn feed_across_restart(db: &Db) {
         Sse::open(server.addr, "/api/v1/documents/feed/events", &rw, Some("4")).await;
     let e = feed.next().await;
     assert_eq!(e.id.as_deref(), Some("5"), "no gap, no duplicate: {e:?}");
-    assert!(e.data.get("update").is_none());
+    assert!(e.json().get("update").is_none());
     post_update(server.addr, "feed", &rw, &text_update(32, "t", "f")).await;
     assert_eq!(feed.next().await.id.as_deref(), Some("6"));
 
@@ -609,11 +477,11 @@ async fn feed_across_restart(db: &Db) {
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
     let e = feed.next().await;
     assert_eq!((e.event.as_str(), e.id.as_deref()), ("change", Some("7")));
-    assert_eq!(e.data["author"], "admin");
+    assert_eq!(e.json()["author"], "admin");
     let e = feed.next().await;
     assert_eq!(e.event, "restored");
     assert_eq!(
-        e.data,
+        e.json(),
         json!({"seq": 7, "restored_to": 2, "author": "admin"})
     );
     call(
@@ -653,8 +521,8 @@ async fn the_prefix_feed_sees_only_its_documents_and_checks_the_grant() {
     );
     let e = feed.next().await;
     assert_eq!(e.event, "change");
-    assert_eq!(e.data["name"], "team/a");
-    assert_eq!(e.data["seq"], 1);
+    assert_eq!(e.json()["name"], "team/a");
+    assert_eq!(e.json()["seq"], 1);
     assert_eq!(e.id.as_deref(), Some("team/a:1"));
     let _ = Duration::ZERO;
     server.stop().await;

@@ -37,6 +37,7 @@ use super::{documents, history, revocations};
         (name = "history", description = "Timeline, state at a point, diff, restore and labels."),
         (name = "revocations", description = "Revoke tokens and users."),
         (name = "backends", description = "The document API for backends: read, write, set content and follow changes (SSE). Bearer: a document JWT (same claims and rules as a WebSocket connection) or the admin token."),
+        (name = "sync", description = "The fallback transport for clients that cannot open a WebSocket: the y-websocket protocol over Server-Sent Events (server to client) and POST (client to server). Opening a session takes the same token as a WebSocket (Authorization: Bearer, or ?token= since EventSource cannot set headers); the session id it returns is what authorizes its POSTs."),
         (name = "meta", description = "This description."),
     ),
     paths(
@@ -61,6 +62,8 @@ use super::{documents, history, revocations};
         crate::api::content::put,
         crate::api::events::document,
         crate::api::events::prefix,
+        crate::fallback::open,
+        crate::fallback::post,
         openapi_json,
     ),
     components(
@@ -123,6 +126,13 @@ impl Modify for BearerAdminToken {
         );
         for (path, item) in api.paths.paths.iter_mut() {
             if !(path.starts_with("/api/v1/documents") || path.starts_with("/api/v1/events")) {
+                continue;
+            }
+            if path.ends_with("/sync/{session}") {
+                // A fallback session's POSTs carry no token: the session id authorizes them.
+                if let Some(op) = item.post.as_mut() {
+                    op.security = Some(Vec::new());
+                }
                 continue;
             }
             for op in [&mut item.get, &mut item.post, &mut item.put]

@@ -165,7 +165,7 @@ pub(crate) enum Scope<'a> {
 }
 
 /// The bearer token of a request, if any.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -204,7 +204,7 @@ pub(crate) fn caller(
 
 /// A document name from a path segment (already percent-decoded), checked like a room's; a
 /// deleted document is 410.
-fn doc_name(
+pub(crate) fn doc_name(
     state: &AppState,
     raw: Result<axum::extract::Path<String>, PathRejection>,
 ) -> Result<String, ApiError> {

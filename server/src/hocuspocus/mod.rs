@@ -29,10 +29,9 @@ use crate::close::{self, Close, Malformed};
 use crate::connection::{Batch, Deadlines, Event, Wake, classify, finish, poll_socket};
 use crate::limits::{RateLimiter, Verdict};
 use crate::peer::{Outbox, Peer};
-use crate::presence::ConnId;
 use crate::protocol;
 use crate::registry::{JoinError, Registry};
-use crate::room::RoomMsg;
+use crate::room::{RoomMsg, leave_later};
 use crate::state::Shared;
 
 use self::session::{Joined, Session};
@@ -517,15 +516,6 @@ impl Socket<'_> {
                     .await;
             }
         }
-    }
-}
-
-/// Tells a room that `conn` left without waiting on its inbox.
-fn leave_later(room: mpsc::Sender<RoomMsg>, conn: ConnId) {
-    if let Err(mpsc::error::TrySendError::Full(msg)) = room.try_send(RoomMsg::Leave { conn }) {
-        tokio::spawn(async move {
-            let _ = room.send(msg).await;
-        });
     }
 }
 

@@ -349,6 +349,19 @@ struct Room {
     catch_up: Option<JoinHandle<ReadBack>>,
 }
 
+/// Tells a room that `conn` left without waiting on its inbox (from code that cannot wait:
+/// a socket task between events, a dropped fallback stream). Outside a runtime (only while
+/// the process exits) a full inbox gets no message: the room is going away too.
+pub(crate) fn leave_later(room: mpsc::Sender<RoomMsg>, conn: ConnId) {
+    if let Err(mpsc::error::TrySendError::Full(msg)) = room.try_send(RoomMsg::Leave { conn })
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        runtime.spawn(async move {
+            let _ = room.send(msg).await;
+        });
+    }
+}
+
 /// Starts the task for document `name` and returns its handle.
 pub(crate) fn spawn(
     name: Arc<str>,

@@ -19,6 +19,7 @@ use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
 
 pub mod admin;
 pub mod bin;
+pub mod sse;
 
 /// Runs `case` (an async fn taking `&Db`) once per database: SQLite, and Postgres when
 /// `TANDEM_TEST_DATABASE_URL` is set; each run is timed and its database cleaned up.
@@ -151,6 +152,20 @@ impl TestServer {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+}
+
+/// An HS256 token signed with `secret`, granting `docs` with `access` to user `sub` for an
+/// hour.
+pub fn doc_token(secret: &str, sub: &str, docs: &[&str], access: &str) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({ "sub": sub, "docs": docs, "access": access, "exp": exp });
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    encode(&Header::new(Algorithm::HS256), &claims, &key).expect("encode token")
 }
 
 /// Minimal HTTP/1.1 GET over a raw socket, returning status and body.

@@ -75,10 +75,14 @@ export class Person {
     this.errors = []
   }
 
-  /** Opens the editor at `url` (e.g. `http://127.0.0.1:port/?doc=x`) and waits for the sync. */
-  async open (url, { viewport = { width: 1100, height: 640 } } = {}) {
+  /**
+   * Opens the editor at `url` (e.g. `http://127.0.0.1:port/?doc=x`) and waits for the sync.
+   * `init` runs in the page before its own scripts (e.g. to take WebSocket away).
+   */
+  async open (url, { viewport = { width: 1100, height: 640 }, init } = {}) {
     this.context = await this.browser.newContext({ viewport, deviceScaleFactor: 1 })
     this.context.setDefaultTimeout(TIMEOUT_MS)
+    if (init) await this.context.addInitScript(init)
     // The name the demo would otherwise invent (it keeps it in sessionStorage).
     await this.context.addInitScript((user) => {
       sessionStorage.setItem('tandem-demo:user', JSON.stringify(user))
@@ -87,7 +91,10 @@ export class Person {
     this.page.on('pageerror', (err) => this.errors.push(String(err)))
     this.page.on('console', (msg) => {
       // Failed reconnects while offline or while the server restarts are expected.
-      if (msg.type() === 'error' && !/^WebSocket connection to .* failed/.test(msg.text())) {
+      // (The demo's provider may try its HTTP transport meanwhile: a fetch to a server that
+      // is down or a browser that is offline logs a failed resource.)
+      const expected = /^WebSocket connection to .* failed|^Failed to load resource: net::ERR_(CONNECTION_REFUSED|INTERNET_DISCONNECTED)/
+      if (msg.type() === 'error' && !expected.test(msg.text())) {
         this.errors.push(msg.text())
       }
     })
