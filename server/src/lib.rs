@@ -35,6 +35,7 @@ mod room;
 mod state;
 pub mod storage;
 mod update_check;
+mod webhooks;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -91,7 +92,8 @@ pub async fn open(config: Config, drain: Drain) -> Result<AppState, ServerError>
     let auth = authenticator(&config)?;
     let storage = storage::Storage::open(&config).await?;
     let deleted = load_stored_state(&storage, &auth).await?;
-    let shared = Shared::new(config, storage, auth);
+    let webhooks = webhooks::Webhooks::open(&config, &storage).await?;
+    let shared = Shared::new(config, storage, auth, webhooks);
     for name in &deleted {
         shared.mark_deleted(name);
     }
@@ -125,6 +127,7 @@ pub async fn serve_with_drain(
     let state = open(config, drain).await?;
     let shared = state.shared.clone();
     let registry = state.registry.clone();
+    webhooks::Webhooks::spawn(&shared);
     let app = http::app(state);
     let addr = listener.local_addr()?;
     info!("listening on {addr}");

@@ -577,9 +577,17 @@ pub(super) async fn restore(
         let kind = crate::changes::ChangeKind::Restored {
             seq: change,
             restored_to: seq,
-            author,
+            author: author.clone(),
         };
         state.shared.changes.publish(&name.as_str().into(), kind);
+        // Queued before the answer: an acknowledged restore is announced even after a crash.
+        if let Some(hooks) = &state.shared.webhooks
+            && let Err(e) = hooks
+                .restored(&name, info.doc_id, change, seq, &author)
+                .await
+        {
+            tracing::error!(error = %e, doc = %name, "webhooks: document.restored not queued");
+        }
     }
     Ok(ok(Restored {
         restored_to: seq,
