@@ -51,13 +51,15 @@ pub(crate) enum DeliveryError {
 }
 
 type Sender = SendRequest<Full<Bytes>>;
+/// Idle connections by [`Target::pool_key`].
+type Idle = HashMap<(bool, String, u16), Vec<Sender>>;
 
 /// The client; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Client {
     tls: Option<TlsConnector>,
     timeout: Duration,
-    idle: Arc<Mutex<HashMap<(bool, String, u16), Vec<Sender>>>>,
+    idle: Arc<Mutex<Idle>>,
 }
 
 impl std::fmt::Debug for Client {
