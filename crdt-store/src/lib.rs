@@ -500,13 +500,23 @@ impl Store {
         dispatch!(self, b => b.enqueue_webhooks(cursor, deliveries).await)
     }
 
-    /// At most `limit` deliveries due at `now`, the longest due first.
-    pub async fn due_webhooks(
+    /// Claims at most `limit` deliveries due at `now` (the longest due first; returned in
+    /// queueing order): their next attempt moves to `lease_until`, so no other server on the
+    /// database takes them meanwhile and, should this one die, they are due again then.
+    /// Report each outcome with [`Store::webhook_delivered`] or [`Store::webhook_retry`].
+    pub async fn claim_webhooks(
         &self,
         now: SystemTime,
+        lease_until: SystemTime,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
-        dispatch!(self, b => b.due_webhooks(now, limit).await)
+        dispatch!(self, b => b.claim_webhooks(now, lease_until, limit).await)
+    }
+
+    /// Gives claimed deliveries back before their lease ends, due at `at` (a server that
+    /// stops in the middle of a batch).
+    pub async fn release_webhooks(&self, ids: &[i64], at: SystemTime) -> Result<(), StoreError> {
+        dispatch!(self, b => b.release_webhooks(ids, at).await)
     }
 
     /// Removes delivery `id`: its receiver answered 2xx.

@@ -307,9 +307,18 @@ pub(crate) const WEBHOOK_ENQUEUE: &str = "INSERT INTO webhook_outbox \
      (event_id, url, event, body, attempts, next_attempt_at, created_at) \
      VALUES ($1, $2, $3, $4, 0, $5, $5) ON CONFLICT (event_id, url) DO NOTHING";
 
-/// At most `$2` deliveries due at `$1`, the longest due first.
-pub(crate) const WEBHOOK_DUE: &str = "SELECT id, event_id, url, event, body, attempts, created_at FROM webhook_outbox \
-     WHERE next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2";
+/// Claims at most `$3` deliveries due at `$1`, the longest due first, by moving their next
+/// attempt to `$2` (a lease: another server on the same database does not take them, and if
+/// this one dies they are due again at `$2`). The outer `next_attempt_at <= $1` makes a
+/// concurrent claim of the same rows (Postgres re-checks it on the updated row) take nothing.
+pub(crate) const WEBHOOK_CLAIM: &str = "UPDATE webhook_outbox SET next_attempt_at = $2 \
+     WHERE next_attempt_at <= $1 AND id IN (SELECT id FROM webhook_outbox \
+         WHERE next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $3) \
+     RETURNING id, event_id, url, event, body, attempts, created_at";
+
+/// Gives claimed delivery `$1` back, due at `$2` (a server stopping mid-batch).
+pub(crate) const WEBHOOK_RELEASE: &str =
+    "UPDATE webhook_outbox SET next_attempt_at = $2 WHERE id = $1";
 
 /// Delivery `$1` was answered 2xx.
 pub(crate) const WEBHOOK_DONE: &str = "DELETE FROM webhook_outbox WHERE id = $1";

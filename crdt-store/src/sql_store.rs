@@ -605,19 +605,40 @@ where
         Ok(true)
     }
 
-    /// See [`WEBHOOK_DUE`](queries::WEBHOOK_DUE).
-    pub(crate) async fn due_webhooks(
+    /// See [`WEBHOOK_CLAIM`](queries::WEBHOOK_CLAIM); ordered by id.
+    pub(crate) async fn claim_webhooks(
         &self,
         now: SystemTime,
+        lease_until: SystemTime,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let found = sqlx::query(queries::WEBHOOK_DUE)
+        let found = sqlx::query(queries::WEBHOOK_CLAIM)
             .bind(D::time(now))
+            .bind(D::time(lease_until))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
-            .map_err(db_err("due_webhooks"))?;
-        decode_all(&found, "due_webhooks", outbox::delivery)
+            .map_err(db_err("claim_webhooks"))?;
+        let mut claimed = decode_all(&found, "claim_webhooks", outbox::delivery)?;
+        claimed.sort_by_key(|d| d.id);
+        Ok(claimed)
+    }
+
+    /// Makes claimed deliveries due at `at` again.
+    pub(crate) async fn release_webhooks(
+        &self,
+        ids: &[i64],
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        for id in ids {
+            sqlx::query(queries::WEBHOOK_RELEASE)
+                .bind(*id)
+                .bind(D::time(at))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("release_webhooks"))?;
+        }
+        Ok(())
     }
 
     /// Removes delivery `id` (answered 2xx).

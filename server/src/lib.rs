@@ -208,6 +208,15 @@ async fn shut_down(
             "connections still open at shutdown deadline"
         );
     }
+    // The webhook tasks stop at once; the worker gives back the deliveries it had claimed.
+    if let Some(hooks) = &shared.webhooks {
+        let left = deadline
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        if tokio::time::timeout(left, hooks.stopped()).await.is_err() {
+            warn!("webhook tasks still running at shutdown deadline");
+        }
+    }
     let left = deadline
         .saturating_sub(started.elapsed())
         .max(Duration::from_secs(1));

@@ -22,11 +22,13 @@ mod sign;
 pub(crate) mod target;
 mod worker;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crdt_store::{CursorMove, NewDelivery, Store, StoreError};
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::error::ServerError;
@@ -102,6 +104,11 @@ struct Inner {
     client: client::Client,
     /// Wakes the delivery worker when something was queued.
     wake: Notify,
+    /// Deliveries claimed and not yet settled: given back at shutdown instead of waiting for
+    /// their lease to end.
+    claimed: Mutex<HashSet<i64>>,
+    /// The coalescer and the worker, awaited at shutdown.
+    tasks: TaskTracker,
 }
 
 impl Webhooks {
@@ -133,6 +140,8 @@ impl Webhooks {
                 store: store.clone(),
                 client,
                 wake: Notify::new(),
+                claimed: Mutex::default(),
+                tasks: TaskTracker::new(),
             }),
         }))
     }
@@ -144,8 +153,16 @@ impl Webhooks {
             return;
         };
         let bus = shared.changes.subscribe();
-        tokio::spawn(coalesce::run(hooks.clone(), bus, shared.shutdown.clone()));
-        tokio::spawn(worker::run(hooks, shared.clone()));
+        let tasks = &hooks.inner.tasks;
+        tasks.spawn(coalesce::run(hooks.clone(), bus, shared.shutdown.clone()));
+        tasks.spawn(worker::run(hooks.clone(), shared.clone()));
+        tasks.close();
+    }
+
+    /// Waits for the tasks [`Webhooks::spawn`] started to stop (they stop at shutdown, the
+    /// worker after giving back the deliveries it had claimed).
+    pub(crate) async fn stopped(&self) {
+        self.inner.tasks.wait().await;
     }
 
     /// Announces the changes of document `name` past its cursor, if any: a

@@ -1,6 +1,8 @@
-//! The delivery worker: takes due rows from the outbox, POSTs them (several at once), removes
-//! each one answered 2xx and reschedules the others with exponential backoff and jitter,
-//! forever. Rows left by a previous run are simply due: nothing else is needed at start.
+//! The delivery worker: claims due rows from the outbox (leased, so a second server on the
+//! same database does not send them too), POSTs them (several at once), removes each one
+//! answered 2xx and reschedules the others with exponential backoff and jitter, forever. Rows
+//! left by a previous run are simply due (or due when their lease ends): nothing else is
+//! needed at start.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,13 +11,15 @@ use bytes::Bytes;
 use crdt_store::Delivery;
 use futures::StreamExt;
 use hyper::header::HeaderName;
+use tokio_util::sync::CancellationToken;
 
 use super::Webhooks;
 use crate::metrics::Metrics;
 use crate::state::Shared;
 
-/// Deliveries taken from the outbox at a time.
-const BATCH: u32 = 256;
+/// Deliveries claimed from the outbox at a time (a small multiple of `CONCURRENCY`: the
+/// lease, and so the delay after a crash, grows with it).
+const BATCH: u32 = 64;
 /// Deliveries in flight at once.
 const CONCURRENCY: usize = 32;
 /// A delivery that failed this many times counts in `tandem_webhook_failing` (it is still
@@ -32,43 +36,47 @@ const EVENT: HeaderName = HeaderName::from_static("tandem-event");
 const SIGNATURE: HeaderName = HeaderName::from_static("tandem-signature");
 const ATTEMPT: HeaderName = HeaderName::from_static("tandem-attempt");
 
-/// Runs until shutdown.
+/// Runs until shutdown; then gives back what it had claimed.
 pub(super) async fn run(hooks: Webhooks, shared: Arc<Shared>) {
     let shutdown = shared.shutdown.clone();
-    loop {
-        let wait = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            wait = hooks.drain(&shared.metrics) => wait,
-        };
+    while let Some(wait) = hooks.drain(&shared.metrics, &shutdown).await {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = hooks.inner.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
+    hooks.release().await;
 }
 
 impl Webhooks {
-    /// Delivers everything due now; returns how long to sleep before looking again.
-    async fn drain(&self, metrics: &Metrics) -> Duration {
+    /// Delivers everything due now; returns how long to sleep before looking again, or
+    /// `None` at shutdown. Only the attempts are cut short by shutdown, never a claim (whose
+    /// rows would then stay leased without anyone knowing).
+    async fn drain(&self, metrics: &Metrics, shutdown: &CancellationToken) -> Option<Duration> {
         let store = &self.inner.store;
-        loop {
-            let due = match store.due_webhooks(SystemTime::now(), BATCH).await {
+        while !shutdown.is_cancelled() {
+            let now = SystemTime::now();
+            let due = match store.claim_webhooks(now, now + self.lease(), BATCH).await {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhooks: cannot read the outbox");
-                    return STORE_RETRY;
+                    return Some(STORE_RETRY);
                 }
             };
             let full = due.len() == BATCH as usize;
-            futures::stream::iter(due)
-                .for_each_concurrent(CONCURRENCY, |d| self.deliver(d, metrics))
-                .await;
+            self.claimed().extend(due.iter().map(|d| d.id));
+            let attempts = futures::stream::iter(due)
+                .for_each_concurrent(CONCURRENCY, |d| self.deliver(d, metrics));
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = attempts => {}
+            }
             let stats = match store.webhook_stats(FAILING_AFTER).await {
                 Ok(stats) => stats,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhooks: cannot count the outbox");
-                    return STORE_RETRY;
+                    return Some(STORE_RETRY);
                 }
             };
             metrics.webhook_pending.set(stats.pending);
@@ -78,14 +86,50 @@ impl Webhooks {
                     t.duration_since(SystemTime::now()).unwrap_or_default()
                 });
                 if !until_due.is_zero() {
-                    return until_due.min(IDLE);
+                    return Some(until_due.min(IDLE));
                 }
             }
         }
+        None
+    }
+
+    /// Deliveries claimed and not yet settled (each leaves when its attempt is recorded).
+    fn claimed(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
+        self.inner.claimed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the deliveries claimed but not settled (a batch cut short by shutdown) due now,
+    /// so the next start sends them without waiting for their lease to end.
+    async fn release(&self) {
+        let ids: Vec<i64> = self.claimed().drain().collect();
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .inner
+            .store
+            .release_webhooks(&ids, SystemTime::now())
+            .await
+        {
+            tracing::warn!(error = %e, "webhooks: claimed deliveries wait for their lease to end");
+        }
+    }
+
+    /// How long a claimed batch is this server's: each attempt may take the whole timeout,
+    /// `CONCURRENCY` at a time, plus a margin.
+    fn lease(&self) -> Duration {
+        let rounds = u32::try_from(BATCH as usize / CONCURRENCY + 1).unwrap_or(u32::MAX);
+        self.inner.settings.timeout.saturating_mul(rounds) + Duration::from_secs(10)
     }
 
     /// One attempt of one delivery, its outcome written to the outbox.
     async fn deliver(&self, d: Delivery, metrics: &Metrics) {
+        let id = d.id;
+        self.attempt(d, metrics).await;
+        self.claimed().remove(&id);
+    }
+
+    async fn attempt(&self, d: Delivery, metrics: &Metrics) {
         let store = &self.inner.store;
         let Some(target) = self.inner.settings.targets.iter().find(|t| t.url == d.url) else {
             // Queued for a receiver that is no longer configured: nobody wants it any more.
