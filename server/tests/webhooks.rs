@@ -161,7 +161,7 @@ fn hook_config(db: &Db, urls: &[String]) -> Config {
     let mut c = admin_config(db);
     c.webhook_urls = urls.to_vec();
     c.webhook_secret = Some(HOOK_SECRET.into());
-    c.webhook_coalesce = Duration::from_millis(600);
+    c.webhook_coalesce = Duration::from_secs(1);
     c.webhook_retry_min = Duration::from_millis(200);
     c.webhook_retry_max = Duration::from_secs(1);
     c.webhook_timeout = Duration::from_secs(2);
