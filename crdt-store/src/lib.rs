@@ -18,6 +18,7 @@
 
 mod error;
 mod model;
+mod outbox;
 mod postgres;
 mod queries;
 mod rows;
@@ -32,6 +33,7 @@ pub use model::{
     Backend, DocRef, DocumentInfo, Label, LoadedDoc, LogRow, NewUpdate, Revocation, RevocationKind,
     Snapshot, SnapshotInfo,
 };
+pub use outbox::{CursorMove, Delivery, NewDelivery, OutboxStats, WebhookCursor};
 pub use writer::{AssignedSeqs, Backlog, Writer, WriterOptions};
 
 use postgres::PgStore;
@@ -491,6 +493,81 @@ impl Store {
         at_seq: i64,
     ) -> Result<Option<Snapshot>, StoreError> {
         dispatch!(self, b => b.snapshot_at_or_before(doc_id, at_seq).await)
+    }
+}
+
+/// The webhook outbox (`--webhook-url`): deliveries are queued here before they are attempted
+/// and removed once answered 2xx; per document, a cursor says which seqs were announced.
+impl Store {
+    /// Marks the first start of a server with webhooks; at that start every existing document
+    /// gets a cursor at its current seq, so its old history is not announced. Returns whether
+    /// this was that start. Idempotent.
+    pub async fn webhooks_begin(&self) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.webhooks_begin().await)
+    }
+
+    /// Names of the live documents whose log holds changes past their cursor (without a
+    /// cursor: any change), oldest document first.
+    pub async fn webhooks_behind(&self) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, b => b.webhooks_behind().await)
+    }
+
+    /// Where the announcements of document `name` stand; `None` if no such document exists.
+    pub async fn webhook_cursor(&self, name: &str) -> Result<Option<WebhookCursor>, StoreError> {
+        dispatch!(self, b => b.webhook_cursor(name).await)
+    }
+
+    /// Queues `deliveries` (an event already queued for a URL under the same
+    /// [`NewDelivery::event_id`] is skipped) and applies `cursor`, all in one transaction.
+    /// Returns false, queueing nothing, when the cursor was no longer at
+    /// [`CursorMove::from`] (another task or server announced those changes).
+    pub async fn enqueue_webhooks(
+        &self,
+        cursor: Option<CursorMove>,
+        deliveries: &[NewDelivery],
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.enqueue_webhooks(cursor, deliveries).await)
+    }
+
+    /// Claims at most `limit` deliveries due at `now` (the longest due first; returned in
+    /// queueing order): their next attempt moves to `lease_until`, so no other server on the
+    /// database takes them meanwhile and, should this one die, they are due again then.
+    /// Report each outcome with [`Store::webhook_delivered`] or [`Store::webhook_retry`].
+    pub async fn claim_webhooks(
+        &self,
+        now: SystemTime,
+        lease_until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        dispatch!(self, b => b.claim_webhooks(now, lease_until, limit).await)
+    }
+
+    /// Gives claimed deliveries back before their lease ends, due at `at` (a server that
+    /// stops in the middle of a batch).
+    pub async fn release_webhooks(&self, ids: &[i64], at: SystemTime) -> Result<(), StoreError> {
+        dispatch!(self, b => b.release_webhooks(ids, at).await)
+    }
+
+    /// Removes delivery `id`: its receiver answered 2xx.
+    pub async fn webhook_delivered(&self, id: i64) -> Result<(), StoreError> {
+        dispatch!(self, b => b.webhook_delivered(id).await)
+    }
+
+    /// Counts a failed attempt of delivery `id` (`error` says why) and schedules the next
+    /// attempt at `next`.
+    pub async fn webhook_retry(
+        &self,
+        id: i64,
+        next: SystemTime,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, b => b.webhook_retry(id, next, error).await)
+    }
+
+    /// Deliveries waiting, how many of them failed at least `failing_after` times, and when
+    /// the next is due.
+    pub async fn webhook_stats(&self, failing_after: i64) -> Result<OutboxStats, StoreError> {
+        dispatch!(self, b => b.webhook_stats(failing_after).await)
     }
 }
 

@@ -272,6 +272,66 @@ pub(crate) const IMPORT_SNAPSHOT: &str = "INSERT INTO snapshots \
 pub(crate) const IMPORT_LABEL: &str =
     "INSERT INTO labels (doc_id, seq, name, created_at) VALUES ($1, $2, $3, $4)";
 
+// --- Webhook outbox (`--webhook-url`) ------------------------------------------------------
+
+/// Marks the first start with webhooks at `$1` (nothing if a start was marked before).
+pub(crate) const WEBHOOK_START: &str =
+    "INSERT INTO webhook_state (id, since) VALUES (1, $1) ON CONFLICT (id) DO NOTHING";
+
+/// At the first start with webhooks: every existing document counts as announced up to its
+/// current seq (its old history is not announced). (`WHERE true`: SQLite would read the
+/// `ON` of an upsert after a bare `FROM` as a join's.)
+pub(crate) const WEBHOOK_BASELINE: &str = "INSERT INTO webhook_cursors (doc_id, notified_seq) \
+     SELECT id, last_seq FROM documents WHERE true ON CONFLICT (doc_id) DO NOTHING";
+
+/// Names of the live documents whose log moved past their cursor (no cursor: past 0).
+pub(crate) const WEBHOOK_BEHIND: &str = "SELECT d.name FROM documents d \
+     LEFT JOIN webhook_cursors c ON c.doc_id = d.id \
+     WHERE d.deleted_at IS NULL AND d.last_seq > COALESCE(c.notified_seq, 0) ORDER BY d.id";
+
+/// Document `$1`'s id, deletion, last seq and announcement cursor.
+pub(crate) const WEBHOOK_CURSOR: &str = "SELECT d.id, d.deleted_at, d.last_seq, c.notified_seq FROM documents d \
+     LEFT JOIN webhook_cursors c ON c.doc_id = d.id WHERE d.name = $1";
+
+/// The first cursor of document `$1`, at `$2`; nothing if it has one.
+pub(crate) const WEBHOOK_CURSOR_CREATE: &str = "INSERT INTO webhook_cursors (doc_id, notified_seq) \
+     VALUES ($1, $2) ON CONFLICT (doc_id) DO NOTHING";
+
+/// Moves document `$1`'s cursor to `$2` if it is still at `$3`.
+pub(crate) const WEBHOOK_CURSOR_MOVE: &str =
+    "UPDATE webhook_cursors SET notified_seq = $2 WHERE doc_id = $1 AND notified_seq = $3";
+
+/// Queues a delivery due at `$5` (also its creation time); nothing if the event is queued for
+/// that URL already.
+pub(crate) const WEBHOOK_ENQUEUE: &str = "INSERT INTO webhook_outbox \
+     (event_id, url, event, body, attempts, next_attempt_at, created_at) \
+     VALUES ($1, $2, $3, $4, 0, $5, $5) ON CONFLICT (event_id, url) DO NOTHING";
+
+/// Claims at most `$3` deliveries due at `$1`, the longest due first, by moving their next
+/// attempt to `$2` (a lease: another server on the same database does not take them, and if
+/// this one dies they are due again at `$2`). The outer `next_attempt_at <= $1` makes a
+/// concurrent claim of the same rows (Postgres re-checks it on the updated row) take nothing.
+pub(crate) const WEBHOOK_CLAIM: &str = "UPDATE webhook_outbox SET next_attempt_at = $2 \
+     WHERE next_attempt_at <= $1 AND id IN (SELECT id FROM webhook_outbox \
+         WHERE next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $3) \
+     RETURNING id, event_id, url, event, body, attempts, created_at";
+
+/// Gives claimed delivery `$1` back, due at `$2` (a server stopping mid-batch).
+pub(crate) const WEBHOOK_RELEASE: &str =
+    "UPDATE webhook_outbox SET next_attempt_at = $2 WHERE id = $1";
+
+/// Delivery `$1` was answered 2xx.
+pub(crate) const WEBHOOK_DONE: &str = "DELETE FROM webhook_outbox WHERE id = $1";
+
+/// Delivery `$1` failed with `$3`; next attempt at `$2`.
+pub(crate) const WEBHOOK_RETRY: &str = "UPDATE webhook_outbox \
+     SET attempts = attempts + 1, next_attempt_at = $2, last_error = $3 WHERE id = $1";
+
+/// Deliveries waiting, those that failed at least `$1` times, and the next due time.
+pub(crate) const WEBHOOK_STATS: &str = "SELECT count(*) AS pending, \
+     CAST(COALESCE(sum(CASE WHEN attempts >= $1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS failing, \
+     min(next_attempt_at) AS next_due FROM webhook_outbox";
+
 #[cfg(test)]
 mod tests {
     use super::*;

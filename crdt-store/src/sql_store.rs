@@ -15,6 +15,7 @@ use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use crate::error::{StoreError, db_err, unless_deleted, written_unless_deleted};
 use crate::model::{DocumentInfo, Label, LoadedDoc, LogRow, Revocation, RevocationKind, Snapshot};
+use crate::outbox::{self, CursorMove, Delivery, NewDelivery, OutboxStats, WebhookCursor};
 use crate::queries::{self, Direction, DocumentList};
 use crate::rows::{self, StoredRow, decode_all, decode_opt};
 
@@ -513,5 +514,170 @@ where
             .await
             .map_err(db_err("import_label"))?;
         Ok(())
+    }
+
+    /// Marks the first start with webhooks; at that start, gives every existing document a
+    /// cursor at its current seq (one transaction). Returns whether this was that start.
+    pub(crate) async fn webhooks_begin(&self) -> Result<bool, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with(D::BEGIN_WRITE)
+            .await
+            .map_err(db_err("webhooks_begin"))?;
+        let done = sqlx::query(queries::WEBHOOK_START)
+            .bind(D::time(SystemTime::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("webhooks_begin"))?;
+        let first = D::rows_affected(&done) > 0;
+        if first {
+            sqlx::query(queries::WEBHOOK_BASELINE)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("webhooks_begin"))?;
+        }
+        tx.commit().await.map_err(db_err("webhooks_begin"))?;
+        Ok(first)
+    }
+
+    /// See [`WEBHOOK_BEHIND`](queries::WEBHOOK_BEHIND).
+    pub(crate) async fn webhooks_behind(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(queries::WEBHOOK_BEHIND)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("webhooks_behind"))
+    }
+
+    /// See [`WEBHOOK_CURSOR`](queries::WEBHOOK_CURSOR).
+    pub(crate) async fn webhook_cursor(
+        &self,
+        name: &str,
+    ) -> Result<Option<WebhookCursor>, StoreError> {
+        let found = sqlx::query(queries::WEBHOOK_CURSOR)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("webhook_cursor"))?;
+        decode_opt(found, "webhook_cursor", outbox::cursor)
+    }
+
+    /// Queues `deliveries`, moving a cursor with them, in one transaction; false (nothing
+    /// queued) if the cursor was not where the caller read it.
+    pub(crate) async fn enqueue_webhooks(
+        &self,
+        cursor: Option<CursorMove>,
+        deliveries: &[NewDelivery],
+    ) -> Result<bool, StoreError> {
+        let op = "enqueue_webhooks";
+        let mut tx = self
+            .pool
+            .begin_with(D::BEGIN_WRITE)
+            .await
+            .map_err(db_err(op))?;
+        if let Some(m) = cursor {
+            let query = match m.from {
+                None => sqlx::query(queries::WEBHOOK_CURSOR_CREATE)
+                    .bind(m.doc_id)
+                    .bind(m.to),
+                Some(from) => sqlx::query(queries::WEBHOOK_CURSOR_MOVE)
+                    .bind(m.doc_id)
+                    .bind(m.to)
+                    .bind(from),
+            };
+            let done = query.execute(&mut *tx).await.map_err(db_err(op))?;
+            if D::rows_affected(&done) == 0 {
+                // Dropping the transaction rolls it back.
+                return Ok(false);
+            }
+        }
+        for d in deliveries {
+            sqlx::query(queries::WEBHOOK_ENQUEUE)
+                .bind(d.event_id.as_str())
+                .bind(d.url.as_str())
+                .bind(d.event.as_str())
+                .bind(d.body.as_str())
+                .bind(D::time(d.due))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(op))?;
+        }
+        tx.commit().await.map_err(db_err(op))?;
+        Ok(true)
+    }
+
+    /// See [`WEBHOOK_CLAIM`](queries::WEBHOOK_CLAIM); ordered by id.
+    pub(crate) async fn claim_webhooks(
+        &self,
+        now: SystemTime,
+        lease_until: SystemTime,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let found = sqlx::query(queries::WEBHOOK_CLAIM)
+            .bind(D::time(now))
+            .bind(D::time(lease_until))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("claim_webhooks"))?;
+        let mut claimed = decode_all(&found, "claim_webhooks", outbox::delivery)?;
+        claimed.sort_by_key(|d| d.id);
+        Ok(claimed)
+    }
+
+    /// Makes claimed deliveries due at `at` again.
+    pub(crate) async fn release_webhooks(
+        &self,
+        ids: &[i64],
+        at: SystemTime,
+    ) -> Result<(), StoreError> {
+        for id in ids {
+            sqlx::query(queries::WEBHOOK_RELEASE)
+                .bind(*id)
+                .bind(D::time(at))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("release_webhooks"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes delivery `id` (answered 2xx).
+    pub(crate) async fn webhook_delivered(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query(queries::WEBHOOK_DONE)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("webhook_delivered"))?;
+        Ok(())
+    }
+
+    /// Counts a failed attempt of delivery `id` and schedules the next one.
+    pub(crate) async fn webhook_retry(
+        &self,
+        id: i64,
+        next: SystemTime,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(queries::WEBHOOK_RETRY)
+            .bind(id)
+            .bind(D::time(next))
+            .bind(error)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("webhook_retry"))?;
+        Ok(())
+    }
+
+    /// See [`WEBHOOK_STATS`](queries::WEBHOOK_STATS).
+    pub(crate) async fn webhook_stats(
+        &self,
+        failing_after: i64,
+    ) -> Result<OutboxStats, StoreError> {
+        let found = sqlx::query(queries::WEBHOOK_STATS)
+            .bind(failing_after)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err("webhook_stats"))?;
+        outbox::stats(&found).map_err(db_err("webhook_stats"))
     }
 }

@@ -415,6 +415,38 @@ pub struct Config {
     #[arg(long, env = "TANDEM_IDLE_TIMEOUT", default_value = "30m", value_parser = duration)]
     pub idle_timeout: Duration,
 
+    /// URL that document events are POSTed to, signed (webhooks): `document.created`,
+    /// `document.changed`, `document.restored`, `document.deleted`. Repeat the flag, or
+    /// separate URLs with commas, for several receivers. http or https only; needs
+    /// `--webhook-secret` and durable storage.
+    #[arg(long = "webhook-url", env = "TANDEM_WEBHOOK_URL", value_delimiter = ',', value_parser = webhook_url)]
+    pub webhook_urls: Vec<String>,
+
+    /// Secret the webhook signatures (`Tandem-Signature`, HMAC-SHA256) are made with; at
+    /// least 16 bytes. Required with `--webhook-url`.
+    #[arg(long, env = "TANDEM_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// How long a document's changes are gathered into one `document.changed` event (its seq
+    /// range and authors), counted from the first change after the last event.
+    #[arg(long, env = "TANDEM_WEBHOOK_COALESCE", default_value = "2s", value_parser = duration)]
+    pub webhook_coalesce: Duration,
+
+    /// Wait before the first retry of a webhook delivery that was not answered 2xx; it
+    /// doubles with each failure (with jitter) up to `--webhook-retry-max`. Retries go on
+    /// until a 2xx.
+    #[arg(long, env = "TANDEM_WEBHOOK_RETRY_MIN", default_value = "1s", value_parser = duration)]
+    pub webhook_retry_min: Duration,
+
+    /// Longest wait between two attempts of one webhook delivery.
+    #[arg(long, env = "TANDEM_WEBHOOK_RETRY_MAX", default_value = "5m", value_parser = duration)]
+    pub webhook_retry_max: Duration,
+
+    /// A webhook receiver that has not answered within this time (connecting included) counts
+    /// as failed for that attempt.
+    #[arg(long, env = "TANDEM_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub webhook_timeout: Duration,
+
     /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `tandem=debug`).
     #[arg(long, env = "TANDEM_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -442,6 +474,11 @@ impl Config {
             .or_else(|| std::env::var("DATABASE_URL").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string())
     }
+}
+
+/// Parses one `--webhook-url` (see [`crate::webhooks::target::Target::parse`]).
+fn webhook_url(s: &str) -> Result<String, String> {
+    crate::webhooks::target::Target::parse(s).map(|t| t.url)
 }
 
 /// A `--hocuspocus-path`: starts with `/`; stored without trailing slashes (`/` stays `/`).

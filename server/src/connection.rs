@@ -776,7 +776,7 @@ mod tests {
             ..crate::Config::default()
         };
         let storage = Storage::open(&config).await.expect("memory storage");
-        let shared = Shared::new(config, storage, Authenticator::open());
+        let shared = Shared::new(config, storage, Authenticator::open(), None, None);
         let registry = Registry::new(shared.clone());
         let admission = Admission {
             name: "size".into(),

@@ -37,6 +37,7 @@ mod room;
 mod state;
 pub mod storage;
 mod update_check;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -114,7 +115,8 @@ pub async fn open(config: Config, drain: Drain) -> Result<AppState, ServerError>
     let cluster = cluster_of(&config)?;
     let storage = storage::Storage::open(&config).await?;
     let deleted = load_stored_state(&storage, &auth).await?;
-    let shared = Shared::clustered(config, storage, auth, cluster.clone());
+    let webhooks = webhooks::Webhooks::open(&config, &storage).await?;
+    let shared = Shared::new(config, storage, auth, webhooks, cluster.clone());
     for name in &deleted {
         shared.mark_deleted(name);
     }
@@ -152,6 +154,7 @@ pub async fn serve_with_drain(
     let state = open(config, drain).await?;
     let shared = state.shared.clone();
     let registry = state.registry.clone();
+    webhooks::Webhooks::spawn(&shared);
     let app = http::app(state);
     let addr = listener.local_addr()?;
     info!("listening on {addr}");
@@ -231,6 +234,15 @@ async fn shut_down(
             open = shared.connections.len(),
             "connections still open at shutdown deadline"
         );
+    }
+    // The webhook tasks stop at once; the worker gives back the deliveries it had claimed.
+    if let Some(hooks) = &shared.webhooks {
+        let left = deadline
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        if tokio::time::timeout(left, hooks.stopped()).await.is_err() {
+            warn!("webhook tasks still running at shutdown deadline");
+        }
     }
     let left = deadline
         .saturating_sub(started.elapsed())

@@ -71,6 +71,14 @@ pub struct Metrics {
     /// Bytes of pending updates (waiting for missing dependencies, memory only) held by all
     /// open documents, as last measured by each room.
     pub pending_bytes: Gauge,
+    /// Webhook deliveries waiting in the outbox (not yet answered 2xx).
+    pub webhook_pending: Gauge,
+    /// Webhook deliveries answered 2xx.
+    pub webhook_delivered: Counter,
+    /// Webhook delivery attempts that failed (no answer, or not 2xx); each is retried.
+    pub webhook_failed: Counter,
+    /// Webhook deliveries that failed at least 8 times and are still being retried.
+    pub webhook_failing: Gauge,
 }
 
 impl Metrics {
@@ -218,8 +226,36 @@ impl Metrics {
             "Bytes of updates held in memory waiting for missing dependencies, all documents",
             pending_bytes.clone(),
         );
+        let webhook_pending = Gauge::default();
+        registry.register(
+            "webhook_pending",
+            "Webhook deliveries waiting in the outbox (not yet answered 2xx)",
+            webhook_pending.clone(),
+        );
+        let webhook_delivered = Counter::default();
+        registry.register(
+            "webhook_delivered",
+            "Webhook deliveries answered 2xx",
+            webhook_delivered.clone(),
+        );
+        let webhook_failed = Counter::default();
+        registry.register(
+            "webhook_failed",
+            "Webhook delivery attempts that failed (no answer or not 2xx); each is retried",
+            webhook_failed.clone(),
+        );
+        let webhook_failing = Gauge::default();
+        registry.register(
+            "webhook_failing",
+            "Webhook deliveries that failed at least 8 times and are still being retried",
+            webhook_failing.clone(),
+        );
         Metrics {
             registry,
+            webhook_pending,
+            webhook_delivered,
+            webhook_failed,
+            webhook_failing,
             admin_refused,
             updates_refused,
             pending_bytes,

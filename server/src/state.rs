@@ -41,6 +41,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Wakes change-feed readers when a document's log grows or it is restored or deleted.
     pub changes: crate::changes::ChangeBus,
+    /// Signed webhooks, when `--webhook-url` is set.
+    pub webhooks: Option<crate::webhooks::Webhooks>,
     /// Tracks connection tasks so shutdown can wait for their close handshakes.
     pub connections: TaskTracker,
     /// Tracks room tasks so shutdown can wait for their final flush and snapshot.
@@ -51,16 +53,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the shared state for a server with `config`.
-    pub fn new(config: Config, storage: Storage, auth: Authenticator) -> Arc<Shared> {
-        Shared::clustered(config, storage, auth, None)
-    }
-
-    /// [`Shared::new`] for a node of a cluster.
-    pub(crate) fn clustered(
+    /// Builds the shared state for a server with `config`, its webhooks and its cluster
+    /// membership, if any.
+    pub(crate) fn new(
         config: Config,
         storage: Storage,
         auth: Authenticator,
+        webhooks: Option<crate::webhooks::Webhooks>,
         cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
@@ -75,6 +74,7 @@ impl Shared {
             storage,
             shutdown: CancellationToken::new(),
             changes: crate::changes::ChangeBus::default(),
+            webhooks,
             connections: TaskTracker::new(),
             rooms: TaskTracker::new(),
             next_conn: AtomicU64::new(1),

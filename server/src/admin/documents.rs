@@ -338,7 +338,7 @@ pub(super) async fn delete(
 ) -> Result<Response, AdminError> {
     let name = doc_name(&state, name?.0)?;
     let store = store(&state)?;
-    document(store, &name).await?;
+    let info = document(store, &name).await?;
     // Refuse new joins first, then close the open room (it answers once everything it
     // accepted is durable, so no late log row lands after the data is removed), then remove.
     state.shared.mark_deleted(&name);
@@ -346,8 +346,19 @@ pub(super) async fn delete(
         doc: name.to_string(),
     });
     let closed = state.registry.delete(&name).await;
+    // Announce what was written before the deletion while the log still holds it.
+    if let Some(hooks) = &state.shared.webhooks
+        && let Err(e) = hooks.announce(&name).await
+    {
+        tracing::warn!(error = %e, doc = %name, "webhooks: last changes before a delete not announced");
+    }
     if !store.delete_document(&name).await? {
         return Err(AdminError::no_document());
+    }
+    if let Some(hooks) = &state.shared.webhooks
+        && let Err(e) = hooks.deleted(&name, info.doc_id).await
+    {
+        tracing::error!(error = %e, doc = %name, "webhooks: document.deleted not queued");
     }
     tracing::info!(doc = %name, closed, "document deleted by an administrator");
     Ok(ok(Deleted {

@@ -580,13 +580,21 @@ pub(super) async fn restore(
             author: author.clone(),
         };
         state.shared.changes.publish(&name.as_str().into(), kind);
+        // Queued before the answer: an acknowledged restore is announced even after a crash.
+        if let Some(hooks) = &state.shared.webhooks
+            && let Err(e) = hooks
+                .restored(&name, info.doc_id, change, seq, &author)
+                .await
+        {
+            tracing::error!(error = %e, doc = %name, "webhooks: document.restored not queued");
+        }
         state
             .shared
             .tell_cluster(crate::cluster::Control::Restored {
                 doc: name.to_string(),
                 seq: change,
                 restored_to: seq,
-                author,
+                author: author.clone(),
             });
     }
     Ok(ok(Restored {
