@@ -338,6 +338,8 @@ async fn drive<S>(
                 peer.close(Close::Internal);
                 return;
             }
+            // `poll_io` reports failed writes only (a finished one is not an event here); the
+            // variant is shared with the Hocuspocus loop, which uses `poll_socket`.
             Event::Written(Ok(())) => batch = None,
             Event::Written(Err(_)) => {
                 peer.close(Close::ClientClosed);
