@@ -195,8 +195,6 @@ impl Deadlines {
 pub(crate) enum Event {
     /// A frame (or the end) from the client.
     Inbound(Option<Result<Message, axum::Error>>),
-    /// A frame from the room to send.
-    Outbound(Bytes),
     /// The write in progress finished (flushed) or failed.
     Written(Result<(), axum::Error>),
     /// The connection is closing (its peer was closed, or the server shuts down).
@@ -275,29 +273,36 @@ async fn drive<S>(
     // A message the room's full inbox could not take yet.
     let mut held: Option<RoomMsg> = None;
     let mut batch: Option<Batch> = None;
+    // Kept across turns of the loop rather than made anew in each `select!`: a fresh timer is
+    // registered in the timer wheel and removed again, a fresh wait on the token is linked
+    // into its waiter list and unlinked, on every wake-up, i.e. for every delivered frame.
+    // A kept timer is moved by `reset` (a moved-out deadline only updates a field).
+    let mut closing = std::pin::pin!(peer.closing().cancelled());
+    let mut timer = std::pin::pin!(sleep_until(deadlines.next().0));
     loop {
         let reading = held.is_none() && deadlines.throttled.is_none();
         deadlines.set_reading(reading, Instant::now());
         let (deadline, wake) = deadlines.next();
-        let writing = batch.is_some();
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         // Boxed, and only while a message is held (rare: the room is overloaded): an idle
         // connection then stores no `reserve` future, which is larger than the rest together.
         let mut reserve = held.as_ref().map(|_| Box::pin(room.reserve()));
         // Every future of this `select!` is stored in the connection's task while it idles, so
         // it waits on as few as possible: one token (closing includes shutdown), one timer,
-        // the outbox, and one branch for both directions of the socket (`poll_socket`).
+        // and one branch for the outbox and both directions of the socket (`poll_io`).
         let event = tokio::select! {
             biased;
-            _ = peer.closing().cancelled() => Event::Closing,
-            _ = sleep_until(deadline) => Event::Deadline(wake),
-            frame = outbox.recv(), if !writing => Event::Outbound(frame),
+            _ = &mut closing => Event::Closing,
+            _ = &mut timer => Event::Deadline(wake),
             permit = async {
                 match reserve.as_mut() {
                     Some(reserve) => reserve.await,
                     None => std::future::pending().await,
                 }
             } => Event::RoomReady(permit.is_ok()),
-            event = poll_fn(|cx| poll_socket(cx, socket, outbox, &mut batch, reading, metrics)) => {
+            event = poll_fn(|cx| poll_io(cx, socket, outbox, &mut batch, reading, metrics)) => {
                 event
             }
         };
@@ -334,7 +339,8 @@ async fn drive<S>(
                 peer.close(Close::Internal);
                 return;
             }
-            Event::Outbound(first) => batch = Some(Batch::of(Some(first))),
+            // `poll_io` reports failed writes only (a finished one is not an event here); the
+            // variant is shared with the Hocuspocus loop, which uses `poll_socket`.
             Event::Written(Ok(())) => batch = None,
             Event::Written(Err(_)) => {
                 peer.close(Close::ClientClosed);
@@ -380,6 +386,63 @@ fn offer(
             false
         }
     }
+}
+
+/// Batches written in one poll of [`poll_io`] before it reads and lets other tasks run.
+const BATCHES_PER_POLL: usize = 4;
+
+/// The outbox and both directions of the socket in one poll: writes what the outbox holds
+/// (batches of up to [`WRITE_BATCH`] frames, one flush each) until it is empty or the socket
+/// is full, then, if `reading`, polls for the next frame from the client.
+///
+/// A finished write does not end the poll (it is not an event for [`drive`]): the loop looks
+/// for more frames at once. So a frame from the room costs the task one wake-up and one poll,
+/// and the outbox's waker is registered only once the queue is found empty.
+fn poll_io<S>(
+    cx: &mut Context<'_>,
+    socket: &mut S,
+    outbox: &Outbox,
+    batch: &mut Option<Batch>,
+    reading: bool,
+    metrics: &crate::metrics::Metrics,
+) -> Poll<Event>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let mut more = true;
+    for _ in 0..BATCHES_PER_POLL {
+        if batch.is_none() {
+            match outbox.poll_recv(cx) {
+                Poll::Ready(frame) => *batch = Some(Batch::of(Some(frame))),
+                Poll::Pending => {
+                    more = false;
+                    break;
+                }
+            }
+        }
+        let Some(current) = batch.as_mut() else {
+            more = false;
+            break;
+        };
+        match poll_batch(cx, socket, outbox, current, metrics) {
+            Poll::Ready(Ok(())) => *batch = None,
+            Poll::Ready(Err(e)) => return Poll::Ready(Event::Written(Err(e))),
+            // The socket wakes the task when it can take more.
+            Poll::Pending => {
+                more = false;
+                break;
+            }
+        }
+    }
+    if reading && let Poll::Ready(frame) = socket.poll_next_unpin(cx) {
+        return Poll::Ready(Event::Inbound(frame));
+    }
+    if more {
+        // The outbox still holds frames and nothing registered a wake-up for them: come back
+        // after the other tasks had their turn.
+        cx.waker().wake_by_ref();
+    }
+    Poll::Pending
 }
 
 /// Polls both directions of the socket: the write in progress first (so it cannot starve),

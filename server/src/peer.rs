@@ -5,10 +5,13 @@
 //! provider reconnects and resyncs from its state vector. Nothing is dropped silently.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
 use crate::close::Close;
@@ -16,10 +19,19 @@ use crate::presence::ConnId;
 
 /// A connection's outgoing frames. A plain deque (rather than a channel) because it costs
 /// nothing while empty: an idle connection holds no queue memory at all.
+///
+/// One task consumes a queue (the socket's), so its wake-up is an [`AtomicWaker`] rather than a
+/// `Notify`: waking it is a swap, with no waiter list to lock, and the consumer can poll the
+/// queue from inside its socket loop without storing a `Notified` future (see
+/// [`Outbox::poll_recv`]). This is on the path of every delivered frame.
 #[derive(Debug, Default)]
 struct Queue {
     state: Mutex<QueueState>,
-    ready: Notify,
+    /// The consumer's waker, registered while it waits.
+    ready: AtomicWaker,
+    /// A multiplexed peer on this queue closed since the consumer last looked
+    /// ([`Outbox::next_or_closed`] returns `None` then).
+    signalled: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -56,14 +68,33 @@ impl Outbox {
         Some(frame)
     }
 
+    /// The next frame, or `Pending` with the task's waker registered so the next push wakes
+    /// it (the queue is checked again after registering, so a push in between is not lost).
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        if let Some(frame) = self.try_recv() {
+            return Poll::Ready(frame);
+        }
+        self.queue.ready.register(cx.waker());
+        match self.try_recv() {
+            Some(frame) => Poll::Ready(frame),
+            None => Poll::Pending,
+        }
+    }
+
     /// Waits for the next frame, or for a peer on this queue to close: `None` then (see
     /// [`Outbox::peer`]).
     pub async fn next_or_closed(&self) -> Option<Bytes> {
-        if let Some(frame) = self.try_recv() {
-            return Some(frame);
-        }
-        self.queue.ready.notified().await;
-        self.try_recv()
+        poll_fn(|cx| {
+            if let Poll::Ready(frame) = self.poll_recv(cx) {
+                return Poll::Ready(Some(frame));
+            }
+            // Checked after `poll_recv` registered the waker: a close in between wakes it.
+            if self.queue.signalled.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Another peer writing into this same queue, each of its frames preceded by `prefix`: one
@@ -77,14 +108,7 @@ impl Outbox {
 
     /// Waits for the next frame.
     pub async fn recv(&self) -> Bytes {
-        loop {
-            if let Some(frame) = self.try_recv() {
-                return frame;
-            }
-            // `notify_one` stores a permit when nobody waits, so a push between the check
-            // above and this await is not lost.
-            self.queue.ready.notified().await;
-        }
+        poll_fn(|cx| self.poll_recv(cx)).await
     }
 }
 
@@ -149,7 +173,10 @@ impl Peer {
     /// Queues a frame. Returns `false` if the peer is (now) closing: its queue overflowed, in
     /// which case it has been told to close with [`Close::SlowConsumer`].
     pub fn push(&self, frame: Bytes) -> bool {
-        if self.closing.is_cancelled() {
+        // The close reason, not the token: `is_cancelled` locks the token's node, and this runs
+        // once per peer for every broadcast frame. (A peer closed only through its parent token,
+        // at shutdown, still takes frames; its queue is dropped with it.)
+        if self.close.get().is_some() {
             return false;
         }
         // One copy per peer: the frame shared by a broadcast gets this document's routing key.
@@ -180,7 +207,7 @@ impl Peer {
             self.close(Close::SlowConsumer);
             return false;
         }
-        self.queue.ready.notify_one();
+        self.queue.ready.wake();
         true
     }
 
@@ -190,7 +217,8 @@ impl Peer {
         self.closing.cancel();
         if self.prefix.is_some() {
             // The socket's task learns a document closed from its queue.
-            self.queue.ready.notify_one();
+            self.queue.signalled.store(true, Ordering::Release);
+            self.queue.ready.wake();
         }
     }
 

@@ -10,7 +10,7 @@
 
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
-use yrs::{Doc, ReadTxn, Transact, TransactionMut, Update, WriteTxn};
+use yrs::{Doc, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn};
 
 /// What applying one update did.
 #[derive(Debug)]
@@ -63,8 +63,26 @@ pub(crate) fn integrate(
     pending_before: u64,
     max_pending: u64,
 ) -> Result<Integrated, yrs::error::UpdateError> {
+    integrate_known(doc, held, update, None, pending_before, max_pending)
+}
+
+/// [`integrate`] given the document's current state vector when the caller has it (`known`):
+/// building one walks every client of the document, and the room builds it for each update
+/// already (the client-id ownership check).
+pub(crate) fn integrate_known(
+    doc: &Doc,
+    held: &mut Held,
+    update: Update,
+    known: Option<&StateVector>,
+    pending_before: u64,
+    max_pending: u64,
+) -> Result<Integrated, yrs::error::UpdateError> {
     let mut txn = doc.transact_mut();
-    if starts_past_clock(&txn, &update) {
+    let past = match known {
+        Some(known) => starts_past(known, &update),
+        None => starts_past(&txn.state_vector(), &update),
+    };
+    if past {
         let bytes = update.encode_v1();
         if pending_before + bytes.len() as u64 > max_pending {
             return Ok(Integrated {
@@ -124,10 +142,12 @@ pub(crate) struct Held {
 impl Held {
     /// Applies every held update whose clocks now follow the document's, until none does.
     fn release(&mut self, txn: &mut TransactionMut) -> Result<(), yrs::error::UpdateError> {
-        loop {
-            let ready = self.updates.iter().position(|bytes| {
-                Update::decode_v1(bytes).is_ok_and(|u| !starts_past_clock(&*txn, &u))
-            });
+        while !self.updates.is_empty() {
+            let known = txn.state_vector();
+            let ready = self
+                .updates
+                .iter()
+                .position(|bytes| Update::decode_v1(bytes).is_ok_and(|u| !starts_past(&known, &u)));
             let Some(at) = ready else {
                 return Ok(());
             };
@@ -138,12 +158,13 @@ impl Held {
                 apply(txn, update)?;
             }
         }
+        Ok(())
     }
 }
 
-/// Whether some client's structs in `update` start past the document's clock for it.
-fn starts_past_clock<T: ReadTxn>(txn: &T, update: &Update) -> bool {
-    let known = txn.state_vector();
+/// Whether some client's structs in `update` start past the document's clock for it (`known`:
+/// the document's state vector).
+fn starts_past(known: &StateVector, update: &Update) -> bool {
     update
         .state_vector_lower()
         .iter()

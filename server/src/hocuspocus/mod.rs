@@ -216,7 +216,6 @@ impl Socket<'_> {
                         }
                     }
                 }
-                Wakeup::Base(Event::Outbound(first)) => batch = Some(Batch::of(Some(first))),
                 Wakeup::Base(Event::Written(Ok(()))) => batch = None,
                 Wakeup::Base(Event::Written(Err(_))) => {
                     self.peer.close(Close::ClientClosed);

@@ -178,23 +178,22 @@ pub(crate) struct RoomCore {
     out: Vec<Effect>,
 }
 
-/// The client ids for which `update` holds clocks `doc` does not have yet: its blocks (items
-/// and GC ranges, including blocks that will wait in the pending set for a missing
-/// dependency) ending above the document's state vector. `Update::state_vector` cannot be
-/// used: it only counts a client's blocks when they start at clock 0.
-fn new_clocks(doc: &Doc, update: &Update) -> Vec<u64> {
-    let sv = doc.transact().state_vector();
+/// The client ids for which `update` holds clocks the document (whose state vector is
+/// `known`) does not have yet: its blocks (items and GC ranges, including blocks that will wait
+/// in the pending set for a missing dependency) ending above `known`. `Update::state_vector`
+/// cannot be used: it only counts a client's blocks when they start at clock 0.
+fn new_clocks(known: &StateVector, update: &Update) -> Vec<u64> {
     update
         .insertions(true)
         .iter()
-        .filter(|(client, ranges)| ranges.iter().any(|r| r.end > sv.get(client)))
+        .filter(|(client, ranges)| ranges.iter().any(|r| r.end > known.get(client)))
         .map(|(client, _)| client.get())
         .collect()
 }
 
 /// Whether `update` inserts or deletes anything `doc` does not already have.
 fn adds_anything(doc: &Doc, update: &Update) -> bool {
-    if !new_clocks(doc, update).is_empty() {
+    if !new_clocks(&doc.transact().state_vector(), update).is_empty() {
         return true;
     }
     let deletes = update.delete_set();
@@ -475,7 +474,7 @@ impl RoomCore {
         author: String,
     ) -> (Result<Option<i64>, CommandError>, Vec<Effect>) {
         let result = match protocol::decode_update(update, self.config.max_nesting_depth) {
-            Ok(update) => match self.integrate(update) {
+            Ok(update) => match self.integrate(update, None) {
                 Ok(Integrated {
                     changed,
                     pending_refused: false,
@@ -654,7 +653,10 @@ impl RoomCore {
         //   here, the owner delivers its edits itself, so refusing the relay loses nothing
         //   (the relayer's provider reconnects on 1008 and resyncs).
         // Deletions of others' content are normal editing and not checked.
-        let ids = new_clocks(&self.doc, &update);
+        // Built once per update (a map over every client of the document): the held-update
+        // check in `pending` needs the same one.
+        let known = self.doc.transact().state_vector();
+        let ids = new_clocks(&known, &update);
         if let Err(id) = self.presence.may_write(conn, &ids, now) {
             warn!(
                 conn,
@@ -664,7 +666,7 @@ impl RoomCore {
             self.kick(conn, Close::ForeignClientId, now);
             return;
         }
-        match self.integrate(update) {
+        match self.integrate(update, Some(&known)) {
             Ok(integrated) => {
                 if let Some(changed) = integrated.changed {
                     self.presence.wrote(conn, &ids, now);
@@ -698,15 +700,20 @@ impl RoomCore {
     /// Applies an update to the document and returns what it changed, keeping yrs' pending
     /// set within `--max-pending-bytes` (see [`pending::integrate`]). yrs must not take the
     /// server down on a hostile update: a panic is caught and the core marked poisoned, so the
-    /// room retires and the document reloads.
-    fn integrate(&mut self, update: Update) -> Result<Integrated, CommandError> {
+    /// room retires and the document reloads. `known` is the document's state vector if the
+    /// caller built it already (it is built here otherwise).
+    fn integrate(
+        &mut self,
+        update: Update,
+        known: Option<&StateVector>,
+    ) -> Result<Integrated, CommandError> {
         let started = Instant::now();
         let max_pending = self.config.max_pending_bytes;
         let pending_before = self.yrs_pending_bytes;
         let doc = &self.doc;
         let held = &mut self.held;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            pending::integrate(doc, held, update, pending_before, max_pending)
+            pending::integrate_known(doc, held, update, known, pending_before, max_pending)
         }));
         self.metrics
             .update_apply_seconds
