@@ -276,7 +276,7 @@ impl RoomCore {
                 return self.take();
             }
         };
-        match self.integrate(update) {
+        match self.integrate(update, None) {
             Ok(Integrated {
                 changed: Some(changed),
                 ..
