@@ -61,6 +61,9 @@ const PUBLISH_BATCH: usize = 512;
 pub(crate) struct Cluster {
     node: NodeId,
     prefix: String,
+    /// `<prefix>:doc:`, the start of every document channel (kept: every message is matched
+    /// against it).
+    doc_prefix: String,
     client: redis::Client,
     publish: mpsc::Sender<(String, Bytes)>,
     publish_rx: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
@@ -122,6 +125,7 @@ impl Cluster {
         Ok(Cluster {
             node: u64::from_be_bytes(id),
             prefix: prefix.to_string(),
+            doc_prefix: format!("{prefix}:doc:"),
             client,
             publish,
             publish_rx: Mutex::new(Some(publish_rx)),
@@ -141,7 +145,7 @@ impl Cluster {
     }
 
     fn doc_channel(&self, name: &str) -> String {
-        format!("{}:doc:{name}", self.prefix)
+        format!("{}{name}", self.doc_prefix)
     }
 
     /// Whether Redis is reachable (both directions).
@@ -544,17 +548,16 @@ impl Link {
             return;
         }
         lock(&self.cluster.nodes).insert(node, Instant::now());
-        let doc_prefix = format!("{}:doc:", self.cluster.prefix);
         match message {
             Message::Control { control, .. } => self.control(node, control),
             Message::Update { seq, update, .. } => {
-                if let Some(name) = channel.strip_prefix(&doc_prefix) {
+                if let Some(name) = channel.strip_prefix(self.cluster.doc_prefix.as_str()) {
                     self.registry
                         .try_send(name, RoomMsg::Remote(Remote::Update { seq, update }));
                 }
             }
             Message::Awareness { frame, .. } => {
-                if let Some(name) = channel.strip_prefix(&doc_prefix) {
+                if let Some(name) = channel.strip_prefix(self.cluster.doc_prefix.as_str()) {
                     self.registry
                         .try_send(name, RoomMsg::Remote(Remote::Awareness { node, frame }));
                 }
